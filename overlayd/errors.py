@@ -1,0 +1,38 @@
+"""Typed errors. Every failure a user can cause or fix is one of these, and the
+CLI prints it as a single line (``overlayd: <message>``) instead of a traceback."""
+
+
+class OverlayError(Exception):
+    """Base class of every error overlayd raises on purpose."""
+
+
+class ConfigError(OverlayError):
+    """The cluster network config (or a flag) is invalid."""
+
+
+class LeaseError(OverlayError):
+    """A subnet lease cannot be acquired, renewed or decoded."""
+
+
+class NetworkFullError(LeaseError):
+    """Every subnet between SubnetMin and SubnetMax is leased."""
+
+
+class StoreError(OverlayError):
+    """The key-value store (etcd) failed or cannot be reached."""
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer (connection refused, timeout): worth retrying."""
+
+
+class WatchReset(StoreError):
+    """A watch cannot be resumed from its revision: re-list and start over."""
+
+
+class PlumbingError(OverlayError):
+    """A netlink, tun/tap or sysctl operation failed."""
+
+
+class EncapError(OverlayError):
+    """A packet cannot be framed or unframed."""
