@@ -1,0 +1,1 @@
+"""Subnet leases: the model, the pure allocator and watcher, the stores, the manager."""

@@ -1,0 +1,129 @@
+"""An in-memory :class:`Store` for unit tests: same contract as etcd, fake clock.
+
+Time never moves by itself: tests pass a ``clock`` callable and call
+:meth:`MemoryStore.expire` after moving it, which deletes expired leases and
+emits delete events as etcd does when a TTL lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+from ..errors import LeaseError, StoreUnavailable, WatchReset
+from .model import Lease, LeaseAttrs
+from .watcher import LeaseEvent
+
+
+class MemoryStore:
+    """A store kept in a dict, with revisions, TTLs and watches like etcd's."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._config: bytes | None = None
+        self._leases: dict[ipaddress.IPv4Network, Lease] = {}
+        self._ttls: dict[int, int] = {}
+        self._ids = itertools.count(1)
+        self.revision = 1
+        self._history: list[LeaseEvent] = []
+        self._changed = asyncio.Condition()
+        self.compacted = 0  # events at or below this revision are gone
+        self.available = True  # set False to make every call fail as if etcd were down
+
+    def _check(self) -> None:
+        if not self.available:
+            raise StoreUnavailable("memory store is unavailable")
+
+    async def _record(self, event: LeaseEvent) -> None:
+        self._history.append(event)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def get_config(self) -> bytes | None:
+        self._check()
+        return self._config
+
+    async def put_config(self, raw: bytes) -> None:
+        self._check()
+        self._config = raw
+        self.revision += 1
+
+    async def list_leases(self) -> tuple[list[Lease], int]:
+        self._check()
+        return sorted(self._leases.values(), key=lambda l: l.subnet), self.revision
+
+    async def _put(self, subnet, attrs: LeaseAttrs, ttl: int) -> Lease:
+        self.revision += 1
+        handle = next(self._ids)
+        self._ttls[handle] = ttl
+        lease = Lease(subnet, attrs, self._clock() + ttl, handle, self.revision)
+        self._leases[subnet] = lease
+        await self._record(LeaseEvent(subnet, lease, self.revision))
+        return lease
+
+    async def create_lease(self, subnet, attrs, ttl):
+        self._check()
+        if subnet in self._leases:
+            return None
+        return await self._put(subnet, attrs, ttl)
+
+    async def update_lease(self, lease, attrs, ttl):
+        self._check()
+        current = self._leases.get(lease.subnet)
+        if current is None or current.revision != lease.revision:
+            return None
+        return await self._put(lease.subnet, attrs, ttl)
+
+    async def renew_lease(self, lease):
+        self._check()
+        current = self._leases.get(lease.subnet)
+        if current is None or current.handle != lease.handle:
+            raise LeaseError(f"lease on {lease.subnet} has expired")
+        renewed = Lease(
+            current.subnet, current.attrs, self._clock() + self._ttls[lease.handle],
+            current.handle, current.revision,
+        )
+        self._leases[lease.subnet] = renewed
+        return renewed
+
+    async def delete_lease(self, subnet):
+        self._check()
+        if self._leases.pop(subnet, None) is None:
+            return False
+        self.revision += 1
+        await self._record(LeaseEvent(subnet, None, self.revision))
+        return True
+
+    async def expire(self) -> list[ipaddress.IPv4Network]:
+        """Delete every lease whose TTL has run out by the clock; returns their subnets."""
+        now = self._clock()
+        gone = [s for s, l in self._leases.items() if l.expiration is not None and l.expiration <= now]
+        for subnet in gone:
+            await self.delete_lease(subnet)
+        return gone
+
+    async def break_watches(self) -> None:
+        """Make every open watch fail, as an etcd restart does."""
+        self.available = False
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def watch_leases(self, revision: int) -> AsyncIterator[list[LeaseEvent]]:
+        self._check()
+        if revision < self.compacted:
+            raise WatchReset(f"revision {revision} has been compacted")
+        seen = revision
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: not self.available or any(e.revision > seen for e in self._history)
+                )
+            self._check()
+            fresh = [e for e in self._history if e.revision > seen]
+            seen = fresh[-1].revision
+            yield fresh
+
+    async def close(self) -> None:
+        return None

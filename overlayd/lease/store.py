@@ -1,0 +1,56 @@
+"""The Store interface: what the lease manager needs from a key-value store.
+
+Two implementations: :mod:`.etcd` (etcd v3 through aetcd) and :mod:`.memory`
+(in-process, with an injected clock, for unit tests). Keys and values follow
+flannel's layout (:mod:`.model`); the store does the encoding so callers only
+see :class:`Lease` objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from .model import Lease, LeaseAttrs
+from .watcher import LeaseEvent
+
+
+class Store(Protocol):
+    """Async access to the network config and the subnet leases."""
+
+    async def get_config(self) -> bytes | None:
+        """The raw config JSON, or None when no config has been written."""
+
+    async def put_config(self, raw: bytes) -> None:
+        """Write the raw config JSON (the caller validates it first)."""
+
+    async def list_leases(self) -> tuple[list[Lease], int]:
+        """Every lease that decodes, and the store revision of the listing."""
+
+    async def create_lease(
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int
+    ) -> Lease | None:
+        """Create the lease atomically if nobody holds ``subnet``; None if somebody does."""
+
+    async def update_lease(self, lease: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Rewrite ``lease`` with ``attrs`` and a fresh TTL if it is unchanged since listed.
+
+        Returns None when the key was modified or deleted meanwhile.
+        """
+
+    async def renew_lease(self, lease: Lease) -> Lease:
+        """Extend the lease's TTL; :class:`LeaseError` if it has already expired."""
+
+    async def delete_lease(self, subnet: ipaddress.IPv4Network) -> bool:
+        """Delete a lease; True if it existed."""
+
+    def watch_leases(self, revision: int) -> AsyncIterator[list[LeaseEvent]]:
+        """Lease changes after ``revision``, in batches.
+
+        Ends by raising :class:`StoreUnavailable` or :class:`WatchReset`
+        when the watch breaks; the caller re-lists and watches again.
+        """
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,91 @@
+"""The peer table: turns lease snapshots and watch events into added/removed batches.
+
+Pure code (like flannel's ``pkg/lease/watch.go``): the store's watch loop
+feeds it a snapshot after every (re)listing and the events in between; it
+keeps the table of subnets -> leases and reports only real changes, so a
+re-list after a broken watch neither loses nor duplicates a peer. Our own
+subnet is never reported as a peer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable
+
+from .model import Lease
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseEvent:
+    """One change seen by a watch: a lease put (``lease`` set) or deleted."""
+
+    subnet: ipaddress.IPv4Network
+    lease: Lease | None
+    revision: int
+
+    @property
+    def deleted(self) -> bool:
+        return self.lease is None
+
+
+@dataclasses.dataclass
+class Batch:
+    """The peers that appeared (or changed) and disappeared in one step."""
+
+    added: list[Lease] = dataclasses.field(default_factory=list)
+    removed: list[Lease] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def _same(a: Lease, b: Lease) -> bool:
+    # The TTL moves on every renewal; only what the data plane uses matters.
+    return a.attrs == b.attrs
+
+
+class LeaseWatcher:
+    """Holds the current peer table and diffs snapshots and events against it."""
+
+    def __init__(self, own_subnet: ipaddress.IPv4Network | None = None):
+        self.own_subnet = own_subnet
+        self.peers: dict[ipaddress.IPv4Network, Lease] = {}
+        self.revision = 0  # the newest revision seen
+        self._floor = 0  # the revision of the last snapshot: older events are stale
+
+    def reset(self, snapshot: Iterable[Lease], revision: int) -> Batch:
+        """Replace the table by a full listing taken at ``revision``."""
+        batch = Batch()
+        fresh = {l.subnet: l for l in snapshot if l.subnet != self.own_subnet}
+        for subnet, old in list(self.peers.items()):
+            if subnet not in fresh:
+                batch.removed.append(old)
+                del self.peers[subnet]
+        for subnet, lease in fresh.items():
+            old = self.peers.get(subnet)
+            if old is None or not _same(old, lease):
+                batch.added.append(lease)
+            self.peers[subnet] = lease
+        self.revision = self._floor = revision
+        return batch
+
+    def apply(self, events: Iterable[LeaseEvent]) -> Batch:
+        """Apply watch events in order; events not newer than the last snapshot are skipped."""
+        batch = Batch()
+        for ev in events:
+            if ev.revision <= self._floor:
+                continue
+            self.revision = max(self.revision, ev.revision)
+            if ev.subnet == self.own_subnet:
+                continue
+            old = self.peers.get(ev.subnet)
+            if ev.lease is None:
+                if old is not None:
+                    del self.peers[ev.subnet]
+                    batch.removed.append(old)
+                continue
+            self.peers[ev.subnet] = ev.lease
+            if old is None or not _same(old, ev.lease):
+                batch.added.append(ev.lease)
+        return batch
