@@ -1,0 +1,78 @@
+"""The backend interface (flannel's ``pkg/backend/common.go``, in Python).
+
+A backend turns a leased subnet into working plumbing and keeps it in step
+with the peers: it says what to publish in the lease (``lease_attrs``), sets
+up the node (``setup``), applies peer changes (``apply``) and runs its data
+plane, if it has one (``run``). The lease machinery never looks inside.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import ipaddress
+
+from ..lease.model import Lease, LeaseAttrs
+from ..lease.watcher import Batch
+from ..netconf import NetworkConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Underlay:
+    """The node's own network: the interface peers reach it on."""
+
+    iface: str
+    public_ip: ipaddress.IPv4Address
+    mtu: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeOptions:
+    """Per-node choices from the daemon's flags that backends may read."""
+
+    vxlan_impl: str = "user"
+    use_uvloop: bool = False
+
+
+class Backend(abc.ABC):
+    """One encapsulation (or none): udp, vxlan, host-gw."""
+
+    #: the ``BackendType`` published in leases
+    type_name: str = ""
+
+    def __init__(self, config: NetworkConfig, underlay: Underlay, options: NodeOptions):
+        self.config = config
+        self.underlay = underlay
+        self.options = options
+        self.lease: Lease | None = None
+
+    @property
+    def mtu(self) -> int:
+        """The overlay MTU (pods get it through subnet.env)."""
+        return self.config.backend.overlay_mtu(self.underlay.mtu)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        """What this node publishes in its lease."""
+        return LeaseAttrs(self.underlay.public_ip, self.type_name, self.backend_data())
+
+    def backend_data(self) -> dict | None:
+        """The lease's ``BackendData`` (None for backends that publish none)."""
+        return None
+
+    @abc.abstractmethod
+    async def setup(self, lease: Lease) -> None:
+        """Create devices, addresses and routes for ``lease``; idempotent."""
+
+    @abc.abstractmethod
+    async def apply(self, batch: Batch) -> None:
+        """Peers appeared, changed or left."""
+
+    async def run(self) -> None:
+        """The data plane, until cancelled. Kernel-only backends have none."""
+
+    def stats(self) -> dict:
+        """Counters for status output."""
+        return {}
+
+    async def close(self) -> None:
+        """Release file descriptors and sockets (devices and routes stay, like flannel's)."""

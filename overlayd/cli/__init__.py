@@ -1,0 +1,1 @@
+"""Command-line entry points: ``overlayd`` (the daemon) and ``overlayctl`` (the operator's tool)."""

@@ -1,0 +1,140 @@
+"""``overlayctl``: the operator's view of the cluster network in etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+import time
+
+import click
+
+from ..errors import ConfigError
+from ..lease.etcd import EtcdStore
+from ..netconf import parse_config
+from .common import etcd_options, one_line_errors
+
+PROG = "overlayctl"
+
+
+def _run(coro_fn, obj):
+    async def main():
+        store = EtcdStore(obj["endpoints"], obj["prefix"], timeout=obj["timeout"])
+        try:
+            return await coro_fn(store)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def local_addresses() -> set[ipaddress.IPv4Address]:
+    """The IPv4 addresses of this host (this network namespace)."""
+    from pyroute2 import IPRoute  # netlink: only needed for this one column
+    try:
+        with IPRoute() as ipr:
+            return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+    except OSError:
+        return set()
+
+
+def _fmt_ttl(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def render_table(rows: list[list[str]], headers: list[str]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@etcd_options
+@click.option("--timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
+              help="Seconds to wait for etcd before giving up.")
+@click.pass_context
+def cli(ctx, etcd_endpoints, etcd_prefix, timeout):
+    """Inspect and configure an overlayd cluster network.
+
+    Reads the same etcd flags (and OVERLAYD_ETCD_* environment variables)
+    as the daemon.
+    """
+    ctx.obj = {"endpoints": etcd_endpoints, "prefix": etcd_prefix, "timeout": timeout}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+@one_line_errors(PROG)
+def subnets(obj, as_json):
+    """List the subnet leases: subnet, node IP, backend, time left, and the local node."""
+    leases, _ = _run(lambda s: s.list_leases(with_ttl=True), obj)
+    mine = local_addresses()
+    now = time.time()
+    records = []
+    for lease in leases:
+        data = lease.attrs.backend_data or {}
+        records.append({
+            "subnet": str(lease.subnet),
+            "public_ip": str(lease.public_ip),
+            "backend": lease.attrs.backend_type,
+            "vtep_mac": data.get("VtepMAC"),
+            "vni": data.get("VNI"),
+            "ttl_seconds": None if lease.expiration is None else int(lease.time_left(now)),
+            "local": lease.public_ip in mine,
+        })
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("no subnet leases")
+        return
+    rows = [[r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
+             _fmt_ttl(r["ttl_seconds"]), "*" if r["local"] else ""] for r in records]
+    click.echo(render_table(rows, ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]))
+
+
+@cli.group()
+def config():
+    """Read or write the cluster network config (PREFIX/config)."""
+
+
+@config.command("get")
+@click.pass_obj
+@one_line_errors(PROG)
+def config_get(obj):
+    """Print the stored config as JSON."""
+    raw = _run(lambda s: s.get_config(), obj)
+    if raw is None:
+        raise ConfigError(f"no network config at {obj['prefix']}/config (write one with 'overlayctl config set FILE')")
+    try:
+        click.echo(json.dumps(json.loads(raw), indent=2))
+    except ValueError:
+        click.echo(raw.decode(errors="replace"))
+
+
+@config.command("set")
+@click.argument("source", type=click.File("rb"))
+@click.pass_obj
+@one_line_errors(PROG)
+def config_set(obj, source):
+    """Validate SOURCE (a file, or - for stdin) and store it as the config."""
+    raw = source.read()
+    cfg = parse_config(raw)  # refuse to store what the daemons would reject
+    _run(lambda s: s.put_config(raw), obj)
+    click.echo(f"config stored: Network {cfg.network}, /{cfg.subnet_len} subnets "
+               f"{cfg.subnet_min} - {cfg.subnet_max}, backend {cfg.backend.type}", err=True)
+
+
+def main() -> None:
+    cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

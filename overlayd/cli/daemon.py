@@ -1,0 +1,68 @@
+"""``overlayd``: the node daemon's command line (click -> DaemonOptions -> Daemon)."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+
+import click
+
+from ..backend.base import NodeOptions
+from .common import ENV_PREFIX, etcd_options, setup_logging
+
+PROG = "overlayd"
+
+
+def _public_ip(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+
+
+@click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"],
+                                 "show_default": True})
+@etcd_options
+@click.option("--iface", metavar="NAME", show_envvar=True,
+              help="Underlay interface peers reach this node on (default: the one carrying "
+                   "--public-ip, else the default route's).")
+@click.option("--public-ip", metavar="IP", callback=_public_ip, show_envvar=True,
+              help="This node's address published in its lease (default: --iface's first IPv4).")
+@click.option("--subnet-file", default="/run/flannel/subnet.env", show_envvar=True,
+              type=click.Path(dir_okay=False), help="Where to write flannel's subnet.env.")
+@click.option("--lease-ttl", type=click.IntRange(2, 7 * 24 * 3600), default=24 * 3600,
+              show_envvar=True, help="Subnet lease TTL in seconds; renewed min(1h, TTL/3) before expiry.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
+def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, verbose):
+    """Run the overlay on this node.
+
+    Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
+    and the route to the pod network, writes SUBNET_FILE, and forwards pod
+    traffic to the other nodes until stopped. Every flag can also be given as
+    an OVERLAYD_* environment variable (e.g. OVERLAYD_ETCD_ENDPOINTS).
+    """
+    from ..daemon import DaemonOptions, run
+    from ..lease.etcd import parse_endpoints
+    from ..errors import ConfigError
+
+    setup_logging(verbose, PROG)
+    try:
+        parse_endpoints(etcd_endpoints)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+    options = DaemonOptions(
+        etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
+        public_ip=public_ip, subnet_file=subnet_file, lease_ttl=lease_ttl,
+        node=NodeOptions(),
+    )
+    sys.exit(run(options))
+
+
+def main() -> None:
+    cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The node daemon: config -> lease -> backend -> subnet.env -> ready -> renew and watch.
+
+Startup waits (with backoff, one log line per new problem) for what an
+operator may still be fixing: an unreachable etcd, a missing or invalid
+network config. It stops with an error only for what will not fix itself:
+bad flags, an interface that does not exist, a full network. Once ready it
+runs three tasks until a signal or a failure: lease renewal, the peer watch
+(feeding the backend), and the backend's data plane. A clean stop keeps the
+lease (as flannel does) so a restart gets the same subnet straight back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import signal
+
+from . import sdnotify, subnetenv
+from .backend import create_backend
+from .backend.base import Backend, NodeOptions, Underlay
+from .errors import ConfigError, OverlayError, StoreUnavailable
+from .lease.etcd import EtcdStore
+from .lease.manager import Backoff, LeaseManager, follow_peers
+from .lease.model import Lease, config_key
+from .lease.watcher import LeaseWatcher
+from .netconf import NetworkConfig, parse_config
+from .plumbing import nft, sysctl
+from .plumbing.netlink import Netlink
+
+log = logging.getLogger("overlayd")
+
+BRIDGE = "cni0"
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonOptions:
+    """Everything the daemon's flags decide."""
+
+    etcd_endpoints: str
+    etcd_prefix: str
+    iface: str | None = None
+    public_ip: str | None = None
+    subnet_file: str = "/run/flannel/subnet.env"
+    lease_ttl: int = 24 * 3600
+    ip_masq: bool = False
+    node: NodeOptions = NodeOptions()
+
+
+class _Reporter:
+    """Logs a recurring problem once, and again only when it changes."""
+
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, message: str) -> None:
+        if message != self.last:
+            log.warning("%s", message)
+            self.last = message
+
+
+async def wait_for_config(store, prefix: str, sleep=asyncio.sleep) -> NetworkConfig:
+    """Read and validate the network config, retrying until it is there and valid."""
+    backoff, report = Backoff(cap=10.0), _Reporter()
+    while True:
+        try:
+            raw = await store.get_config()
+            if raw is None:
+                report(f"no network config at {config_key(prefix)} yet; waiting "
+                       "(write one with 'overlayctl config set FILE')")
+            else:
+                return parse_config(raw)
+        except StoreUnavailable as exc:
+            report(f"{exc}; retrying")
+        except ConfigError as exc:
+            report(f"invalid network config at {config_key(prefix)}: {exc}; waiting for a fix")
+        await sleep(backoff.next())
+
+
+async def retry_unavailable(fn, what: str, sleep=asyncio.sleep):
+    """``await fn()``, retrying with backoff while etcd is unreachable."""
+    backoff, report = Backoff(), _Reporter()
+    while True:
+        try:
+            return await fn()
+        except StoreUnavailable as exc:
+            report(f"{what}: {exc}; retrying")
+            await sleep(backoff.next())
+
+
+async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: int,
+                       ip_masq: bool) -> None:
+    """What every backend needs: forwarding, the cni0 bridge with .1, and the firewall rules."""
+    sysctl.enable_forwarding()
+    sysctl.set_rp_filter("all", 2)
+    gateway = ipaddress.IPv4Interface(f"{lease.subnet.network_address + 1}/{lease.subnet.prefixlen}")
+    await nl.ensure_bridge(BRIDGE, mtu=mtu)
+    await nl.ensure_address(BRIDGE, gateway)
+    nft.apply_forward_accept(config.network)
+    nft.apply_masquerade(config.network, lease.subnet, enabled=ip_masq)
+
+
+class Daemon:
+    """One overlayd process on one node."""
+
+    def __init__(self, options: DaemonOptions):
+        self.options = options
+        self.store = EtcdStore(options.etcd_endpoints, options.etcd_prefix)
+        self.backend: Backend | None = None
+        self.lease: Lease | None = None
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        main = asyncio.create_task(self._main())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if main.done():
+                main.result()  # raises the failure
+                return 0
+            log.info("stopping (the lease is kept for the next start)")
+            sdnotify.notify("STOPPING=1")
+            return 0
+        except OverlayError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            for task in (main, stopper):
+                task.cancel()
+            await asyncio.gather(main, stopper, return_exceptions=True)
+            if self.backend is not None:
+                await self.backend.close()
+            await self.store.close()
+
+    async def _main(self) -> None:
+        opts = self.options
+        config = await wait_for_config(self.store, opts.etcd_prefix)
+        log.info("network %s, /%d subnets, backend %s", config.network, config.subnet_len,
+                 config.backend.type)
+        async with Netlink() as nl:
+            underlay = Underlay(*await nl.underlay(opts.iface, opts.public_ip))
+        log.info("underlay %s, public IP %s, MTU %d", underlay.iface, underlay.public_ip, underlay.mtu)
+        self.backend = backend = create_backend(config, underlay, opts.node)
+
+        previous = subnetenv.read(opts.subnet_file)
+        hint = previous.subnet if previous and previous.network == config.network else None
+        manager = LeaseManager(self.store, config, backend.lease_attrs(), ttl=opts.lease_ttl, hint=hint)
+        self.lease = lease = await retry_unavailable(manager.acquire, "cannot lease a subnet")
+        log.info("leased %s (TTL %ds)", lease.subnet, opts.lease_ttl)
+
+        await backend.setup(lease)
+        async with Netlink() as nl:
+            await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq)
+        subnetenv.write(opts.subnet_file, subnetenv.SubnetEnv(
+            config.network, lease.subnet, backend.mtu, opts.ip_masq))
+        log.info("wrote %s; ready", opts.subnet_file)
+        sdnotify.notify(f"READY=1\nSTATUS=leased {lease.subnet}")
+
+        watcher = LeaseWatcher(own_subnet=lease.subnet)
+        tasks = [
+            asyncio.create_task(manager.keep_renewed(lease, self._renewed), name="renew"),
+            asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),
+            asyncio.create_task(backend.run(), name="dataplane"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _renewed(self, lease: Lease) -> None:
+        self.lease = lease
+
+    async def _peers_changed(self, batch) -> None:
+        for lease in batch.removed:
+            log.info("peer gone: %s on %s", lease.subnet, lease.public_ip)
+        for lease in batch.added:
+            log.info("peer: %s on %s (%s)", lease.subnet, lease.public_ip, lease.attrs.backend_type)
+        await self.backend.apply(batch)
+
+
+def run(options: DaemonOptions) -> int:
+    """Run the daemon on a fresh event loop; returns the exit status."""
+    if options.node.use_uvloop:
+        import uvloop
+        return uvloop.run(Daemon(options).serve())
+    return asyncio.run(Daemon(options).serve())
