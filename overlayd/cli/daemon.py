@@ -8,6 +8,8 @@ import sys
 import click
 
 from ..backend.base import NodeOptions
+from ..errors import ConfigError
+from ..lease.etcd import parse_endpoints
 from .common import ENV_PREFIX, etcd_options, setup_logging
 
 PROG = "overlayd"
@@ -43,15 +45,13 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, v
     traffic to the other nodes until stopped. Every flag can also be given as
     an OVERLAYD_* environment variable (e.g. OVERLAYD_ETCD_ENDPOINTS).
     """
-    from ..daemon import DaemonOptions, run
-    from ..lease.etcd import parse_endpoints
-    from ..errors import ConfigError
-
-    setup_logging(verbose, PROG)
     try:
         parse_endpoints(etcd_endpoints)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+    from ..daemon import DaemonOptions, run  # netlink and friends: not needed for --help
+
+    setup_logging(verbose, PROG)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, lease_ttl=lease_ttl,

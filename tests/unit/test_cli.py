@@ -1,0 +1,85 @@
+"""The CLIs through click's CliRunner: no daemon, no root; etcd is unreachable on purpose."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from overlayd.cli.ctl import cli as ctl
+from overlayd.cli.daemon import cli as daemon
+from overlayd.lab.etcd import free_port
+
+DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def run(cmd, args, **kw):
+    return CliRunner().invoke(cmd, args, catch_exceptions=False, **kw)
+
+
+def one_line_error(result, needle):
+    assert result.exit_code != 0
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1, result.output
+    assert needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--etcd-endpoints", DEAD, "subnets"], "etcd unreachable"),
+    (["--etcd-endpoints", DEAD, "config", "get"], "etcd unreachable"),
+    (["--etcd-endpoints", "https://127.0.0.1:2379", "subnets"], "TLS"),
+    (["--etcd-endpoints", "ftp://x", "subnets"], "expected http://HOST:PORT"),
+    (["--etcd-endpoints", "http://127.0.0.1:99999", "subnets"], "bad port"),
+])
+def test_overlayctl_etcd_problems_are_one_line(args, needle):
+    one_line_error(run(ctl, ["--timeout", "1", *args]), needle)
+
+
+@pytest.mark.parametrize("config, needle", [
+    ('{"Network": "10.244.0.0/16", "SubnetLen": 40}', "SubnetLen"),
+    ("{broken", "not valid JSON"),
+    ('{"Network": "10.244.0.0/16", "Backend": {"Type": "gre"}}', "Backend.Type"),
+])
+def test_config_set_validates_before_touching_etcd(config, needle):
+    # the endpoint is dead: a validation error must come first
+    one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "-"], input=config), needle)
+
+
+def test_config_set_missing_file():
+    result = run(ctl, ["config", "set", "/nonexistent/config.json"])
+    assert result.exit_code == 2
+    assert "No such file" in result.output
+
+
+def test_endpoints_from_environment():
+    result = run(ctl, ["--timeout", "1", "subnets"], env={"OVERLAYD_ETCD_ENDPOINTS": DEAD})
+    one_line_error(result, DEAD.split("//")[1])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--public-ip", "not-an-ip"], "not an IPv4 address"),
+    (["--etcd-endpoints", "https://e:2379"], "TLS"),
+    (["--lease-ttl", "1"], "lease-ttl"),
+    (["--no-such-flag"], "No such option"),
+])
+def test_overlayd_bad_flags_exit_2(args, needle):
+    result = run(daemon, args)
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_overlayd_flags_from_environment():
+    result = run(daemon, [], env={"OVERLAYD_PUBLIC_IP": "bogus"})
+    assert result.exit_code == 2
+    assert "not an IPv4 address" in result.output
+
+
+@pytest.mark.parametrize("cmd, words", [
+    (daemon, ["--etcd-endpoints", "OVERLAYD_ETCD_ENDPOINTS", "--subnet-file", "--iface", "--lease-ttl"]),
+    (ctl, ["subnets", "config"]),
+])
+def test_help_explains(cmd, words):
+    result = run(cmd, ["--help"])
+    assert result.exit_code == 0
+    for w in words:
+        assert w in result.output
