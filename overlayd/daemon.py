@@ -188,8 +188,10 @@ class Daemon:
 
 
 def run(options: DaemonOptions) -> int:
-    """Run the daemon on a fresh event loop; returns the exit status."""
-    if options.node.use_uvloop:
-        import uvloop
-        return uvloop.run(Daemon(options).serve())
+    """Run the daemon on a fresh asyncio loop; returns the exit status.
+
+    The control plane (etcd, netlink) always runs on the standard loop; with
+    ``--event-loop uvloop`` only the data plane moves to a uvloop thread
+    (see :mod:`overlayd.backend.userspace`).
+    """
     return asyncio.run(Daemon(options).serve())

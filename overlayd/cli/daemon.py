@@ -36,8 +36,18 @@ def _public_ip(ctx, param, value):
               type=click.Path(dir_okay=False), help="Where to write flannel's subnet.env.")
 @click.option("--lease-ttl", type=click.IntRange(2, 7 * 24 * 3600), default=24 * 3600,
               show_envvar=True, help="Subnet lease TTL in seconds; renewed min(1h, TTL/3) before expiry.")
+@click.option("--ip-masq", is_flag=True, show_envvar=True,
+              help="Masquerade pod traffic leaving the pod network (nftables; subnet.env says "
+                   "FLANNEL_IPMASQ=true so the CNI bridge does not masquerade too).")
+@click.option("--vxlan-impl", type=click.Choice(["user", "kernel"]), default="user", show_envvar=True,
+              help="For Backend.Type vxlan: overlayd's own data plane over a tap, or a kernel "
+                   "VXLAN device. Both publish BackendType vxlan and interoperate.")
+@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
+              show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
+                                      "its own thread; netlink and etcd stay on asyncio).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
-def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, verbose):
+def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, ip_masq, vxlan_impl,
+        event_loop, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -54,8 +64,8 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, v
     setup_logging(verbose, PROG)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
-        public_ip=public_ip, subnet_file=subnet_file, lease_ttl=lease_ttl,
-        node=NodeOptions(),
+        public_ip=public_ip, subnet_file=subnet_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
+        node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop"),
     )
     sys.exit(run(options))
 

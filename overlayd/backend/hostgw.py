@@ -1,0 +1,60 @@
+"""The host-gw backend: no encapsulation, one route per peer subnet via the peer's node IP.
+
+It only works between nodes on one L2 segment: the kernel refuses a route
+whose gateway is not directly reachable, and we turn that refusal into a
+warning and a counter for that peer (the others keep working) instead of an
+error. The daemon refuses to start only if its own underlay interface cannot
+carry host-gw at all (no Ethernet link layer).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ConfigError, PlumbingError
+from ..lease.model import Lease
+from ..lease.watcher import Batch
+from ..plumbing.netlink import Netlink
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+
+class HostGwBackend(Backend):
+    """Routes to peers' subnets through their node IPs."""
+
+    type_name = "host-gw"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = 0
+        self.routes: set = set()
+
+    async def setup(self, lease: Lease) -> None:
+        self.lease = lease
+        async with Netlink() as nl:
+            if not await nl.is_ethernet(self.underlay.iface):
+                raise ConfigError(f"host-gw needs an Ethernet underlay; {self.underlay.iface} is not one")
+
+    async def apply(self, batch: Batch) -> None:
+        async with Netlink() as nl:
+            for lease in batch.removed:
+                await nl.delete_route(lease.subnet, dev=self.underlay.iface)
+                self.routes.discard(lease.subnet)
+            for lease in batch.added:
+                if lease.attrs.backend_type != self.type_name:
+                    log.warning("peer %s uses backend %s, not host-gw: skipped", lease.subnet,
+                                lease.attrs.backend_type)
+                    self.skipped += 1
+                    continue
+                try:
+                    await nl.ensure_route(lease.subnet, self.underlay.iface, gateway=lease.public_ip)
+                except PlumbingError as exc:
+                    log.warning("peer %s on %s is not on this L2 segment, skipped: %s",
+                                lease.subnet, lease.public_ip, exc)
+                    self.skipped += 1
+                    continue
+                self.routes.add(lease.subnet)
+
+    def stats(self) -> dict:
+        return {"routes": len(self.routes), "skipped_peers": self.skipped}

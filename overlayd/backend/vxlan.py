@@ -1,0 +1,91 @@
+"""The kernel VXLAN backend: flannel's default, done by a Linux VXLAN device.
+
+Design history (as flannel's ``vxlan.go`` keeps one): flannel first used L3
+misses to program neighbours on demand, then switched to static entries per
+peer, which is what we do. The device ``flannel.<VNI>`` is created with
+``nolearning``, the VNI, the port, ``local`` = the public IP, ``dev`` = the
+underlay interface, and the UDP checksum OFF set explicitly (pyroute2 and
+iproute2 both create it with the checksum on here unless told otherwise).
+For each peer: a route ``<subnet> via <subnet>.0 dev flannel.N onlink``, a
+permanent neighbour ``<subnet>.0 -> VtepMAC`` and an FDB entry ``VtepMAC ->
+public IP``; all three go when the lease goes. Our userspace VXLAN backend
+publishes the same BackendData, so nodes of either kind are peers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from ..encap.ether import mac_to_str, stable_mac
+from ..lease.model import Lease
+from ..lease.watcher import Batch
+from ..plumbing import sysctl
+from ..plumbing.netlink import Netlink
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+
+def vtep_mac(public_ip: ipaddress.IPv4Address, vni: int) -> str:
+    """This node's VTEP MAC: derived from its public IP and the VNI, so it survives restarts."""
+    return mac_to_str(stable_mac(public_ip.packed + vni.to_bytes(3, "big")))
+
+
+def vtep_gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The peer-side address routes point at: the subnet's network address (flannel's ``.0``)."""
+    return subnet.network_address
+
+
+class KernelVxlanBackend(Backend):
+    """VXLAN by the kernel, programmed per peer."""
+
+    type_name = "vxlan"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vni = self.config.backend.vni
+        self.device = f"flannel.{self.vni}"
+        self.mac = vtep_mac(self.underlay.public_ip, self.vni)
+        self.peers: dict[ipaddress.IPv4Network, tuple[str, str]] = {}
+        self.skipped = 0
+
+    def backend_data(self) -> dict:
+        return {"VNI": self.vni, "VtepMAC": self.mac}
+
+    async def setup(self, lease: Lease) -> None:
+        self.lease = lease
+        async with Netlink() as nl:
+            await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
+                                  local=self.underlay.public_ip, underlay_dev=self.underlay.iface,
+                                  mac=self.mac, mtu=self.mtu, learning=False, udp_checksum=False)
+            await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
+            await nl.ensure_link_up(self.device)
+        sysctl.disable_ipv6(self.device)
+
+    async def apply(self, batch: Batch) -> None:
+        async with Netlink() as nl:
+            for lease in batch.removed:
+                old = self.peers.pop(lease.subnet, None)
+                await nl.delete_route(lease.subnet, dev=self.device)
+                await nl.delete_neighbour(vtep_gateway(lease.subnet), self.device)
+                if old is not None:
+                    await nl.delete_fdb(old[1], self.device, old[0])
+            for lease in batch.added:
+                data = lease.attrs.backend_data or {}
+                mac = data.get("VtepMAC")
+                if lease.attrs.backend_type != "vxlan" or not mac or data.get("VNI", self.vni) != self.vni:
+                    log.warning("peer %s on %s is not a VXLAN peer on VNI %d: skipped",
+                                lease.subnet, lease.public_ip, self.vni)
+                    self.skipped += 1
+                    continue
+                old = self.peers.get(lease.subnet)
+                if old is not None and old[1] != mac:
+                    await nl.delete_fdb(old[1], self.device, old[0])
+                await nl.ensure_fdb(mac, lease.public_ip, self.device)
+                await nl.ensure_neighbour(vtep_gateway(lease.subnet), mac, self.device)
+                await nl.ensure_route(lease.subnet, self.device, gateway=vtep_gateway(lease.subnet), onlink=True)
+                self.peers[lease.subnet] = (str(lease.public_ip), mac)
+
+    def stats(self) -> dict:
+        return {"peers": len(self.peers), "skipped_peers": self.skipped}

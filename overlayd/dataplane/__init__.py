@@ -1,0 +1,1 @@
+"""The userspace data plane: moves packets between a tun/tap device and a UDP socket."""

@@ -1,0 +1,136 @@
+"""The forwarding loop on an asyncio event loop.
+
+Design note. Two level-triggered readers (``loop.add_reader``), one on the
+device fd and one on the UDP socket, each draining up to ``BUDGET`` packets
+per wake-up before yielding back to the loop (so etcd and netlink work stays
+responsive). Measured here, callbacks that drain until EAGAIN read as many
+packets per second on the standard loop as on uvloop; protocol objects
+(``DatagramProtocol``) cost an extra allocation and call per packet for
+nothing we need. What to do with a packet is the codec's job (pure code in
+:mod:`overlayd.encap`); sending goes through one :class:`Sender` so that
+batching strategies (per-packet ``sendto``, the C fast path's
+``sendmmsg``) can be swapped and measured without touching the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import time
+from typing import Protocol
+
+from ..encap.drops import Counters, Drop
+
+BUDGET = 256  # packets per wake-up and direction
+READ_SIZE = 65535
+
+
+class Codec(Protocol):
+    """Per-backend packet decisions (pure)."""
+
+    def outbound(self, frame: bytes) -> tuple[str, bytes] | Drop:
+        """A frame read from the device -> (peer node IP, UDP payload), or why not."""
+
+    def inbound(self, payload: bytes, sender_ip: str) -> bytes | Drop:
+        """A UDP payload from ``sender_ip`` -> the frame to write to the device, or why not."""
+
+    def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
+        """A frame to write back to the device for a dropped outbound frame (ICMP), if any."""
+
+
+class Sender:
+    """Per-packet ``sendto``: the baseline strategy. ``flush`` is a no-op here."""
+
+    def __init__(self, sock: socket.socket, port: int, counters: Counters):
+        self.sock, self.port, self.counters = sock, port, counters
+
+    def send(self, payload: bytes, dst_ip: str) -> None:
+        try:
+            self.sock.sendto(payload, (dst_ip, self.port))
+        except (BlockingIOError, InterruptedError):
+            self.counters.count("tx_dropped")  # socket buffer full: UDP semantics, drop
+        except OSError as exc:
+            self.counters.count("tx_error_" + (errno.errorcode.get(exc.errno, "other")).lower())
+        else:
+            self.counters.tx(len(payload))
+
+    def flush(self) -> None:
+        return None
+
+
+class DataPlane:
+    """Forwards between ``dev_fd`` (tun or tap) and ``sock`` using ``codec``."""
+
+    def __init__(self, dev_fd: int, sock: socket.socket, codec: Codec, sender: Sender,
+                 counters: Counters):
+        self.dev_fd = dev_fd
+        self.sock = sock
+        self.codec = codec
+        self.sender = sender
+        self.counters = counters
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Register the readers on ``loop``."""
+        self.loop = loop
+        os.set_blocking(self.dev_fd, False)
+        self.sock.setblocking(False)
+        loop.add_reader(self.dev_fd, self._device_readable)
+        loop.add_reader(self.sock.fileno(), self._socket_readable)
+
+    def stop(self) -> None:
+        """Unregister the readers (the fds stay open: their owner closes them)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.dev_fd)
+            self.loop.remove_reader(self.sock.fileno())
+        self.loop = None
+
+    def _device_readable(self) -> None:
+        codec, counters, sender = self.codec, self.counters, self.sender
+        for _ in range(BUDGET):
+            try:
+                frame = os.read(self.dev_fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                counters.count("dev_read_error")
+                if exc.errno in (errno.EBADFD, errno.EBADF):
+                    break
+                continue
+            counters.rx_dev(len(frame))
+            verdict = codec.outbound(frame)
+            if isinstance(verdict, Drop):
+                counters.drop(verdict)
+                reply = codec.answer(verdict, frame, time.monotonic())
+                if reply is not None:
+                    self._write_device(reply)
+                continue
+            sender.send(verdict[1], verdict[0])
+        sender.flush()
+
+    def _socket_readable(self) -> None:
+        codec, counters = self.codec, self.counters
+        for _ in range(BUDGET):
+            try:
+                payload, (src_ip, _port) = self.sock.recvfrom(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                counters.count("sock_read_error")  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                continue
+            counters.rx(len(payload))
+            verdict = codec.inbound(payload, src_ip)
+            if isinstance(verdict, Drop):
+                counters.drop(verdict)
+                continue
+            self._write_device(verdict)
+
+    def _write_device(self, frame: bytes) -> None:
+        try:
+            os.write(self.dev_fd, frame)
+        except OSError as exc:  # EIO: link down; EINVAL: malformed for the device
+            self.counters.count("dev_write_error_" + errno.errorcode.get(exc.errno, "other").lower())
+        else:
+            self.counters.count("dev_tx_packets")

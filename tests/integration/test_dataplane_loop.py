@@ -1,0 +1,93 @@
+"""The forwarding loop end to end without root: a datagram socketpair stands in
+for the tun device and the peers live on loopback (127.0.0.0/8)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+
+import pytest
+
+from overlayd.dataplane.codecs import UdpCodec
+from overlayd.dataplane.loop import DataPlane, Sender
+from overlayd.dataplane.sockets import open_udp
+from overlayd.encap.drops import Counters, Drop
+from overlayd.encap.ipv4 import internet_checksum
+from overlayd.encap.table import Peer, PeerTable
+from overlayd.lab.etcd import free_port
+
+OWN = ipaddress.IPv4Network("10.244.1.0/24")
+PEER_SUBNET = ipaddress.IPv4Network("10.244.2.0/24")
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    return header + payload
+
+
+@pytest.fixture
+def plane():
+    port = free_port()
+    table = PeerTable(24)
+    table.set(PEER_SUBNET, Peer("127.0.0.2", None))
+    counters = Counters()
+    dev_ours, dev_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = open_udp("127.0.0.1", port)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.2", port))
+    peer.settimeout(2)
+    dp = DataPlane(dev_ours.fileno(), sock, UdpCodec(table, OWN), Sender(sock, port, counters), counters)
+    yield dp, dev_test, peer, counters, port, table
+    dp.stop()
+    for s in (dev_ours, dev_test, sock, peer):
+        s.close()
+
+
+async def test_packets_cross_both_ways_and_drops_are_counted(plane):
+    dp, dev, peer, counters, port, table = plane
+    dp.start(asyncio.get_running_loop())
+    dev.setblocking(False)
+
+    # out: a pod packet for the peer's subnet leaves as the UDP payload, unchanged
+    pkt = ipv4("10.244.1.5", "10.244.2.7")
+    dev.send(pkt)
+    data, (src, sport) = await asyncio.to_thread(peer.recvfrom, 65535)
+    assert data == pkt and src == "127.0.0.1" and sport == port
+
+    # in: a datagram from the peer for one of our pods is written to the device
+    back = ipv4("10.244.2.7", "10.244.1.5")
+    peer.sendto(back, ("127.0.0.1", port))
+    loop = asyncio.get_running_loop()
+    assert await asyncio.wait_for(loop.sock_recv(dev, 65535), 2) == back
+
+    # in, dropped: for another subnet (would loop out of tun0 again), and garbage
+    peer.sendto(ipv4("10.244.2.7", "10.244.3.9"), ("127.0.0.1", port))
+    peer.sendto(b"\x45\x00", ("127.0.0.1", port))
+    # in, dropped: a sender that holds no lease
+    rogue = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rogue.bind(("127.0.0.3", 0))
+    rogue.sendto(back, ("127.0.0.1", port))
+    rogue.close()
+
+    # out, no lease: dropped and answered with ICMP unreachable from the unreachable address
+    lost = ipv4("10.244.1.5", "10.244.9.9")
+    dev.send(lost)
+    answer = await asyncio.wait_for(loop.sock_recv(dev, 65535), 2)
+    assert answer[9] == 1 and answer[20] == 3  # ICMP, destination unreachable
+    assert socket.inet_ntoa(answer[12:16]) == "10.244.9.9"
+    assert socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
+
+    for _ in range(50):
+        snap = counters.snapshot()
+        if snap.get("drop_" + Drop.UNKNOWN_SENDER.value, 0) >= 1:
+            break
+        await asyncio.sleep(0.02)
+    snap = counters.snapshot()
+    assert snap["drop_" + Drop.NOT_OUR_SUBNET.value] == 1
+    assert snap["drop_" + Drop.TRUNCATED.value] == 1
+    assert snap["drop_" + Drop.UNKNOWN_SENDER.value] == 1
+    assert snap["drop_" + Drop.NO_LEASE.value] == 1
