@@ -33,7 +33,7 @@ class UdpCodec:
         return udp.inbound(payload, sender_ip, self.subnet_int, self.mask, self.table)
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
-        """ICMP destination unreachable for a packet to a subnet nobody leases."""
+        """ICMP destination unreachable for a packet to a subnet nobody leases (or None)."""
         if drop is not Drop.NO_LEASE or not self.limiter.allow(now):
             return None
         return icmp.dest_unreachable(frame)
@@ -74,6 +74,8 @@ class VxlanCodec:
         """ICMP unreachable, in an Ethernet frame back to the sender's MAC."""
         if drop is not Drop.NO_LEASE or not self.limiter.allow(now):
             return None
-        dst, _src, ethertype = ether.parse_ethernet(frame)
-        return ether.build_ethernet(frame[6:12], self.own_mac, ethertype) + \
-            icmp.dest_unreachable(frame[ether.ETH_HEADER_LEN:])
+        reply = icmp.dest_unreachable(frame[ether.ETH_HEADER_LEN:])
+        if reply is None:
+            return None
+        _dst, src, ethertype = ether.parse_ethernet(frame)
+        return ether.build_ethernet(src, self.own_mac, ethertype) + reply

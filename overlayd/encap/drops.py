@@ -1,0 +1,58 @@
+"""Why a packet was dropped, and the counters the data plane keeps.
+
+A drop is a value, not an exception: the forwarding loop handles hundreds of
+thousands of packets a second and must never unwind a stack for a bad one.
+Each reason has its own counter (``drop_<reason>`` in :meth:`Counters.snapshot`).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Drop(enum.Enum):
+    """Every reason the data plane drops a packet."""
+
+    TRUNCATED = "truncated"              # shorter than its headers say
+    NOT_IPV4 = "not_ipv4"                # IPv6, ARP or another ethertype/version
+    BAD_IP_HEADER = "bad_ip_header"      # IHL < 5 or total length inconsistent
+    NO_LEASE = "no_lease"                # outbound: no node leases the destination's subnet
+    UNKNOWN_SENDER = "unknown_sender"    # inbound: the sender holds no lease
+    NOT_OUR_SUBNET = "not_our_subnet"    # inbound: inner destination outside our subnet
+    BAD_VXLAN = "bad_vxlan"              # VXLAN header without the I flag
+    WRONG_VNI = "wrong_vni"              # VXLAN for another network
+    NOT_FOR_US = "not_for_us"            # inbound frame not addressed to our VTEP MAC
+
+
+class Counters:
+    """Packet and byte counters; plain integers in a dict (single-threaded use)."""
+
+    def __init__(self) -> None:
+        self._c: dict[str, int] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``."""
+        self._c[name] = self._c.get(name, 0) + n
+
+    def tx(self, nbytes: int) -> None:
+        """One datagram sent to a peer."""
+        self.count("tx_packets")
+        self.count("tx_bytes", nbytes)
+
+    def rx(self, nbytes: int) -> None:
+        """One datagram received from the underlay."""
+        self.count("rx_packets")
+        self.count("rx_bytes", nbytes)
+
+    def rx_dev(self, nbytes: int) -> None:
+        """One packet read from the overlay device."""
+        self.count("dev_rx_packets")
+        self.count("dev_rx_bytes", nbytes)
+
+    def drop(self, reason: Drop) -> None:
+        """One packet dropped for ``reason``."""
+        self.count("drop_" + reason.value)
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of every counter that is not zero."""
+        return dict(self._c)

@@ -1,0 +1,87 @@
+"""Ethernet framing for the userspace VXLAN backend's tap, and VTEP MACs.
+
+The tap is NOARP (see :mod:`overlayd.backend.vxlan_user`): every IPv4 frame
+the kernel writes to it is addressed to the tap's own MAC, and we rewrite the
+destination to the owning peer's VTEP MAC before encapsulating. Inbound we
+accept IPv4 frames addressed to our VTEP MAC (or broadcast) whose inner
+destination is in our subnet; ARP never crosses the overlay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ..errors import EncapError
+from . import ipv4
+from .drops import Drop
+from .table import Peer, PeerTable
+
+ETH_HEADER_LEN = 14
+ETH_P_IP = 0x0800
+BROADCAST = b"\xff" * 6
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def mac_to_str(mac: bytes) -> str:
+    """``aa:bb:cc:dd:ee:ff`` for 6 bytes."""
+    if len(mac) != 6:
+        raise EncapError(f"a MAC is 6 bytes, got {len(mac)}")
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def mac_to_bytes(text: str) -> bytes:
+    """6 bytes for ``aa:bb:cc:dd:ee:ff``; :class:`EncapError` for anything else."""
+    if not isinstance(text, str) or not _MAC_RE.match(text):
+        raise EncapError(f"not a MAC address: {text!r}")
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def stable_mac(seed: bytes) -> bytes:
+    """A unicast, locally administered MAC derived from ``seed`` (same seed, same MAC)."""
+    digest = bytearray(hashlib.sha256(seed).digest()[:6])
+    digest[0] = (digest[0] & 0xFE) | 0x02
+    return bytes(digest)
+
+
+def parse_ethernet(frame: bytes) -> tuple[bytes, bytes, int]:
+    """(destination MAC, source MAC, ethertype) of ``frame``."""
+    if len(frame) < ETH_HEADER_LEN:
+        raise EncapError(f"an Ethernet header needs {ETH_HEADER_LEN} bytes, got {len(frame)}")
+    return frame[0:6], frame[6:12], (frame[12] << 8) | frame[13]
+
+
+def build_ethernet(dst: bytes, src: bytes, ethertype: int) -> bytes:
+    """A 14-byte Ethernet header."""
+    return dst + src + ethertype.to_bytes(2, "big")
+
+
+def _ipv4_payload_check(frame: bytes) -> Drop | None:
+    if len(frame) < ETH_HEADER_LEN:
+        return Drop.TRUNCATED
+    if frame[12:14] != b"\x08\x00":
+        return Drop.NOT_IPV4
+    return ipv4.check(frame[ETH_HEADER_LEN:])
+
+
+def tap_outbound(frame: bytes, table: PeerTable) -> tuple[Peer, bytes] | Drop:
+    """A frame read from the tap -> (owning peer, frame re-addressed to its VTEP MAC)."""
+    bad = _ipv4_payload_check(frame)
+    if bad is not None:
+        return bad
+    peer = table.lookup(frame[ETH_HEADER_LEN + 16:ETH_HEADER_LEN + 20])
+    if peer is None or peer.vtep_mac is None:
+        return Drop.NO_LEASE
+    return peer, peer.vtep_mac + frame[6:]
+
+
+def tap_inbound(frame: bytes, own_mac: bytes, subnet_int: int, mask: int) -> bytes | Drop:
+    """A decapsulated frame -> the frame to write to the tap, or why not."""
+    bad = _ipv4_payload_check(frame)
+    if bad is not None:
+        return bad
+    if frame[0:6] != own_mac and frame[0:6] != BROADCAST:
+        return Drop.NOT_FOR_US
+    if ipv4.dst_int(frame[ETH_HEADER_LEN:]) & mask != subnet_int:
+        return Drop.NOT_OUR_SUBNET
+    return frame

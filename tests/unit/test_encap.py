@@ -1,0 +1,271 @@
+"""Vectors for the pure packet code: IPv4 checks, the peer table, UDP framing,
+ICMP answers, the VXLAN header and the tap's Ethernet handling. scapy (an
+independent implementation) builds and dissects the packets we cross-check."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+import pytest
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+
+from overlayd.encap import ether, icmp, ipv4, udp, vxlan
+from overlayd.encap.drops import Counters, Drop
+from overlayd.encap.table import Peer, PeerTable
+from overlayd.errors import EncapError
+
+OWN = ipaddress.IPv4Network("10.244.1.0/24")
+SUBNET_INT, MASK = int(OWN.network_address), int(OWN.netmask)
+MAC_A = bytes.fromhex("0a0000000001")
+MAC_B = bytes.fromhex("0a0000000002")
+
+
+def pkt(src="10.244.1.5", dst="10.244.2.7", payload=b"hello") -> bytes:
+    return bytes(IP(src=src, dst=dst) / UDP(sport=1, dport=2) / payload)
+
+
+@pytest.fixture
+def table():
+    t = PeerTable(24)
+    t.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.2", MAC_B))
+    t.set(ipaddress.IPv4Network("10.244.3.0/24"), Peer("198.18.0.3", None))
+    return t
+
+
+# --- IPv4 ---------------------------------------------------------------
+
+@pytest.mark.parametrize("data, expected", [
+    (pkt(), None),
+    (b"", Drop.TRUNCATED),
+    (b"\x45\x00", Drop.TRUNCATED),
+    (pkt()[:25], Drop.TRUNCATED),                             # total length says more
+    (bytes([0x44]) + pkt()[1:], Drop.BAD_IP_HEADER),          # IHL 4
+    (pkt()[:2] + b"\x00\x10" + pkt()[4:], Drop.BAD_IP_HEADER),  # total 16 < IHL 20
+    (b"\x60" + b"\x00" * 39, Drop.NOT_IPV4),
+    (b"\x60\x00", Drop.NOT_IPV4),
+    (pkt() + b"trailing", None),                              # padding beyond total length is fine
+])
+def test_ipv4_check(data, expected):
+    assert ipv4.check(data) is expected
+
+
+@pytest.mark.parametrize("data", [pkt(), pkt(payload=b"odd"), bytes(IP(dst="1.2.3.4") / ICMP())])
+def test_internet_checksum_matches_scapy(data):
+    header = bytearray(data[:20])
+    header[10:12] = b"\x00\x00"
+    assert ipv4.internet_checksum(bytes(header)) == IP(data).chksum
+    assert ipv4.internet_checksum(data[:20]) == 0  # a correct header sums to zero
+
+
+# --- peer table -----------------------------------------------------------
+
+@pytest.mark.parametrize("dst, node", [
+    ("10.244.2.0", "198.18.0.2"), ("10.244.2.255", "198.18.0.2"), ("10.244.3.9", "198.18.0.3"),
+    ("10.244.4.1", None), ("10.245.2.1", None),
+])
+def test_lookup(table, dst, node):
+    peer = table.lookup(socket.inet_aton(dst))
+    assert (peer.node_ip if peer else None) == node
+
+
+def test_table_replace_remove_and_senders(table):
+    assert len(table) == 2 and table.is_node("198.18.0.2")
+    table.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.9"))
+    assert not table.is_node("198.18.0.2") and table.is_node("198.18.0.9") and len(table) == 2
+    table.remove(ipaddress.IPv4Network("10.244.2.0/24"))
+    table.remove(ipaddress.IPv4Network("10.244.2.0/24"))  # twice is fine
+    assert not table.is_node("198.18.0.9") and len(table) == 1
+    with pytest.raises(ValueError):
+        table.set(ipaddress.IPv4Network("10.244.0.0/16"), Peer("198.18.0.9"))
+
+
+def test_one_node_two_subnets_stays_a_sender_until_both_go():
+    t = PeerTable(24)
+    a, b = ipaddress.IPv4Network("10.244.5.0/24"), ipaddress.IPv4Network("10.244.6.0/24")
+    t.set(a, Peer("198.18.0.5"))
+    t.set(b, Peer("198.18.0.5"))
+    t.remove(a)
+    assert t.is_node("198.18.0.5")
+    t.remove(b)
+    assert not t.is_node("198.18.0.5")
+
+
+# --- UDP framing -----------------------------------------------------------
+
+@pytest.mark.parametrize("data, expected", [
+    (pkt(dst="10.244.2.7"), "198.18.0.2"),
+    (pkt(dst="10.244.3.1"), "198.18.0.3"),
+    (pkt(dst="10.244.9.9"), Drop.NO_LEASE),
+    (pkt(dst="8.8.8.8"), Drop.NO_LEASE),
+    (b"\x45", Drop.TRUNCATED),
+    (b"\x60" + b"\x00" * 47, Drop.NOT_IPV4),
+])
+def test_udp_outbound(table, data, expected):
+    verdict = udp.outbound(data, table)
+    if isinstance(expected, Drop):
+        assert verdict is expected
+    else:
+        peer, payload = verdict
+        assert peer.node_ip == expected and payload == data  # the packet is the payload, unchanged
+
+
+@pytest.mark.parametrize("data, sender, expected", [
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), "198.18.0.2", "ok"),
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), "198.18.0.66", Drop.UNKNOWN_SENDER),
+    (pkt(src="10.244.2.7", dst="10.244.3.5"), "198.18.0.2", Drop.NOT_OUR_SUBNET),
+    (pkt(src="10.244.2.7", dst="1.1.1.1"), "198.18.0.2", Drop.NOT_OUR_SUBNET),
+    (b"\x45\x00\x00", "198.18.0.2", Drop.TRUNCATED),
+    (b"garbage-garbage-garbage", "198.18.0.2", Drop.NOT_IPV4),
+])
+def test_udp_inbound(table, data, sender, expected):
+    verdict = udp.inbound(data, sender, SUBNET_INT, MASK, table)
+    assert verdict == (data if expected == "ok" else expected)
+
+
+# --- ICMP ------------------------------------------------------------------
+
+def test_dest_unreachable_comes_from_the_destination_and_quotes_the_packet():
+    original = pkt(src="10.244.1.5", dst="10.244.9.9", payload=b"0123456789")
+    answer = IP(icmp.dest_unreachable(original))
+    assert (answer.src, answer.dst) == ("10.244.9.9", "10.244.1.5")
+    assert answer[ICMP].type == 3 and answer[ICMP].code == 1
+    assert bytes(answer[ICMP].payload)[:28] == original[:28]
+    raw = bytes(answer)
+    assert ipv4.internet_checksum(raw[:20]) == 0 and ipv4.internet_checksum(raw[20:]) == 0
+
+
+@pytest.mark.parametrize("original", [
+    bytes(IP(src="10.244.1.5", dst="10.244.9.9") / ICMP(type=3, code=1) / (b"x" * 28)),  # an error
+    bytes(IP(src="10.244.1.5", dst="10.244.9.9", frag=8) / (b"x" * 16)),                 # later fragment
+    bytes(IP(src="0.0.0.0", dst="10.244.9.9") / UDP()),
+    bytes(IP(src="224.0.0.5", dst="10.244.9.9") / UDP()),
+])
+def test_no_icmp_error_where_rfc1122_forbids_one(original):
+    assert icmp.dest_unreachable(original) is None
+
+
+def test_echo_request_is_answered():
+    assert icmp.dest_unreachable(bytes(IP(src="10.244.1.5", dst="10.244.9.9") / ICMP())) is not None
+
+
+def test_rate_limiter_bursts_then_refills():
+    limiter = icmp.RateLimiter(rate=10, burst=3)
+    assert [limiter.allow(0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow(0.05) is False  # half a token
+    assert limiter.allow(0.1) is True
+    assert [limiter.allow(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+# --- VXLAN header ------------------------------------------------------------
+
+@pytest.mark.parametrize("vni", [0, 1, 42, 0x123456, (1 << 24) - 1])
+def test_vxlan_header_round_trip_and_scapy_agrees(vni):
+    header = vxlan.pack_header(vni)
+    assert len(header) == 8 and vxlan.unpack_header(header) == (0x08, vni)
+    dissected = VXLAN(header)
+    assert dissected.vni == vni and dissected.flags == 0x08
+    assert header == bytes(VXLAN(flags=0x08, vni=vni))
+
+
+@pytest.mark.parametrize("vni", [-1, 1 << 24])
+def test_vxlan_vni_out_of_range(vni):
+    with pytest.raises(EncapError):
+        vxlan.pack_header(vni)
+
+
+FRAME = bytes(Ether(dst="0a:00:00:00:00:01", src="0a:00:00:00:00:02") / IP(src="10.244.2.7", dst="10.244.1.5") / UDP())
+
+
+@pytest.mark.parametrize("dgram, expected", [
+    (bytes(VXLAN(flags=0x08, vni=1)) + FRAME, FRAME),
+    (bytes(VXLAN(flags=0x08, vni=1, reserved0=0xabcdef, reserved2=0x77)) + FRAME, FRAME),  # reserved ignored
+    (bytes(VXLAN(flags=0x0C, vni=1)) + FRAME, FRAME),   # other flag bits ignored (RFC 7348)
+    (bytes(VXLAN(flags=0x00, vni=1)) + FRAME, Drop.BAD_VXLAN),
+    (bytes(VXLAN(flags=0x08, vni=2)) + FRAME, Drop.WRONG_VNI),
+    (bytes(VXLAN(flags=0x08, vni=1)) + FRAME[:10], Drop.TRUNCATED),
+    (b"\x08\x00", Drop.TRUNCATED),
+])
+def test_vxlan_decapsulate(dgram, expected):
+    assert vxlan.decapsulate(dgram, 1) == expected
+
+
+def test_vxlan_encapsulate_dissects_as_vxlan():
+    wire = UDP(sport=8472, dport=8472) / VXLAN(vxlan.encapsulate(FRAME, 7))
+    parsed = UDP(bytes(wire))
+    assert parsed[VXLAN].vni == 7 and bytes(parsed[VXLAN].payload) == FRAME
+
+
+# --- Ethernet / tap -----------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["0a:00:00:00:00:01", "FE:ff:00:11:22:33"])
+def test_mac_round_trip(text):
+    assert ether.mac_to_str(ether.mac_to_bytes(text)) == text.lower()
+
+
+@pytest.mark.parametrize("text", ["", "0a:00:00:00:00", "0a-00-00-00-00-01", "zz:00:00:00:00:01", None])
+def test_bad_mac(text):
+    with pytest.raises(EncapError):
+        ether.mac_to_bytes(text)
+
+
+@pytest.mark.parametrize("seed", [b"", b"198.18.0.1", bytes(range(7))])
+def test_stable_mac_is_stable_unicast_and_local(seed):
+    mac = ether.stable_mac(seed)
+    assert mac == ether.stable_mac(seed) and len(mac) == 6
+    assert mac[0] & 0x01 == 0 and mac[0] & 0x02 == 0x02
+    assert ether.stable_mac(seed + b"x") != mac
+
+
+def tap_frame(dst_ip, ethertype_layer=None, dst_mac="0a:00:00:00:00:01"):
+    inner = ethertype_layer if ethertype_layer is not None else IP(src="10.244.1.5", dst=dst_ip) / UDP()
+    return bytes(Ether(dst=dst_mac, src="0a:00:00:00:00:01") / inner)
+
+
+def test_tap_outbound_readdresses_to_the_peer_vtep(table):
+    frame = tap_frame("10.244.2.7")
+    peer, out = ether.tap_outbound(frame, table)
+    assert peer.node_ip == "198.18.0.2"
+    assert out[:6] == MAC_B and out[6:] == frame[6:]
+
+
+@pytest.mark.parametrize("frame, expected", [
+    (tap_frame("10.244.9.9"), Drop.NO_LEASE),
+    (tap_frame("10.244.3.3"), Drop.NO_LEASE),  # a peer without a VTEP MAC is not a VXLAN peer
+    (tap_frame("x", ARP(pdst="10.244.2.7")), Drop.NOT_IPV4),
+    (b"\x0a" * 10, Drop.TRUNCATED),
+    (tap_frame("10.244.2.7")[:20], Drop.TRUNCATED),
+])
+def test_tap_outbound_drops(table, frame, expected):
+    assert ether.tap_outbound(frame, table) is expected
+
+
+@pytest.mark.parametrize("frame, expected", [
+    (FRAME, "ok"),
+    (bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(dst="10.244.1.5")), "ok"),
+    (bytes(Ether(dst="0a:00:00:00:00:99") / IP(dst="10.244.1.5")), Drop.NOT_FOR_US),
+    (bytes(Ether(dst="0a:00:00:00:00:01") / IP(dst="10.244.2.5")), Drop.NOT_OUR_SUBNET),
+    (bytes(Ether(dst="0a:00:00:00:00:01") / ARP()), Drop.NOT_IPV4),
+])
+def test_tap_inbound(frame, expected):
+    verdict = ether.tap_inbound(frame, MAC_A, SUBNET_INT, MASK)
+    assert verdict == (frame if expected == "ok" else expected)
+
+
+def test_build_and_parse_ethernet():
+    header = ether.build_ethernet(MAC_A, MAC_B, 0x0800)
+    assert ether.parse_ethernet(header) == (MAC_A, MAC_B, 0x0800)
+    with pytest.raises(EncapError):
+        ether.parse_ethernet(b"short")
+
+
+def test_counters_by_reason():
+    c = Counters()
+    c.drop(Drop.NO_LEASE)
+    c.drop(Drop.NO_LEASE)
+    c.tx(100)
+    assert c.snapshot() == {"drop_no_lease": 2, "tx_packets": 1, "tx_bytes": 100}
+    assert len({d.value for d in Drop}) == len(Drop)
