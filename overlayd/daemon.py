@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import logging
 import signal
+import time
 
 from . import sdnotify, subnetenv
+from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
 from .errors import ConfigError, OverlayError, StoreUnavailable
@@ -32,6 +35,7 @@ from .plumbing.netlink import Netlink
 log = logging.getLogger("overlayd")
 
 BRIDGE = "cni0"
+STATUS_INTERVAL = 5.0  # seconds between status-file refreshes (also written on every peer change)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,7 @@ class DaemonOptions:
     iface: str | None = None
     public_ip: str | None = None
     subnet_file: str = "/run/flannel/subnet.env"
+    status_file: str = "/run/overlayd/status.json"
     lease_ttl: int = 24 * 3600
     ip_masq: bool = False
     node: NodeOptions = NodeOptions()
@@ -97,8 +102,7 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
     gateway = ipaddress.IPv4Interface(f"{lease.subnet.network_address + 1}/{lease.subnet.prefixlen}")
     await nl.ensure_bridge(BRIDGE, mtu=mtu)
     await nl.ensure_address(BRIDGE, gateway)
-    nft.apply_forward_accept(config.network)
-    nft.apply_masquerade(config.network, lease.subnet, enabled=ip_masq)
+    nft.apply(config.network, lease.subnet, masquerade=ip_masq)
 
 
 class Daemon:
@@ -166,6 +170,7 @@ class Daemon:
             asyncio.create_task(manager.keep_renewed(lease, self._renewed), name="renew"),
             asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),
             asyncio.create_task(backend.run(), name="dataplane"),
+            asyncio.create_task(self._status_loop(), name="status"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -179,12 +184,32 @@ class Daemon:
     def _renewed(self, lease: Lease) -> None:
         self.lease = lease
 
+    def write_status(self) -> None:
+        """Write the node's view (lease, reachable peers, data-plane counters) as JSON."""
+        backend, lease = self.backend, self.lease
+        status = {
+            "subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
+            "backend": backend.type_name, "device": getattr(backend, "device", None),
+            "mtu": backend.mtu, "peers": backend.peer_subnets(), "stats": backend.stats(),
+            "updated": time.time(),
+        }
+        try:
+            write_atomic(self.options.status_file, json.dumps(status, indent=2) + "\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.options.status_file, exc.strerror)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(STATUS_INTERVAL)
+
     async def _peers_changed(self, batch) -> None:
         for lease in batch.removed:
             log.info("peer gone: %s on %s", lease.subnet, lease.public_ip)
         for lease in batch.added:
             log.info("peer: %s on %s (%s)", lease.subnet, lease.public_ip, lease.attrs.backend_type)
         await self.backend.apply(batch)
+        self.write_status()
 
 
 def run(options: DaemonOptions) -> int:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
-import tempfile
 
+from .atomicfile import write_atomic
 from .errors import ConfigError
 
 
@@ -70,20 +69,5 @@ def read(path: str) -> SubnetEnv | None:
 
 
 def write(path: str, env: SubnetEnv) -> None:
-    """Write atomically: a temporary file in the same directory, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(env.render())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``env`` to ``path`` atomically."""
+    write_atomic(path, env.render())

@@ -74,5 +74,9 @@ class Backend(abc.ABC):
         """Counters for status output."""
         return {}
 
+    @abc.abstractmethod
+    def peer_subnets(self) -> list[str]:
+        """The peer subnets this node can currently reach (for status output)."""
+
     async def close(self) -> None:
         """Release file descriptors and sockets (devices and routes stay, like flannel's)."""

@@ -56,5 +56,8 @@ class HostGwBackend(Backend):
                     continue
                 self.routes.add(lease.subnet)
 
+    def peer_subnets(self) -> list[str]:
+        return sorted(str(s) for s in self.routes)
+
     def stats(self) -> dict:
         return {"routes": len(self.routes), "skipped_peers": self.skipped}

@@ -66,6 +66,9 @@ class UserspaceBackend(Backend):
         else:
             update()
 
+    def peer_subnets(self) -> list[str]:
+        return self.table.subnets()
+
     def stats(self) -> dict:
         return {"peers": len(self.table), **self.counters.snapshot()}
 

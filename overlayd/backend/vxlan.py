@@ -87,5 +87,8 @@ class KernelVxlanBackend(Backend):
                 await nl.ensure_route(lease.subnet, self.device, gateway=vtep_gateway(lease.subnet), onlink=True)
                 self.peers[lease.subnet] = (str(lease.public_ip), mac)
 
+    def peer_subnets(self) -> list[str]:
+        return sorted(str(s) for s in self.peers)
+
     def stats(self) -> dict:
         return {"peers": len(self.peers), "skipped_peers": self.skipped}

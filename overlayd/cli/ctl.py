@@ -10,7 +10,7 @@ import time
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OverlayError
 from ..lease.etcd import EtcdStore
 from ..netconf import parse_config
 from .common import etcd_options, one_line_errors
@@ -98,6 +98,32 @@ def subnets(obj, as_json):
     rows = [[r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
              _fmt_ttl(r["ttl_seconds"]), "*" if r["local"] else ""] for r in records]
     click.echo(render_table(rows, ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]))
+
+
+@cli.command()
+@click.option("--status-file", default="/run/overlayd/status.json", show_default=True,
+              envvar="OVERLAYD_STATUS_FILE", type=click.Path(dir_okay=False),
+              help="The status file of the local overlayd (its --status-file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@one_line_errors(PROG)
+def status(status_file, as_json):
+    """Show the local node's lease, reachable peers and data-plane counters."""
+    try:
+        with open(status_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise OverlayError(f"{status_file} does not exist: is overlayd running on this node?") from None
+    except (OSError, ValueError) as exc:
+        raise OverlayError(f"cannot read {status_file}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    age = time.time() - data.get("updated", 0)
+    click.echo(f"subnet {data['subnet']} on {data['public_ip']}, backend {data['backend']} "
+               f"({data.get('device') or 'kernel'}, MTU {data['mtu']}), updated {age:.0f}s ago")
+    click.echo(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}")
+    for name, value in sorted(data.get("stats", {}).items()):
+        click.echo(f"  {name:<28} {value}")
 
 
 @cli.group()

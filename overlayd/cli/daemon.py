@@ -34,6 +34,9 @@ def _public_ip(ctx, param, value):
               help="This node's address published in its lease (default: --iface's first IPv4).")
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_envvar=True,
               type=click.Path(dir_okay=False), help="Where to write flannel's subnet.env.")
+@click.option("--status-file", default="/run/overlayd/status.json", show_envvar=True,
+              type=click.Path(dir_okay=False),
+              help="Where to keep this node's status (peers, packet counters) for 'overlayctl status'.")
 @click.option("--lease-ttl", type=click.IntRange(2, 7 * 24 * 3600), default=24 * 3600,
               show_envvar=True, help="Subnet lease TTL in seconds; renewed min(1h, TTL/3) before expiry.")
 @click.option("--ip-masq", is_flag=True, show_envvar=True,
@@ -46,7 +49,7 @@ def _public_ip(ctx, param, value):
               show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
                                       "its own thread; netlink and etcd stay on asyncio).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
-def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, ip_masq, vxlan_impl,
+def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
         event_loop, verbose):
     """Run the overlay on this node.
 
@@ -64,7 +67,7 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, lease_ttl, i
     setup_logging(verbose, PROG)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
-        public_ip=public_ip, subnet_file=subnet_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
+        public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop"),
     )
     sys.exit(run(options))

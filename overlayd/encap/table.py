@@ -54,5 +54,10 @@ class PeerTable:
         """Whether ``ip`` is the node IP of some lease holder."""
         return ip in self._senders
 
+    def subnets(self) -> list[str]:
+        """The subnets with a peer, as ``a.b.c.d/len`` strings (for status output)."""
+        return [f"{(n >> 24) & 255}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}/{self.subnet_len}"
+                for n in sorted(self._by_subnet)]
+
     def __len__(self) -> int:
         return len(self._by_subnet)

@@ -1,0 +1,286 @@
+"""Links, addresses, routes, neighbours and FDB entries through pyroute2's asyncio API.
+
+Facts measured here that shape this module: ``replace`` is the idempotent
+verb for routes and neighbours; an FDB ``replace`` needs
+``state=permanent|noarp`` and ``flags=self``; a VXLAN device is created with
+its UDP checksum on unless told otherwise, so we always pass it. pyroute2's
+``netns=`` forks a helper, so nothing here takes a namespace: the daemon runs
+inside the namespace it configures (``ip netns exec`` in the lab).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import ConfigError, PlumbingError
+
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 4
+IFF_UP = 0x1
+IFF_NOARP = 0x80
+ARPHRD_ETHER = 1
+
+
+def _fail(what: str, exc: NetlinkError) -> PlumbingError:
+    return PlumbingError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}")
+
+
+class Netlink:
+    """An rtnetlink session: ``async with Netlink() as nl: await nl.ensure_route(...)``."""
+
+    def __init__(self) -> None:
+        self.ipr: AsyncIPRoute | None = None
+
+    async def __aenter__(self) -> "Netlink":
+        self.ipr = AsyncIPRoute()
+        await self.ipr.setup_endpoint()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.ipr.close()
+        self.ipr = None
+
+    # -- lookups -------------------------------------------------------------
+
+    async def _link(self, name: str):
+        try:
+            return (await self.ipr.link("get", ifname=name))[0]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise _fail(f"cannot read link {name}", exc) from None
+
+    async def index(self, name: str) -> int:
+        """The ifindex of ``name``; :class:`PlumbingError` if it does not exist."""
+        link = await self._link(name)
+        if link is None:
+            raise PlumbingError(f"no network interface named {name}")
+        return link["index"]
+
+    async def exists(self, name: str) -> bool:
+        """Whether a link called ``name`` exists."""
+        return await self._link(name) is not None
+
+    async def ipv4_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
+        """The IPv4 addresses on ``name``."""
+        index = await self.index(name)
+        return [ipaddress.IPv4Interface(f"{a.get('address')}/{a['prefixlen']}")
+                async for a in await self.ipr.addr("dump", family=socket.AF_INET, index=index)
+                if a["index"] == index]
+
+    async def underlay(self, iface: str | None, public_ip: str | None):
+        """(interface, public IP, MTU) of the node's underlay.
+
+        ``iface`` given: that interface, its first IPv4 address unless
+        ``public_ip`` is set. Otherwise: the interface holding ``public_ip``,
+        or the one the default route uses. Missing things are :class:`ConfigError`
+        (the operator's flags are wrong), not crashes.
+        """
+        if iface is None:
+            iface = await self._iface_for(public_ip)
+        link = await self._link(iface)
+        if link is None:
+            raise ConfigError(f"--iface: no network interface named {iface}")
+        if public_ip is None:
+            addrs = await self.ipv4_addresses(iface)
+            if not addrs:
+                raise ConfigError(f"--iface: {iface} has no IPv4 address (or pass --public-ip)")
+            ip = addrs[0].ip
+        else:
+            try:
+                ip = ipaddress.IPv4Address(public_ip)
+            except ValueError:
+                raise ConfigError(f"--public-ip: not an IPv4 address: {public_ip!r}") from None
+        return iface, ip, link.get("mtu")
+
+    async def _iface_for(self, public_ip: str | None) -> str:
+        async for link in await self.ipr.link("dump"):
+            name = link.get("ifname")
+            if public_ip and any(str(a.ip) == public_ip for a in await self.ipv4_addresses(name)):
+                return name
+        if public_ip:
+            raise ConfigError(f"--public-ip: no interface holds {public_ip}; pass --iface")
+        async for route in await self.ipr.route("dump", family=socket.AF_INET):
+            if route["dst_len"] == 0 and route.get("table") == 254 and route.get("oif"):
+                return (await self.ipr.link("get", index=route.get("oif")))[0].get("ifname")
+        raise ConfigError("no default route to pick the underlay interface from; pass --iface")
+
+    async def is_ethernet(self, name: str) -> bool:
+        """Whether ``name`` has an Ethernet link layer (host-gw needs one)."""
+        link = await self._link(name)
+        return link is not None and link["ifi_type"] == ARPHRD_ETHER
+
+    # -- links -----------------------------------------------------------------
+
+    async def _set(self, name: str, what: str, **kwargs) -> None:
+        try:
+            await self.ipr.link("set", index=await self.index(name), **kwargs)
+        except NetlinkError as exc:
+            raise _fail(f"cannot set {what} on {name}", exc) from None
+
+    async def ensure_mtu(self, name: str, mtu: int) -> None:
+        """MTU of ``name`` is ``mtu``."""
+        link = await self._link(name)
+        if link is None or link.get("mtu") != mtu:
+            await self._set(name, f"MTU {mtu}", mtu=mtu)
+
+    async def ensure_link_up(self, name: str) -> None:
+        """``name`` is administratively up."""
+        link = await self._link(name)
+        if link is None or not link["flags"] & IFF_UP:
+            await self._set(name, "up", state="up")
+
+    async def ensure_noarp(self, name: str) -> None:
+        """``name`` does not ARP (IFF_NOARP)."""
+        link = await self._link(name)
+        if link is None or not link["flags"] & IFF_NOARP:
+            await self._set(name, "NOARP", flags=IFF_NOARP, change=IFF_NOARP)
+
+    async def ensure_bridge(self, name: str, mtu: int) -> None:
+        """A Linux bridge ``name`` with ``mtu``, up."""
+        link = await self._link(name)
+        if link is not None and link.get(("linkinfo", "kind")) not in (None, "bridge"):
+            raise PlumbingError(f"{name} exists but is not a bridge")
+        if link is None:
+            try:
+                await self.ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise _fail(f"cannot create bridge {name}", exc) from None
+        await self.ensure_mtu(name, mtu)
+        await self.ensure_link_up(name)
+
+    async def ensure_vxlan(self, name: str, vni: int, port: int, local: ipaddress.IPv4Address,
+                           underlay_dev: str, mac: str, mtu: int, learning: bool = False,
+                           udp_checksum: bool = False) -> None:
+        """A VXLAN device ``name`` with exactly these parameters (recreated if it differs)."""
+        dev_index = await self.index(underlay_dev)
+        want = {"vxlan_id": vni, "vxlan_port": port, "vxlan_local": str(local),
+                "vxlan_link": dev_index, "vxlan_learning": int(learning),
+                "vxlan_udp_csum": int(udp_checksum)}
+        link = await self._link(name)
+        if link is not None:
+            data = link.get(("linkinfo", "data"))
+            have = {k: data.get(k) for k in want} if data is not None else {}
+            if link.get(("linkinfo", "kind")) != "vxlan" or have != want:
+                await self.delete_link(name)
+                link = None
+        if link is None:
+            try:
+                await self.ipr.link("add", ifname=name, kind="vxlan", address=mac, mtu=mtu, **want)
+            except NetlinkError as exc:
+                raise _fail(f"cannot create VXLAN device {name}", exc) from None
+        elif link.get("address") != mac:
+            await self._set(name, f"MAC {mac}", address=mac)
+        await self.ensure_mtu(name, mtu)
+
+    async def delete_link(self, name: str) -> None:
+        """Delete ``name`` if it exists."""
+        link = await self._link(name)
+        if link is None:
+            return
+        try:
+            await self.ipr.link("del", index=link["index"])
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise _fail(f"cannot delete {name}", exc) from None
+
+    # -- addresses -------------------------------------------------------------
+
+    async def ensure_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
+        """``address`` is the only IPv4 address on ``name`` (others are removed)."""
+        index = await self.index(name)
+        have = await self.ipv4_addresses(name)
+        try:
+            for old in have:
+                if old != address:
+                    await self.ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
+            if address not in have:
+                await self.ipr.addr("add", index=index, address=str(address.ip),
+                                    prefixlen=address.network.prefixlen)
+        except NetlinkError as exc:
+            raise _fail(f"cannot set address {address} on {name}", exc) from None
+
+    # -- routes ----------------------------------------------------------------
+
+    async def ensure_route(self, dst: ipaddress.IPv4Network, dev: str,
+                           gateway: ipaddress.IPv4Address | None = None, onlink: bool = False) -> None:
+        """Route ``dst`` through ``dev`` (via ``gateway``), replacing any other route to ``dst``."""
+        kwargs = {"dst": str(dst), "oif": await self.index(dev)}
+        if gateway is not None:
+            kwargs["gateway"] = str(gateway)
+        if onlink:
+            kwargs["flags"] = RTNH_F_ONLINK
+        try:
+            await self.ipr.route("replace", **kwargs)
+        except NetlinkError as exc:
+            raise _fail(f"cannot route {dst} via {gateway or dev}", exc) from None
+
+    async def delete_route(self, dst: ipaddress.IPv4Network, dev: str | None = None) -> None:
+        """Delete the route to ``dst`` (through ``dev``) if there is one."""
+        kwargs = {"dst": str(dst)}
+        if dev is not None:
+            link = await self._link(dev)
+            if link is None:
+                return
+            kwargs["oif"] = link["index"]
+        try:
+            await self.ipr.route("del", **kwargs)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise _fail(f"cannot delete route {dst}", exc) from None
+
+    async def routes(self, dev: str) -> list[ipaddress.IPv4Network]:
+        """Destinations of the main-table IPv4 routes through ``dev``."""
+        index = await self.index(dev)
+        return [ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
+                async for r in await self.ipr.route("dump", family=socket.AF_INET)
+                if r.get("oif") == index and r.get("table") == 254]
+
+    # -- neighbours and FDB --------------------------------------------------------
+
+    async def ensure_neighbour(self, ip: ipaddress.IPv4Address, mac: str, dev: str) -> None:
+        """A permanent ARP entry ``ip -> mac`` on ``dev``."""
+        try:
+            await self.ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=await self.index(dev),
+                                 state=NUD_PERMANENT)
+        except NetlinkError as exc:
+            raise _fail(f"cannot set neighbour {ip} on {dev}", exc) from None
+
+    async def delete_neighbour(self, ip: ipaddress.IPv4Address, dev: str) -> None:
+        """Remove the ARP entry for ``ip`` on ``dev`` if present."""
+        link = await self._link(dev)
+        if link is None:
+            return
+        try:
+            await self.ipr.neigh("del", dst=str(ip), ifindex=link["index"])
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.ESRCH):
+                raise _fail(f"cannot delete neighbour {ip} on {dev}", exc) from None
+
+    async def ensure_fdb(self, mac: str, dst_ip: ipaddress.IPv4Address, dev: str) -> None:
+        """A permanent FDB entry on VXLAN device ``dev``: frames for ``mac`` go to ``dst_ip``."""
+        try:
+            await self.ipr.fdb("replace", ifindex=await self.index(dev), lladdr=mac, dst=str(dst_ip),
+                               state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+        except NetlinkError as exc:
+            raise _fail(f"cannot set FDB {mac} -> {dst_ip} on {dev}", exc) from None
+
+    async def delete_fdb(self, mac: str, dev: str, dst_ip: str | ipaddress.IPv4Address) -> None:
+        """Remove the FDB entry ``mac -> dst_ip`` on ``dev`` if present."""
+        link = await self._link(dev)
+        if link is None:
+            return
+        try:
+            await self.ipr.fdb("del", ifindex=link["index"], lladdr=mac, dst=str(dst_ip),
+                               state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.ESRCH):
+                raise _fail(f"cannot delete FDB {mac} on {dev}", exc) from None

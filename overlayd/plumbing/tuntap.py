@@ -1,0 +1,65 @@
+"""Open tun/tap devices with the TUNSETIFF ioctl (no PI header).
+
+Done directly rather than through python-pytun: it is a dozen lines, and
+python-pytun raises its own ``pytun.Error`` (errno 11) instead of
+BlockingIOError on an empty non-blocking read, which the forwarding loop
+would have to special-case on every wake-up. The fd is non-persistent: the
+device goes away when overlayd exits and is recreated on start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+
+from ..errors import PlumbingError
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+SIOCSIFMTU = 0x8922
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1
+IFNAMSIZ = 16
+
+
+def _open(name: str, flags: int) -> int:
+    if not name or len(name) >= IFNAMSIZ:
+        raise PlumbingError(f"bad device name {name!r}")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PlumbingError(f"cannot open /dev/net/tun: {exc.strerror}") from None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise PlumbingError(f"cannot create {name}: {exc.strerror}") from None
+    return fd
+
+
+def _ifreq(name: str, what: str, request: int, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            fcntl.ioctl(s, request, struct.pack("16s", name.encode()) + payload)
+        except OSError as exc:
+            raise PlumbingError(f"cannot set {what} on {name}: {exc.strerror}") from None
+
+
+def open_tun(name: str, mtu: int) -> int:
+    """A tun device ``name`` (IFF_TUN|IFF_NO_PI) with ``mtu``; returns its fd."""
+    fd = _open(name, IFF_TUN)
+    _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
+    return fd
+
+
+def open_tap(name: str, mac: str, mtu: int) -> int:
+    """A tap device ``name`` with MAC ``mac`` and ``mtu``; returns its fd."""
+    fd = _open(name, IFF_TAP)
+    hwaddr = struct.pack("H", ARPHRD_ETHER) + bytes.fromhex(mac.replace(":", ""))
+    _ifreq(name, f"MAC {mac}", SIOCSIFHWADDR, hwaddr.ljust(24, b"\0"))
+    _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
+    return fd
