@@ -78,7 +78,7 @@ def subnets(obj, as_json):
     mine = local_addresses()
     now = time.time()
     records = []
-    for lease in leases:
+    for lease in sorted(leases, key=lambda l: l.subnet):
         data = lease.attrs.backend_data or {}
         records.append({
             "subnet": str(lease.subnet),

@@ -1,0 +1,489 @@
+"""A multi-node overlayd cluster in network namespaces on one machine.
+
+One implementation serves ``scripts/lab`` and the end-to-end tests. Layout
+(``P`` is the lab's namespace prefix, e.g. ``ovl-lab``)::
+
+    P-ul    the underlay: bridge br0 and one veth port per attached namespace
+    P-etcd  etcd on 198.18.0.2, on a port the lab picks
+    P-n1    node1: eth0 198.18.0.11/24, overlayd, cni0, tun0/overlay0/flannel.1
+    P-n1p1  a pod of node1, joined to node1's cni0 by our CNI plugin
+
+Nothing is linked to the machine's own network: the underlay bridge lives in
+its own namespace, veth pairs are created there with the far end moved
+straight into the target namespace, and no namespace gets a default route.
+The lab's state (names, addresses, PIDs) is kept in ``<state_dir>/lab.json``,
+written after every step, so ``down`` can clean up even after a failed
+``up`` or from another process. Processes are stopped only by the PIDs the
+lab recorded, and only if their command line still names the lab's state
+directory (a PID reused by an unrelated process is left alone).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..atomicfile import write_atomic
+from ..errors import OverlayError
+from .etcd import ETCD_BIN, free_port
+
+UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+ETCD_IP = "198.18.0.2"
+NODE_IP_BASE = 10           # node N gets 198.18.0.(10 + N)
+EXTRA_IP_BASE = 200         # extra hosts on the underlay (an "external" host, a rogue sender)
+PREFIX = "/coreos.com/network"
+CNI_PATH = "/usr/lib/cni"
+VENV_BIN = Path(sys.executable).parent
+
+
+class LabError(OverlayError):
+    """The lab could not be built or driven."""
+
+
+def _bin(name: str) -> str:
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise LabError(f"{name} not found (run scripts/install)")
+    return found
+
+
+def run(argv: list[str], check: bool = True, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output; :class:`LabError` naming it when it fails."""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"timed out after {timeout}s: {' '.join(argv)}") from None
+    if check and res.returncode != 0:
+        detail = (res.stderr or res.stdout).strip().splitlines()
+        raise LabError(f"{' '.join(argv)}: {detail[-1] if detail else f'exit {res.returncode}'}")
+    return res
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(f"/var/run/netns/{name}")
+
+
+@dataclasses.dataclass
+class Pod:
+    name: str
+    netns: str
+    node: str
+    ip: str = ""
+    container_id: str = ""
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    netns: str
+    ip: str
+    vxlan_impl: str = "user"
+    event_loop: str = "asyncio"
+    ip_masq: bool = False
+    pid: int | None = None
+    pods: list[Pod] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Host:
+    """A plain namespace on the underlay with no overlayd (external host, rogue sender)."""
+
+    name: str
+    netns: str
+    ip: str
+
+
+class Lab:
+    """Build, drive and tear down a lab; see the module docstring for the layout."""
+
+    def __init__(self, state_dir: str, prefix: str = "ovl-lab", backend: str = "udp",
+                 network: str = "10.244.0.0/16", vni: int = 1, port: int = 8472,
+                 lease_ttl: int = 3600, progress: Callable[[str], None] | None = None):
+        if len(prefix) > 8:
+            raise LabError(f"lab prefix {prefix!r} is too long (8 characters at most)")
+        self.state_dir = os.path.abspath(state_dir)
+        self.prefix = prefix
+        self.backend = backend
+        self.network = network
+        self.vni = vni
+        self.port = port
+        self.lease_ttl = lease_ttl
+        self.etcd_port = 0
+        self.etcd_pid: int | None = None
+        self.nodes: list[Node] = []
+        self.hosts: list[Host] = []
+        self.namespaces: list[str] = []  # every namespace created, in creation order
+        self.progress = progress or (lambda msg: None)
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.prefix}-ul"
+
+    @property
+    def etcd_ns(self) -> str:
+        return f"{self.prefix}-etcd"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{ETCD_IP}:{self.etcd_port}"
+
+    def to_dict(self) -> dict:
+        """The lab's topology, as ``scripts/lab status --json`` prints it."""
+        return {
+            "prefix": self.prefix, "state_dir": self.state_dir, "backend": self.backend,
+            "network": self.network, "vni": self.vni, "port": self.port, "lease_ttl": self.lease_ttl,
+            "underlay": {"netns": self.underlay_ns, "network": str(UNDERLAY)},
+            "etcd": {"netns": self.etcd_ns, "endpoint": self.etcd_endpoint if self.etcd_port else None,
+                     "port": self.etcd_port, "pid": self.etcd_pid, "prefix": PREFIX},
+            "nodes": [dataclasses.asdict(n) for n in self.nodes],
+            "hosts": [dataclasses.asdict(h) for h in self.hosts],
+            "namespaces": self.namespaces,
+        }
+
+    def save(self) -> None:
+        write_atomic(os.path.join(self.state_dir, "lab.json"), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, state_dir: str, progress: Callable[[str], None] | None = None) -> "Lab":
+        """The lab recorded in ``state_dir``; :class:`LabError` if there is none."""
+        try:
+            with open(os.path.join(state_dir, "lab.json"), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise LabError(f"no lab in {state_dir} (start one with 'scripts/lab up')") from None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot read {state_dir}/lab.json: {exc}") from None
+        lab = cls(state_dir, data["prefix"], data["backend"], data["network"], data["vni"], data["port"],
+                  data["lease_ttl"], progress)
+        lab.etcd_port, lab.etcd_pid = data["etcd"]["port"], data["etcd"]["pid"]
+        for n in data["nodes"]:
+            pods = [Pod(**p) for p in n.pop("pods")]
+            lab.nodes.append(Node(**n, pods=pods))
+        lab.hosts = [Host(**h) for h in data["hosts"]]
+        lab.namespaces = data["namespaces"]
+        return lab
+
+    def node(self, name: str) -> Node:
+        """The node called ``name`` (node1, node2, ...)."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LabError(f"no node {name!r} in this lab (nodes: {', '.join(n.name for n in self.nodes) or 'none'})")
+
+    def node_dir(self, node: Node) -> str:
+        return os.path.join(self.state_dir, node.name)
+
+    def subnet_file(self, node: Node) -> str:
+        return os.path.join(self.node_dir(node), "subnet.env")
+
+    def status_file(self, node: Node) -> str:
+        return os.path.join(self.node_dir(node), "status.json")
+
+    def log_file(self, node: Node) -> str:
+        return os.path.join(self.node_dir(node), "overlayd.log")
+
+    def pods(self) -> list[Pod]:
+        return [p for n in self.nodes for p in n.pods]
+
+    # -- building ----------------------------------------------------------------
+
+    def up(self, nodes: int = 3, pods_per_node: int = 1, variants: list[dict] | None = None) -> None:
+        """Underlay, etcd and the network config, ``nodes`` nodes, ``pods_per_node`` pods each.
+
+        ``variants[i]`` gives node i+1's options (``vxlan_impl``, ``event_loop``, ``ip_masq``).
+        """
+        if os.path.exists(os.path.join(self.state_dir, "lab.json")):
+            raise LabError(f"a lab already exists in {self.state_dir} ('scripts/lab down' first)")
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces)")
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.save()
+        self.progress("underlay bridge")
+        self._add_netns(self.underlay_ns)
+        self._ip(self.underlay_ns, "link", "add", "br0", "type", "bridge")
+        self._ip(self.underlay_ns, "link", "set", "br0", "up")
+        self.progress("etcd")
+        self._start_etcd()
+        self.set_config()
+        for i in range(nodes):
+            self.add_node(**((variants or [{}] * nodes)[i] if variants and i < len(variants) else {}),
+                          pods=pods_per_node)
+
+    def _add_netns(self, name: str) -> None:
+        if netns_exists(name):
+            raise LabError(f"namespace {name} already exists (a lab left behind? 'scripts/lab down')")
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.save()
+        self._ip(name, "link", "set", "lo", "up")
+
+    @staticmethod
+    def _ip(netns: str, *args: str) -> subprocess.CompletedProcess:
+        return run(["ip", "-n", netns, *args])
+
+    def _attach(self, netns: str, port: str, ip: str) -> None:
+        """A new namespace with eth0 (``ip``/24) on the underlay bridge."""
+        self._add_netns(netns)
+        self._ip(self.underlay_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        self._ip(self.underlay_ns, "link", "set", port, "master", "br0", "up")
+        self._ip(netns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "eth0")
+        self._ip(netns, "link", "set", "eth0", "up")
+
+    def _spawn(self, netns: str, argv: list[str], log_path: str, env: dict | None = None) -> int:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=dict(os.environ, **(env or {})))
+        return proc.pid
+
+    def _start_etcd(self) -> None:
+        self._attach(self.etcd_ns, "etcd", ETCD_IP)
+        self.etcd_port = free_port()
+        peer_port = free_port()
+        data_dir = os.path.join(self.state_dir, "etcd")
+        client, peer = f"http://{ETCD_IP}:{self.etcd_port}", f"http://{ETCD_IP}:{peer_port}"
+        self.etcd_pid = self._spawn(self.etcd_ns, [
+            ETCD_BIN, "--name", self.prefix, "--data-dir", data_dir,
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.prefix}={peer}", "--log-level", "warn",
+        ], os.path.join(self.state_dir, "etcd.log"))
+        self.save()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not _alive(self.etcd_pid):
+                raise LabError(f"etcd exited; see {self.state_dir}/etcd.log")
+            if self._etcd_healthy():
+                return
+            time.sleep(0.2)
+        raise LabError(f"etcd not healthy after 20s; see {self.state_dir}/etcd.log")
+
+    def _etcd_healthy(self) -> bool:
+        res = run(["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint,
+                   "--dial-timeout", "1s", "endpoint", "health"], check=False,
+                  env=dict(os.environ, ETCDCTL_API="3"))
+        return res.returncode == 0
+
+    def etcd_env(self) -> dict:
+        """The environment that points overlayd/overlayctl at the lab's etcd."""
+        return {"OVERLAYD_ETCD_ENDPOINTS": self.etcd_endpoint, "OVERLAYD_ETCD_PREFIX": PREFIX}
+
+    def overlayctl(self, *args: str, netns: str | None = None, check: bool = True,
+                   input: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``overlayctl ARGS`` inside ``netns`` (default: etcd's) against the lab's etcd."""
+        return run(["ip", "netns", "exec", netns or self.etcd_ns, _bin("overlayctl"), *args],
+                   check=check, input=input, env=dict(os.environ, **self.etcd_env()))
+
+    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``etcdctl ARGS`` (v3 API) inside etcd's namespace, as an operator would."""
+        return run(["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint, *args],
+                   check=check, env=dict(os.environ, ETCDCTL_API="3"))
+
+    def set_config(self) -> None:
+        backend = {"Type": self.backend}
+        if self.backend != "host-gw":
+            backend["Port"] = self.port
+        if self.backend == "vxlan":
+            backend["VNI"] = self.vni
+        config = {"Network": self.network, "SubnetLen": 24, "Backend": backend}
+        self.overlayctl("config", "set", "-", input=json.dumps(config))
+
+    def add_node(self, vxlan_impl: str = "user", event_loop: str = "asyncio", ip_masq: bool = False,
+                 pods: int = 0, wait: bool = True) -> Node:
+        """A new node namespace running overlayd, with ``pods`` pods once it is ready."""
+        index = len(self.nodes) + 1
+        node = Node(f"node{index}", f"{self.prefix}-n{index}", str(UNDERLAY.network_address + NODE_IP_BASE + index),
+                    vxlan_impl, event_loop, ip_masq)
+        self.progress(f"{node.name}: namespace {node.netns}, {node.ip}")
+        self._attach(node.netns, f"n{index}", node.ip)
+        self.nodes.append(node)
+        os.makedirs(self.node_dir(node), exist_ok=True)
+        self.save()
+        self.start_node(node, wait=wait)
+        for _ in range(pods):
+            self.add_pod(node)
+        return node
+
+    def start_node(self, node: Node, wait: bool = True) -> None:
+        """Start overlayd on ``node`` (again, after :meth:`stop_node`)."""
+        argv = [_bin("overlayd"), "--iface", "eth0", "--subnet-file", self.subnet_file(node),
+                "--status-file", self.status_file(node), "--lease-ttl", str(self.lease_ttl),
+                "--vxlan-impl", node.vxlan_impl, "--event-loop", node.event_loop]
+        if node.ip_masq:
+            argv.append("--ip-masq")
+        self.progress(f"{node.name}: starting overlayd ({self.backend}"
+                      f"{'/' + node.vxlan_impl if self.backend == 'vxlan' else ''})")
+        node.pid = self._spawn(node.netns, argv, self.log_file(node), self.etcd_env())
+        self.save()
+        if wait:
+            self.wait_ready(node)
+
+    def wait_ready(self, node: Node, timeout: float = 30) -> None:
+        """Wait until overlayd on ``node`` has written its status file (it is set up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(self.status_file(node)):
+                return
+            if not _alive(node.pid):
+                raise LabError(f"overlayd on {node.name} exited: {self._log_tail(node)}")
+            time.sleep(0.1)
+        raise LabError(f"overlayd on {node.name} not ready after {timeout:.0f}s: {self._log_tail(node)}")
+
+    def _log_tail(self, node: Node) -> str:
+        try:
+            with open(self.log_file(node), encoding="utf-8", errors="replace") as f:
+                lines = [l.strip() for l in f if l.strip()]
+            return lines[-1] if lines else "(empty log)"
+        except OSError:
+            return "(no log)"
+
+    def stop_node(self, node: Node) -> None:
+        """Stop overlayd on ``node`` (SIGTERM; its lease stays, as flannel's does)."""
+        if node.pid is not None:
+            self._stop_pid(node.pid)
+        node.pid = None
+        for path in (self.status_file(node),):
+            if os.path.exists(path):
+                os.unlink(path)
+        self.save()
+
+    def node_status(self, node: Node) -> dict:
+        """The node's status file (peers, counters) as overlayd last wrote it."""
+        with open(self.status_file(node), encoding="utf-8") as f:
+            return json.load(f)
+
+    def add_pod(self, node: Node) -> Pod:
+        """A pod namespace on ``node``, attached with our CNI plugin as a runtime would."""
+        index = len(node.pods) + 1
+        pod = Pod(f"{node.name}-pod{index}", f"{node.netns}p{index}", node.name,
+                  container_id=f"{self.prefix}-{node.name}-pod{index}")
+        self.progress(f"{pod.name}: CNI ADD")
+        self._add_netns(pod.netns)
+        node.pods.append(pod)
+        self.save()
+        result = self.cni(node, pod, "ADD")
+        try:
+            pod.ip = result["ips"][0]["address"].split("/")[0]
+        except (KeyError, IndexError, TypeError):
+            raise LabError(f"CNI ADD for {pod.name} returned no IP: {result}") from None
+        self.save()
+        return pod
+
+    def cni_conf(self, node: Node) -> dict:
+        return {"cniVersion": "1.0.0", "name": "overlayd-lab", "type": "overlayd",
+                "subnetFile": self.subnet_file(node), "dataDir": os.path.join(self.node_dir(node), "cni")}
+
+    def cni(self, node: Node, pod: Pod, command: str) -> dict:
+        """Call our CNI plugin inside ``node`` for ``pod``; the parsed result."""
+        env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=pod.container_id,
+                   CNI_NETNS=f"/var/run/netns/{pod.netns}", CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
+        res = run(["ip", "netns", "exec", node.netns, _bin("overlayd-cni")], check=False,
+                  input=json.dumps(self.cni_conf(node)), env=env)
+        try:
+            out = json.loads(res.stdout) if res.stdout.strip() else {}
+        except ValueError:
+            raise LabError(f"CNI {command} for {pod.name}: not JSON: {res.stdout[:200]!r}") from None
+        if res.returncode != 0:
+            raise LabError(f"CNI {command} for {pod.name}: {out.get('msg', res.stderr.strip())}")
+        return out
+
+    def add_host(self, name: str) -> Host:
+        """A plain namespace on the underlay (no overlayd): an external host or a rogue sender."""
+        index = len(self.hosts) + 1
+        host = Host(name, f"{self.prefix}-h{index}", str(UNDERLAY.network_address + EXTRA_IP_BASE + index))
+        self._attach(host.netns, f"h{index}", host.ip)
+        self.hosts.append(host)
+        self.save()
+        return host
+
+    # -- using -----------------------------------------------------------------------
+
+    def exec(self, netns: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``netns`` with the lab's etcd in the environment."""
+        return run(["ip", "netns", "exec", netns, *argv], env=dict(os.environ, **self.etcd_env()), **kwargs)
+
+    def ping(self, src: Pod, dst_ip: str, tries: int = 10) -> bool:
+        """Whether ``src`` reaches ``dst_ip`` (one echo per try, up to ``tries`` seconds)."""
+        for _ in range(tries):
+            res = run(["ip", "netns", "exec", src.netns, "ping", "-c1", "-W1", "-n", dst_ip],
+                      check=False, timeout=10)
+            if res.returncode == 0:
+                return True
+        return False
+
+    def reachability(self, tries: int = 10) -> dict[tuple[str, str], bool]:
+        """Every pod pings every other pod; ``{(src pod, dst pod): reached}``."""
+        pods = self.pods()
+        pairs = [(a, b) for a in pods for b in pods if a is not b]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            results = pool.map(lambda ab: self.ping(ab[0], ab[1].ip, tries), pairs)
+            return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results)}
+
+    # -- tearing down --------------------------------------------------------------
+
+    def _stop_pid(self, pid: int) -> None:
+        """SIGTERM (then SIGKILL) ``pid`` if it is still a process this lab started."""
+        if not self._ours(pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid) and self._ours(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+
+    def _ours(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        return self.state_dir.encode() in cmdline
+
+    def down(self) -> None:
+        """Stop every process, delete every namespace and the state directory."""
+        for node in self.nodes:
+            if node.pid is not None:
+                self.progress(f"{node.name}: stopping overlayd")
+                self._stop_pid(node.pid)
+        if self.etcd_pid is not None:
+            self.progress("etcd: stopping")
+            self._stop_pid(self.etcd_pid)
+        for name in reversed(self.namespaces):
+            if netns_exists(name):
+                run(["ip", "netns", "del", name], check=False)
+        self.progress(f"removed {len(self.namespaces)} namespaces")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (zombies count as gone; reaped if they are our children)."""
+    if pid is None:
+        return False
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
