@@ -1,0 +1,201 @@
+"""``scripts/lab``: bring up a multi-node overlayd cluster in network namespaces.
+
+A thin click layer over :class:`overlayd.lab.topology.Lab`, the same code the
+end-to-end tests use. The lab's state lives in ``--state-dir`` (default
+``/run/overlayd-lab``), so every subcommand finds the lab ``up`` built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+
+from ..errors import OverlayError
+from .topology import Lab, LabError
+
+PROG = "lab"
+DEFAULT_DIR = "/run/overlayd-lab"
+PREFIX = "ovlab"
+
+
+def _progress(message: str) -> None:
+    click.echo(f"  .. {message}", err=True)
+
+
+def _load(state_dir: str) -> Lab:
+    return Lab.load(state_dir, progress=_progress)
+
+
+def _errors(func):
+    """One line for our errors, exit 1."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except OverlayError as exc:
+            click.echo(f"{PROG}: error: {exc}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def _variants(nodes: int, vxlan_impl: str, event_loop: str, ip_masq: bool) -> list[dict]:
+    impls = [v.strip() for v in vxlan_impl.split(",")]
+    bad = [v for v in impls if v not in ("user", "kernel")]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r}: each entry is user or kernel", param_hint="--vxlan-impl")
+    return [{"vxlan_impl": impls[i % len(impls)], "event_loop": event_loop, "ip_masq": ip_masq}
+            for i in range(nodes)]
+
+
+def print_matrix(lab: Lab, tries: int = 5) -> bool:
+    """Ping every pod from every pod and print the matrix; True if all reached."""
+    pods = lab.pods()
+    if len(pods) < 2:
+        click.echo("(fewer than two pods: nothing to ping)")
+        return True
+    click.echo(f"\npod-to-pod reachability ({len(pods)} pods, ICMP echo across the overlay):")
+    result = lab.reachability(tries=tries)
+    width = max(len(p.name) for p in pods) + 2
+    click.echo(" " * width + "".join(p.name.ljust(width) for p in pods))
+    for src in pods:
+        cells = ["-" if src is dst else ("ok" if result[(src.name, dst.name)] else "FAIL") for dst in pods]
+        click.echo(src.name.ljust(width) + "".join(c.ljust(width) for c in cells))
+    ok = all(result.values())
+    click.echo(f"\n{sum(result.values())}/{len(result)} pairs reachable")
+    return ok
+
+
+def print_summary(lab: Lab) -> None:
+    click.echo(f"\nlab {lab.prefix}: backend {lab.backend}, network {lab.network}, etcd {lab.etcd_endpoint}")
+    for node in lab.nodes:
+        env_file = lab.subnet_file(node)
+        subnet = "-"
+        if os.path.exists(env_file):
+            subnet = next((l.split("=", 1)[1].strip() for l in open(env_file) if l.startswith("FLANNEL_SUBNET")), "-")
+        impl = f" ({node.vxlan_impl})" if lab.backend == "vxlan" else ""
+        click.echo(f"  {node.name}{impl}: {node.ip}, pod subnet {subnet}, pid {node.pid}, "
+                   f"pods {', '.join(f'{p.name}={p.ip}' for p in node.pods) or '-'}")
+    if lab.nodes:
+        click.echo("\n" + lab.overlayctl("subnets", netns=lab.nodes[0].netns).stdout.rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="OVERLAYD_LAB_DIR", default=DEFAULT_DIR, show_default=True,
+              show_envvar=True, help="Where the lab keeps its state (etcd data, logs, subnet files).")
+@click.pass_context
+def cli(ctx, state_dir):
+    """A multi-node overlayd lab in network namespaces on this machine (as root).
+
+    Namespaces: an isolated underlay bridge (198.18.0.0/24, no link to the
+    real network), etcd, node1..nodeN each running overlayd, and pods joined
+    to their node's cni0 by overlayd's CNI plugin.
+    """
+    ctx.obj = state_dir
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--pods-per-node", type=click.IntRange(0, 20), default=1, show_default=True)
+@click.option("--backend", type=click.Choice(["udp", "vxlan", "host-gw"]), default="udp", show_default=True)
+@click.option("--vxlan-impl", default="user", show_default=True,
+              help="user or kernel, or a comma list cycled over the nodes (e.g. user,kernel).")
+@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True)
+@click.option("--ip-masq", is_flag=True, help="Run the nodes with --ip-masq.")
+@click.option("--lease-ttl", type=click.IntRange(2), default=3600, show_default=True)
+@click.pass_obj
+@_errors
+def up(state_dir, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, lease_ttl):
+    """Build the lab, then show the subnets and a pod-to-pod ping matrix."""
+    variants = _variants(nodes, vxlan_impl, event_loop, ip_masq)
+    lab = Lab(state_dir, PREFIX, backend=backend, lease_ttl=lease_ttl, progress=_progress)
+    click.echo(f"bringing up {nodes} nodes ({backend}), {pods_per_node} pod(s) each", err=True)
+    try:
+        lab.up(nodes=nodes, pods_per_node=pods_per_node, variants=variants)
+    except (OverlayError, KeyboardInterrupt):
+        if os.path.exists(os.path.join(state_dir, "lab.json")) and lab.namespaces:
+            click.echo("cleaning up the partial lab", err=True)
+            lab.down()
+        raise
+    print_summary(lab)
+    if not print_matrix(lab):
+        raise LabError("some pods cannot reach each other; see the node logs in " + state_dir)
+    click.echo(f"\nnext: scripts/lab exec node1 -- overlayctl subnets | scripts/lab status | scripts/lab down")
+
+
+@cli.command("add-node")
+@click.option("--pods", type=click.IntRange(0, 20), default=1, show_default=True)
+@click.option("--vxlan-impl", type=click.Choice(["user", "kernel"]), default="user", show_default=True)
+@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True)
+@click.option("--ip-masq", is_flag=True)
+@click.pass_obj
+@_errors
+def add_node(state_dir, pods, vxlan_impl, event_loop, ip_masq):
+    """Add a node (and its pods) to the running lab, then show the ping matrix."""
+    lab = _load(state_dir)
+    node = lab.add_node(vxlan_impl=vxlan_impl, event_loop=event_loop, ip_masq=ip_masq, pods=pods)
+    click.echo(f"added {node.name} ({node.ip})")
+    if not print_matrix(lab):
+        raise LabError("some pods cannot reach each other")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The topology as JSON, for other tools.")
+@click.pass_obj
+@_errors
+def status(state_dir, as_json):
+    """Show the lab: namespaces, node IPs, pod IPs, etcd endpoint, daemon PIDs."""
+    lab = _load(state_dir)
+    if as_json:
+        click.echo(json.dumps(lab.to_dict(), indent=2))
+        return
+    print_summary(lab)
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+@_errors
+def exec_(state_dir, target, command):
+    """Run COMMAND inside TARGET's namespace (a node, a pod, or etcd).
+
+    OVERLAYD_ETCD_ENDPOINTS and OVERLAYD_ETCD_PREFIX point at the lab's
+    etcd, so e.g. ``scripts/lab exec node1 -- overlayctl subnets`` works.
+    """
+    lab = _load(state_dir)
+    names = {n.name: n.netns for n in lab.nodes}
+    names.update({p.name: p.netns for p in lab.pods()})
+    names["etcd"] = lab.etcd_ns
+    if target not in names:
+        raise LabError(f"no node or pod {target!r} (have: {', '.join(sorted(names))})")
+    env = dict(os.environ, **lab.etcd_env())
+    node = next((n for n in lab.nodes if n.name == target), None)
+    if node is not None:
+        env["OVERLAYD_STATUS_FILE"] = lab.status_file(node)
+    sys.exit(subprocess.call(["ip", "netns", "exec", names[target], *command], env=env))
+
+
+@cli.command()
+@click.pass_obj
+@_errors
+def down(state_dir):
+    """Stop every process and delete every namespace and file the lab made."""
+    if not os.path.exists(os.path.join(state_dir, "lab.json")):
+        click.echo(f"no lab in {state_dir}: nothing to do", err=True)
+        return
+    _load(state_dir).down()
+    click.echo("lab is down", err=True)
+
+
+def main() -> None:
+    cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()
