@@ -26,8 +26,8 @@ def _progress(message: str) -> None:
     click.echo(f"  .. {message}", err=True)
 
 
-def _load(state_dir: str) -> Lab:
-    return Lab.load(state_dir, progress=_progress)
+def _load(obj: dict) -> Lab:
+    return Lab.load(obj["state_dir"], progress=_progress)
 
 
 def _errors(func):
@@ -88,15 +88,17 @@ def print_summary(lab: Lab) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", envvar="OVERLAYD_LAB_DIR", default=DEFAULT_DIR, show_default=True,
               show_envvar=True, help="Where the lab keeps its state (etcd data, logs, subnet files).")
+@click.option("--prefix", envvar="OVERLAYD_LAB_PREFIX", default=PREFIX, show_default=True,
+              show_envvar=True, help="Namespace name prefix (8 characters at most), for a second lab.")
 @click.pass_context
-def cli(ctx, state_dir):
+def cli(ctx, state_dir, prefix):
     """A multi-node overlayd lab in network namespaces on this machine (as root).
 
     Namespaces: an isolated underlay bridge (198.18.0.0/24, no link to the
     real network), etcd, node1..nodeN each running overlayd, and pods joined
     to their node's cni0 by overlayd's CNI plugin.
     """
-    ctx.obj = state_dir
+    ctx.obj = {"state_dir": state_dir, "prefix": prefix}
 
 
 @cli.command()
@@ -110,10 +112,11 @@ def cli(ctx, state_dir):
 @click.option("--lease-ttl", type=click.IntRange(2), default=3600, show_default=True)
 @click.pass_obj
 @_errors
-def up(state_dir, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, lease_ttl):
+def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, lease_ttl):
     """Build the lab, then show the subnets and a pod-to-pod ping matrix."""
     variants = _variants(nodes, vxlan_impl, event_loop, ip_masq)
-    lab = Lab(state_dir, PREFIX, backend=backend, lease_ttl=lease_ttl, progress=_progress)
+    state_dir = obj["state_dir"]
+    lab = Lab(state_dir, obj["prefix"], backend=backend, lease_ttl=lease_ttl, progress=_progress)
     click.echo(f"bringing up {nodes} nodes ({backend}), {pods_per_node} pod(s) each", err=True)
     try:
         lab.up(nodes=nodes, pods_per_node=pods_per_node, variants=variants)
@@ -135,9 +138,9 @@ def up(state_dir, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq
 @click.option("--ip-masq", is_flag=True)
 @click.pass_obj
 @_errors
-def add_node(state_dir, pods, vxlan_impl, event_loop, ip_masq):
+def add_node(obj, pods, vxlan_impl, event_loop, ip_masq):
     """Add a node (and its pods) to the running lab, then show the ping matrix."""
-    lab = _load(state_dir)
+    lab = _load(obj)
     node = lab.add_node(vxlan_impl=vxlan_impl, event_loop=event_loop, ip_masq=ip_masq, pods=pods)
     click.echo(f"added {node.name} ({node.ip})")
     if not print_matrix(lab):
@@ -148,9 +151,9 @@ def add_node(state_dir, pods, vxlan_impl, event_loop, ip_masq):
 @click.option("--json", "as_json", is_flag=True, help="The topology as JSON, for other tools.")
 @click.pass_obj
 @_errors
-def status(state_dir, as_json):
+def status(obj, as_json):
     """Show the lab: namespaces, node IPs, pod IPs, etcd endpoint, daemon PIDs."""
-    lab = _load(state_dir)
+    lab = _load(obj)
     if as_json:
         click.echo(json.dumps(lab.to_dict(), indent=2))
         return
@@ -162,13 +165,13 @@ def status(state_dir, as_json):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 @_errors
-def exec_(state_dir, target, command):
+def exec_(obj, target, command):
     """Run COMMAND inside TARGET's namespace (a node, a pod, or etcd).
 
     OVERLAYD_ETCD_ENDPOINTS and OVERLAYD_ETCD_PREFIX point at the lab's
     etcd, so e.g. ``scripts/lab exec node1 -- overlayctl subnets`` works.
     """
-    lab = _load(state_dir)
+    lab = _load(obj)
     names = {n.name: n.netns for n in lab.nodes}
     names.update({p.name: p.netns for p in lab.pods()})
     names["etcd"] = lab.etcd_ns
@@ -184,12 +187,12 @@ def exec_(state_dir, target, command):
 @cli.command()
 @click.pass_obj
 @_errors
-def down(state_dir):
+def down(obj):
     """Stop every process and delete every namespace and file the lab made."""
-    if not os.path.exists(os.path.join(state_dir, "lab.json")):
-        click.echo(f"no lab in {state_dir}: nothing to do", err=True)
+    if not os.path.exists(os.path.join(obj["state_dir"], "lab.json")):
+        click.echo(f"no lab in {obj['state_dir']}: nothing to do", err=True)
         return
-    _load(state_dir).down()
+    _load(obj).down()
     click.echo("lab is down", err=True)
 
 

@@ -1,0 +1,43 @@
+"""End-to-end fixtures: labs of real nodes and pods in network namespaces.
+
+Every lab gets its own namespace prefix and state directory and is torn down
+by the fixture's finalizer, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from overlayd.lab.topology import Lab
+
+from .tools import lab_diagnostics
+
+
+@pytest.fixture
+def make_lab(tmp_path, request):
+    """``make_lab(backend=..., nodes=..., pods=..., variants=..., lease_ttl=...)`` -> an up Lab."""
+    labs: list[Lab] = []
+
+    def make(backend: str = "udp", nodes: int = 3, pods: int = 1, variants=None, lease_ttl: int = 3600) -> Lab:
+        prefix = "t" + uuid.uuid4().hex[:6]
+        lab = Lab(str(tmp_path / prefix), prefix, backend=backend, lease_ttl=lease_ttl)
+        labs.append(lab)
+        lab.up(nodes=nodes, pods_per_node=pods, variants=variants)
+        return lab
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for lab in labs:
+        if failed is not None and failed.failed:
+            print(lab_diagnostics(lab))
+        lab.down()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures can print diagnostics on failure."""
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep

@@ -1,0 +1,85 @@
+"""What end-to-end tests do inside a lab: TCP transfers, captures, waiting on node state."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scapy.utils import rdpcap
+
+from overlayd.lab.topology import Lab, Pod, run
+
+TCPCHECK = str(Path(__file__).with_name("tcpcheck.py"))
+
+
+def tcp_transfer(lab: Lab, src: Pod, dst: Pod, tmp_path: Path, nbytes: int = 10 << 20) -> tuple[str, str]:
+    """Send ``nbytes`` random bytes from ``src`` to ``dst`` over TCP; (sent sha256, received sha256)."""
+    data = os.urandom(nbytes)
+    path = tmp_path / f"payload-{src.name}-{dst.name}"
+    path.write_bytes(data)
+    port = "5201"
+    server = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, TCPCHECK, "recv", port],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening", server.stderr.read()
+        run(["ip", "netns", "exec", src.netns, sys.executable, TCPCHECK, "send", dst.ip, port, str(path)],
+            timeout=120)
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    received = out.split()
+    assert len(received) == 2, err
+    assert int(received[1]) == nbytes
+    return hashlib.sha256(data).hexdigest(), received[0]
+
+
+class Capture:
+    """tcpdump in a namespace, as a context manager; ``packets`` are scapy packets afterwards."""
+
+    def __init__(self, netns: str, iface: str, bpf: str, path: Path, count: int = 50):
+        self.argv = ["ip", "netns", "exec", netns, "timeout", "30", "tcpdump", "-i", iface, "-n", "-U",
+                     "-c", str(count), "-w", str(path), bpf]
+        self.path = path
+        self.packets = []
+
+    def __enter__(self) -> "Capture":
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "tcpdump: listening on ..."
+        assert "listening" in line, line + self.proc.stderr.read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.3)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.packets = list(rdpcap(str(self.path))) if self.path.exists() and self.path.stat().st_size else []
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy; that value, or the last one on timeout."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def lab_diagnostics(lab: Lab) -> str:
+    """The last lines of every node's log, for a failed test's output."""
+    parts = []
+    for node in lab.nodes:
+        try:
+            with open(lab.log_file(node), encoding="utf-8", errors="replace") as f:
+                tail = f.readlines()[-15:]
+        except OSError:
+            tail = ["(no log)\n"]
+        parts.append(f"--- {node.name} ({node.ip}) ---\n" + "".join(tail))
+    return "\n".join(parts)
