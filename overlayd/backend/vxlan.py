@@ -6,6 +6,8 @@ peer, which is what we do. The device ``flannel.<VNI>`` is created with
 ``nolearning``, the VNI, the port, ``local`` = the public IP, ``dev`` = the
 underlay interface, and the UDP checksum OFF set explicitly (pyroute2 and
 iproute2 both create it with the checksum on here unless told otherwise).
+Transmit checksum offload is turned off on the device, so inner checksums
+are complete on the wire whatever the underlay (:mod:`overlayd.plumbing.ethtool`).
 For each peer: a route ``<subnet> via <subnet>.0 dev flannel.N onlink``, a
 permanent neighbour ``<subnet>.0 -> VtepMAC`` and an FDB entry ``VtepMAC ->
 public IP``; all three go when the lease goes. Our userspace VXLAN backend
@@ -20,7 +22,7 @@ import logging
 from ..encap.ether import mac_to_str, stable_mac
 from ..lease.model import Lease
 from ..lease.watcher import Batch
-from ..plumbing import sysctl
+from ..plumbing import ethtool, sysctl
 from ..plumbing.netlink import Netlink
 from .base import Backend
 
@@ -62,6 +64,7 @@ class KernelVxlanBackend(Backend):
             await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
             await nl.ensure_link_up(self.device)
         sysctl.disable_ipv6(self.device)
+        ethtool.set_tx_checksum_offload(self.device, False)  # see overlayd.plumbing.ethtool
 
     async def apply(self, batch: Batch) -> None:
         async with Netlink() as nl:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from scapy.utils import rdpcap
+from scapy.all import rdpcap  # (scapy.all: every link layer registered for dissection)
 
 from overlayd.lab.topology import Lab, Pod, run
 
@@ -43,7 +43,7 @@ class Capture:
     """tcpdump in a namespace, as a context manager; ``packets`` are scapy packets afterwards."""
 
     def __init__(self, netns: str, iface: str, bpf: str, path: Path, count: int = 50):
-        self.argv = ["ip", "netns", "exec", netns, "timeout", "30", "tcpdump", "-i", iface, "-n", "-U",
+        self.argv = ["ip", "netns", "exec", netns, "timeout", "30", "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode",
                      "-c", str(count), "-w", str(path), bpf]
         self.path = path
         self.packets = []
