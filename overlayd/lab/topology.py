@@ -93,6 +93,7 @@ class Node:
     vxlan_impl: str = "user"
     event_loop: str = "asyncio"
     ip_masq: bool = False
+    datapath: str | None = None  # None: the daemon's default
     pid: int | None = None
     pods: list[Pod] = dataclasses.field(default_factory=list)
 
@@ -304,11 +305,11 @@ class Lab:
         self.overlayctl("config", "set", "-", input=json.dumps(config))
 
     def add_node(self, vxlan_impl: str = "user", event_loop: str = "asyncio", ip_masq: bool = False,
-                 pods: int = 0, wait: bool = True) -> Node:
+                 datapath: str | None = None, pods: int = 0, wait: bool = True) -> Node:
         """A new node namespace running overlayd, with ``pods`` pods once it is ready."""
         index = len(self.nodes) + 1
         node = Node(f"node{index}", f"{self.prefix}-n{index}", str(UNDERLAY.network_address + NODE_IP_BASE + index),
-                    vxlan_impl, event_loop, ip_masq)
+                    vxlan_impl, event_loop, ip_masq, datapath)
         self.progress(f"{node.name}: namespace {node.netns}, {node.ip}")
         self._attach(node.netns, f"n{index}", node.ip)
         self.nodes.append(node)
@@ -326,6 +327,8 @@ class Lab:
                 "--vxlan-impl", node.vxlan_impl, "--event-loop", node.event_loop]
         if node.ip_masq:
             argv.append("--ip-masq")
+        if node.datapath:
+            argv += ["--datapath", node.datapath]
         self.progress(f"{node.name}: starting overlayd ({self.backend}"
                       f"{'/' + node.vxlan_impl if self.backend == 'vxlan' else ''})")
         node.pid = self._spawn(node.netns, argv, self.log_file(node), self.etcd_env())
