@@ -1,0 +1,145 @@
+"""Node plumbing in a throwaway network namespace: every ensure_* is idempotent,
+keeps right state and fixes wrong state. The checks run inside the namespace
+(pyroute2 talks to the namespace it runs in) and report what they saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+SCRIPT = textwrap.dedent('''
+    import asyncio, ipaddress, json, os, subprocess
+    from overlayd.plumbing import ethtool, nft, sysctl
+    from overlayd.plumbing.netlink import Netlink
+    from overlayd.plumbing.tuntap import open_tun, open_tap
+
+    def sh(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    async def main():
+        seen = {}
+        net = ipaddress.IPv4Network("10.244.0.0/16")
+        gw = ipaddress.IPv4Interface("10.244.3.1/24")
+        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        sh("ip", "addr", "add", "198.18.0.11/24", "dev", "eth0")
+        sh("ip", "link", "set", "eth0", "up")
+        async with Netlink() as nl:
+            seen["underlay"] = [str(x) for x in await nl.underlay("eth0", None)]
+            for _ in range(2):
+                await nl.ensure_bridge("cni0", mtu=1450)
+                await nl.ensure_address("cni0", gw)
+            sh("ip", "addr", "add", "10.244.9.1/24", "dev", "cni0")   # wrong state...
+            sh("ip", "link", "set", "cni0", "mtu", "1400")
+            await nl.ensure_bridge("cni0", mtu=1450)                  # ...fixed
+            await nl.ensure_address("cni0", gw)
+            seen["cni0_addrs"] = [str(a) for a in await nl.ipv4_addresses("cni0")]
+            seen["cni0"] = sh("ip", "-j", "link", "show", "cni0")
+
+            fd = open_tun("tun0", 1472)
+            sysctl.disable_ipv6("tun0")
+            for _ in range(2):
+                await nl.ensure_address("tun0", ipaddress.IPv4Interface("10.244.3.0/32"))
+                await nl.ensure_link_up("tun0")
+                await nl.ensure_route(net, "tun0")
+            seen["tun_routes"] = [str(r) for r in await nl.routes("tun0")]
+            seen["tun0"] = sh("ip", "-j", "link", "show", "tun0")
+            seen["tun0_ipv6_off"] = open("/proc/sys/net/ipv6/conf/tun0/disable_ipv6").read().strip()
+            os.close(fd)
+            fd = open_tap("overlay0", "0e:11:22:33:44:55", 1450)
+            await nl.ensure_noarp("overlay0")
+            seen["tap"] = sh("ip", "-j", "link", "show", "overlay0")
+            os.close(fd)
+
+            local = ipaddress.IPv4Address("198.18.0.11")
+            mac = "0e:00:00:00:00:01"
+            for vni in (1, 1, 7):
+                await nl.ensure_vxlan("flannel.1", vni=vni, port=8472, local=local, underlay_dev="eth0",
+                                      mac=mac, mtu=1450, learning=False, udp_checksum=False)
+            seen["vxlan"] = sh("ip", "-d", "-j", "link", "show", "flannel.1")
+            await nl.ensure_link_up("flannel.1")
+            ethtool.set_tx_checksum_offload("flannel.1", False)
+            seen["vxlan_txcsum"] = ethtool.tx_checksum_offload("flannel.1")
+            peer_gw = ipaddress.IPv4Address("10.244.5.0")
+            for _ in range(2):
+                await nl.ensure_fdb("0e:00:00:00:00:05", ipaddress.IPv4Address("198.18.0.15"), "flannel.1")
+                await nl.ensure_neighbour(peer_gw, "0e:00:00:00:00:05", "flannel.1")
+                await nl.ensure_route(ipaddress.IPv4Network("10.244.5.0/24"), "flannel.1", gateway=peer_gw, onlink=True)
+            seen["fdb"] = sh("bridge", "fdb", "show", "dev", "flannel.1")
+            seen["neigh"] = sh("ip", "neigh", "show", "dev", "flannel.1")
+            seen["route5"] = sh("ip", "route", "show", "10.244.5.0/24")
+            for _ in range(2):
+                await nl.delete_route(ipaddress.IPv4Network("10.244.5.0/24"), dev="flannel.1")
+                await nl.delete_neighbour(peer_gw, "flannel.1")
+                await nl.delete_fdb("0e:00:00:00:00:05", "flannel.1", "198.18.0.15")
+            seen["after_delete"] = (sh("bridge", "fdb", "show", "dev", "flannel.1") + sh("ip", "neigh", "show", "dev", "flannel.1")
+                                    + sh("ip", "route", "show", "10.244.5.0/24"))
+            await nl.delete_link("flannel.1")
+            await nl.delete_link("flannel.1")
+            seen["vxlan_gone"] = not await nl.exists("flannel.1")
+
+        sysctl.enable_forwarding()
+        sysctl.set_rp_filter("all", 2)
+        seen["forwarding"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+        subnet = ipaddress.IPv4Network("10.244.3.0/24")
+        for _ in range(2):
+            nft.apply(net, subnet, masquerade=True)
+        seen["nft"] = sh("nft", "list", "table", "ip", "overlayd")
+        nft.apply(net, subnet, masquerade=False)
+        seen["nft_nomasq"] = sh("nft", "list", "table", "ip", "overlayd")
+        nft.remove()
+        nft.remove()
+        seen["nft_after_remove"] = sh("nft", "list", "tables")
+        print(json.dumps(seen))
+
+    asyncio.run(main())
+''')
+
+
+@pytest.fixture
+def netns():
+    name = f"ovt-pl-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
+    res = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    seen = json.loads(res.stdout)
+    assert seen["underlay"] == ["eth0", "198.18.0.11", "1500"]
+    assert seen["cni0_addrs"] == ["10.244.3.1/24"]
+    cni0 = json.loads(seen["cni0"])[0]
+    assert cni0["mtu"] == 1450 and "UP" in cni0["flags"]
+    assert seen["tun_routes"] == ["10.244.0.0/16"]  # one route, not two
+    tun0 = json.loads(seen["tun0"])[0]
+    assert tun0["mtu"] == 1472 and "UP" in tun0["flags"] and tun0["link_type"] == "none"
+    assert seen["tun0_ipv6_off"] == "1"
+    tap = json.loads(seen["tap"])[0]
+    assert tap["address"] == "0e:11:22:33:44:55" and tap["mtu"] == 1450 and "NOARP" in tap["flags"]
+
+    vx = json.loads(seen["vxlan"])[0]
+    data = vx["linkinfo"]["info_data"]
+    assert data["id"] == 7  # a changed VNI recreated the device
+    assert data["port"] == 8472 and data["local"] == "198.18.0.11" and data["learning"] is False
+    assert data.get("udp_csum") is False
+    assert vx["address"] == "0e:00:00:00:00:01" and vx["mtu"] == 1450
+    assert seen["vxlan_txcsum"] is False
+    assert seen["fdb"].count("0e:00:00:00:00:05 dst 198.18.0.15") == 1 and "permanent" in seen["fdb"]
+    assert seen["neigh"].count("10.244.5.0 lladdr 0e:00:00:00:00:05") == 1 and "PERMANENT" in seen["neigh"]
+    assert "via 10.244.5.0" in seen["route5"] and "onlink" in seen["route5"]
+    assert seen["after_delete"].strip() == ""
+    assert seen["vxlan_gone"] is True
+
+    assert seen["forwarding"] == "1"
+    assert seen["nft"].count("masquerade") == 2 and seen["nft"].count("table ip overlayd") == 1
+    assert "masquerade" not in seen["nft_nomasq"] and "ip saddr 10.244.0.0/16 accept" in seen["nft_nomasq"]
+    assert "overlayd" not in seen["nft_after_remove"]
