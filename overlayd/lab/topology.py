@@ -320,8 +320,8 @@ class Lab:
             self.add_pod(node)
         return node
 
-    def start_node(self, node: Node, wait: bool = True) -> None:
-        """Start overlayd on ``node`` (again, after :meth:`stop_node`)."""
+    def start_node(self, node: Node, wait: bool = True, env: dict | None = None) -> None:
+        """Start overlayd on ``node`` (again, after :meth:`stop_node`), with extra ``env``."""
         argv = [_bin("overlayd"), "--iface", "eth0", "--subnet-file", self.subnet_file(node),
                 "--status-file", self.status_file(node), "--lease-ttl", str(self.lease_ttl),
                 "--vxlan-impl", node.vxlan_impl, "--event-loop", node.event_loop]
@@ -331,7 +331,7 @@ class Lab:
             argv += ["--datapath", node.datapath]
         self.progress(f"{node.name}: starting overlayd ({self.backend}"
                       f"{'/' + node.vxlan_impl if self.backend == 'vxlan' else ''})")
-        node.pid = self._spawn(node.netns, argv, self.log_file(node), self.etcd_env())
+        node.pid = self._spawn(node.netns, argv, self.log_file(node), {**self.etcd_env(), **(env or {})})
         self.save()
         if wait:
             self.wait_ready(node)

@@ -1,0 +1,62 @@
+"""The daemon as an operator meets it: waiting for a missing or invalid config
+with one log line each, READY sent to systemd only once everything is in
+place, a bad --iface refused with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from overlayd.lab.topology import run
+
+from .tools import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd]
+
+
+def test_waits_for_config_then_comes_up_and_notifies_systemd(make_lab, tmp_path):
+    lab = make_lab("udp", nodes=1)
+    lab.etcdctl("put", "/coreos.com/network/config", json.dumps({"Network": "10.244.0.0/16", "SubnetLen": 33}))
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(30)
+    try:
+        node = lab.add_node(wait=False)
+        lab.stop_node(node)
+        lab.start_node(node, wait=False, env={"NOTIFY_SOCKET": notify_path})
+        log = lambda: open(lab.log_file(node)).read()  # noqa: E731
+        assert wait_for(lambda: "SubnetLen" in log(), timeout=15), log()
+        lab.etcdctl("del", "/coreos.com/network/config")
+        assert wait_for(lambda: "no network config" in log(), timeout=15), log()
+        time.sleep(2)
+        assert log().count("no network config") == 1  # once, not once per retry
+        assert not os.path.exists(lab.subnet_file(node))
+
+        lab.set_config()
+        message = notify.recv(4096).decode()
+        assert "READY=1" in message
+        # READY means ready: subnet.env, the device, the route and the bridge already exist
+        assert os.path.exists(lab.subnet_file(node))
+        routes = run(["ip", "-n", node.netns, "route"]).stdout
+        assert "10.244.0.0/16 dev tun0" in routes and "dev cni0" in routes
+        lab.wait_ready(node)
+        pod = lab.add_pod(node)
+        assert lab.ping(pod, lab.nodes[0].pods[0].ip)
+    finally:
+        notify.close()
+
+
+def test_bad_iface_is_one_line_and_exit_1(make_lab):
+    lab = make_lab("udp", nodes=1)
+    node = lab.nodes[0]
+    res = lab.exec(node.netns, [str(Path(sys.executable).parent / "overlayd"), "--iface", "nosuch0", "--subnet-file", "/nonexistent/x"],
+                   check=False, timeout=30)
+    assert res.returncode == 1
+    assert "no network interface named nosuch0" in res.stderr and "Traceback" not in res.stderr
