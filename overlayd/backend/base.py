@@ -32,6 +32,7 @@ class NodeOptions:
 
     vxlan_impl: str = "user"
     use_uvloop: bool = False
+    datapath: str = "python"  # "c": the UDP backend's C fast path (overlayd._fastpath)
 
 
 class Backend(abc.ABC):

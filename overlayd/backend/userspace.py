@@ -75,12 +75,17 @@ class UserspaceBackend(Backend):
     def _dataplane(self) -> DataPlane:
         self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
         sender = Sender(self.sock, self.config.backend.port, self.counters)
-        return DataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters)
+        cls = DataPlane
+        if self.options.datapath == "c" and self.type_name == "udp":
+            from ..dataplane.fast import FastUdpDataPlane
+            cls = FastUdpDataPlane
+        return cls(self.dev_fd, self.sock, self.codec, sender, self.counters)
 
     async def run(self) -> None:
         dp = self._dataplane()
-        log.info("data plane: %s <-> udp %s:%d (%s loop)", self.device, self.underlay.public_ip,
-                 self.config.backend.port, "uvloop" if self.options.use_uvloop else "asyncio")
+        log.info("data plane: %s <-> udp %s:%d (%s, %s loop)", self.device, self.underlay.public_ip,
+                 self.config.backend.port, type(dp).__name__,
+                 "uvloop" if self.options.use_uvloop else "asyncio")
         if not self.options.use_uvloop:
             dp.start(asyncio.get_running_loop())
             try:

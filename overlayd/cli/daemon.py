@@ -48,9 +48,12 @@ def _public_ip(ctx, param, value):
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
               show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
                                       "its own thread; netlink and etcd stay on asyncio).")
+@click.option("--datapath", type=click.Choice(["python", "c"]), default=None, show_envvar=True,
+              help="UDP backend data path: the pure Python loop, or the C fast path (batched "
+                   "recvmmsg/sendmmsg). Default: c when it was built, else python.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, verbose):
+        event_loop, datapath, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -62,13 +65,18 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
         parse_endpoints(etcd_endpoints)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+    from ..dataplane import fast
+    if datapath == "c" and not fast.available():
+        raise click.BadParameter("the C fast path is not built (reinstall with a compiler: "
+                                 "scripts/install)", param_hint="--datapath")
+    datapath = datapath or ("c" if fast.available() else "python")
     from ..daemon import DaemonOptions, run  # netlink and friends: not needed for --help
 
     setup_logging(verbose, PROG)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
-        node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop"),
+        node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),
     )
     sys.exit(run(options))
 

@@ -102,10 +102,7 @@ class DataPlane:
             counters.rx_dev(len(frame))
             verdict = codec.outbound(frame)
             if isinstance(verdict, Drop):
-                counters.drop(verdict)
-                reply = codec.answer(verdict, frame, time.monotonic())
-                if reply is not None:
-                    self._write_device(reply)
+                self._dropped_outbound(verdict, frame, time.monotonic())
                 continue
             sender.send(verdict[1], verdict[0])
         sender.flush()
@@ -126,6 +123,13 @@ class DataPlane:
                 counters.drop(verdict)
                 continue
             self._write_device(verdict)
+
+    def _dropped_outbound(self, drop: Drop, frame: bytes, now: float) -> None:
+        """Count a dropped device frame and write the codec's answer (ICMP), if any."""
+        self.counters.drop(drop)
+        reply = self.codec.answer(drop, frame, now)
+        if reply is not None:
+            self._write_device(reply)
 
     def _write_device(self, frame: bytes) -> None:
         try:

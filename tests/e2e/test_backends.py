@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 BACKENDS = {
     # name: (Backend.Type, per-node variants)
-    "udp": ("udp", [{}, {"event_loop": "uvloop"}, {}]),
+    # the Python data path (asyncio, uvloop) and the C fast path, side by side in one cluster
+    "udp": ("udp", [{"datapath": "python"}, {"datapath": "python", "event_loop": "uvloop"}, {"datapath": "c"}]),
     "vxlan-user": ("vxlan", [{"vxlan_impl": "user"}] * 3),
     "vxlan-kernel": ("vxlan", [{"vxlan_impl": "kernel"}] * 3),
     "host-gw": ("host-gw", [{}] * 3),
