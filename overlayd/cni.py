@@ -8,9 +8,9 @@ The plugin owns no network plumbing itself. On ADD it reads the node's lease fro
 ``delegate``) and runs that plugin with the same environment. The rendered config
 is saved under ``dataDir`` as ``<containerid>-<ifname>.json`` *before* the delegate
 runs, so DEL and CHECK replay exactly what ADD used even when subnet.env has
-changed or is gone (daemon down or node re-leased). A failed ADD removes the saved
-file (the bridge plugin releases its IP itself; a veth it made before failing goes
-with the pod's namespace). DEL of an unknown container succeeds silently, as the
+changed or is gone (daemon down or node re-leased). A failed ADD is undone with a
+best-effort delegate DEL (so a veth the bridge made before failing does not stay
+behind) and the saved file is removed. DEL of an unknown container succeeds silently, as the
 spec requires.
 
 Only the delegate's result (or a CNI error object) is ever written to stdout;
@@ -327,8 +327,17 @@ def cmd_add(inv: Invocation, environ: Mapping[str, str], conf: NetConf) -> tuple
         remove_conf(path)
         raise
     if code != 0:
+        _undo_failed_add(inv, environ, delegate)
         remove_conf(path)
     return code, out
+
+
+def _undo_failed_add(inv: Invocation, environ: Mapping[str, str], delegate: Mapping[str, Any]) -> None:
+    """Best-effort delegate DEL after a failed ADD, so no veth or IP outlives our saved file."""
+    try:
+        invoke(dataclasses.replace(inv, command="DEL"), environ, delegate)
+    except CniError as err:
+        print(f"overlayd-cni: cleanup after failed ADD: {err.msg}", file=sys.stderr)
 
 
 def cmd_del(inv: Invocation, environ: Mapping[str, str], conf: NetConf) -> tuple[int, bytes]:

@@ -153,6 +153,8 @@ def test_failed_delegate_passes_its_error_and_forgets_the_conf(node):
     assert "not-a-subnet" in error["msg"]  # the bridge plugin's own error object, passed through
     assert not node.saved().exists()
     assert not list((node.data_dir / "ipam").glob("ovt/10.*"))
+    # the veth the bridge made before failing was cleaned up by our DEL, not left in the pod
+    assert node.in_pod("ip", "link", "show", "eth0", check=False).returncode != 0
 
 
 def test_missing_delegate_plugin_touches_nothing(node):
