@@ -2,19 +2,26 @@
  * overlayd._fastpath: the C twin of the UDP backend's data path.
  *
  * Design note. The pure Python code in overlayd/encap (ipv4.check,
- * udp.outbound, udp.inbound) is the reference; this module makes exactly the
- * same decisions (tests/unit/test_fastpath_parity.py holds it to that) and
- * adds batching: forward_out() drains up to BATCH packets from the tun with
- * the GIL released, classifies them, and hands all accepted ones to ONE
- * sendmmsg(); forward_in() takes up to BATCH datagrams with ONE recvmmsg()
- * and writes the accepted ones to the tun. UDP GSO would batch further, but
- * the kernel refuses it on a socket with SO_NO_CHECK (checksum 0), which the
- * design requires. Dropped outbound packets go back to Python with their
- * reason, so ICMP answers and counters stay in one place (the Python loop).
+ * udp.outbound, udp.inbound) is the reference and the fallback; this module
+ * makes exactly the same decisions (tests/unit/test_fastpath_parity.py holds
+ * it to that) and adds batching:
  *
- * The peer table is overlayd.encap.table.PeerTable: its `mask`,
- * `_by_subnet` (int -> Peer with .node_ip) and `_senders` (node IP -> count)
- * are read here, once per batch where possible.
+ *   forward_out  up to BATCH non-blocking read()s from the tun, classify,
+ *                ONE sendmmsg() for every accepted packet;
+ *   forward_in   ONE recvmmsg() of up to BATCH datagrams, classify, write()
+ *                the accepted ones to the tun.
+ *
+ * UDP GSO would batch further, but the kernel refuses it on a socket with
+ * SO_NO_CHECK (checksum 0), which the design requires. The GIL is released
+ * around every syscall and held while Python objects are touched. Dropped
+ * outbound packets go back to Python with their reason, so the ICMP answers
+ * and every counter name stay in one place (overlayd/dataplane).
+ *
+ * The peer table is an overlayd.encap.table.PeerTable; its `mask`,
+ * `_by_subnet` (int -> Peer with .node_ip) and `_senders` (node IP str ->
+ * count) are read once per call, and lookups are cached for the batch.
+ * Packet buffers are per thread (a uvloop data plane runs in its own thread)
+ * and only live for one call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,40 +29,36 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define BATCH 64
-#define PKT_MAX 65536
+#define BATCH 64       /* packets per call, at most */
+#define PKT_MAX 65536  /* room per packet: any tun frame or UDP payload fits whole */
 
-enum verdict { V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER,
-               V_NOT_OUR_SUBNET, V_COUNT };
+enum verdict {
+    V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_NOT_OUR_SUBNET,
+    V_COUNT
+};
 
-/* The values of overlayd.encap.drops.Drop. */
+/* The values of overlayd.encap.drops.Drop, by verdict. */
 static const char *const reason_names[V_COUNT] = {
     NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "not_our_subnet",
 };
 
-/* One set of buffers per direction, so the two can run in different threads. */
-typedef struct {
-    unsigned char data[BATCH][PKT_MAX];
-    ssize_t len[BATCH];
-} batch_t;
+/* ---- packet checks (the twins of overlayd.encap.ipv4) -------------------- */
 
-static batch_t *out_batch, *in_batch;
-
-/* ---- pure classification (no Python objects) ---------------------------- */
-
+/* ipv4.check: why p[0:n] is not a usable IPv4 packet, or V_OK. */
 static int ipv4_check(const unsigned char *p, Py_ssize_t n)
 {
     if (n < 20)
         return (n > 0 && (p[0] >> 4) != 4) ? V_NOT_IPV4 : V_TRUNCATED;
     if ((p[0] >> 4) != 4)
         return V_NOT_IPV4;
-    unsigned ihl = (p[0] & 0x0F) * 4u;
+    unsigned ihl = (p[0] & 0x0Fu) * 4u;
     unsigned total = ((unsigned)p[2] << 8) | p[3];
     if (ihl < 20 || total < ihl)
         return V_BAD_IP_HEADER;
@@ -64,236 +67,295 @@ static int ipv4_check(const unsigned char *p, Py_ssize_t n)
     return V_OK;
 }
 
+/* ipv4.dst_int, for a checked packet. */
 static uint32_t ipv4_dst(const unsigned char *p)
 {
     return ((uint32_t)p[16] << 24) | ((uint32_t)p[17] << 16) | ((uint32_t)p[18] << 8) | p[19];
 }
 
+/* udp.inbound after the sender check. */
+static int inbound_verdict(const unsigned char *p, Py_ssize_t n, int sender_known,
+                           unsigned long long subnet, unsigned long long mask)
+{
+    if (!sender_known)
+        return V_UNKNOWN_SENDER;
+    int v = ipv4_check(p, n);
+    if (v != V_OK)
+        return v;
+    return (ipv4_dst(p) & mask) != subnet ? V_NOT_OUR_SUBNET : V_OK;
+}
+
 /* ---- the peer table, read from Python ------------------------------------ */
 
 typedef struct {
-    PyObject *by_subnet;   /* borrowed from the table object for the call's duration */
-    uint32_t mask;
-    uint32_t *senders;     /* sorted node IPs (host order) */
-    Py_ssize_t nsenders;
-    PyObject *last_peer;   /* one-entry cache: peer object -> its address */
-    struct sockaddr_in last_addr;
+    PyObject *by_subnet;  /* PeerTable._by_subnet, a new reference */
+    PyObject *senders;    /* PeerTable._senders, a new reference */
+    unsigned long long mask;
 } table_t;
 
-static int cmp_u32(const void *a, const void *b)
+static PyObject *dict_attr(PyObject *obj, const char *name)
 {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int parse_ip(PyObject *text, uint32_t *out)
-{
-    const char *s = PyUnicode_AsUTF8(text);
-    struct in_addr a;
-    if (s == NULL)
-        return -1;
-    if (inet_pton(AF_INET, s, &a) != 1) {
-        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", s);
-        return -1;
+    PyObject *d = PyObject_GetAttrString(obj, name);
+    if (d != NULL && !PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "table.%s is not a dict", name);
+        Py_CLEAR(d);
     }
-    *out = ntohl(a.s_addr);
-    return 0;
+    return d;
 }
 
-/* Fill *t from a PeerTable; with_senders also builds the sorted sender array. */
-static int table_open(PyObject *table, table_t *t, int with_senders)
+/* Read a PeerTable's attributes into *t; on failure *t holds nothing. */
+static int table_open(PyObject *table, table_t *t)
 {
     memset(t, 0, sizeof(*t));
     PyObject *mask = PyObject_GetAttrString(table, "mask");
     if (mask == NULL)
         return -1;
-    t->mask = (uint32_t)PyLong_AsUnsignedLong(mask);
+    t->mask = PyLong_AsUnsignedLongLongMask(mask);  /* int & mask, as Python does it */
     Py_DECREF(mask);
     if (PyErr_Occurred())
         return -1;
-    PyObject *by_subnet = PyObject_GetAttrString(table, "_by_subnet");
-    if (by_subnet == NULL)
-        return -1;
-    if (!PyDict_Check(by_subnet)) {
-        Py_DECREF(by_subnet);
-        PyErr_SetString(PyExc_TypeError, "table._by_subnet is not a dict");
-        return -1;
-    }
-    t->by_subnet = by_subnet; /* owned until table_close */
-    if (!with_senders)
-        return 0;
-    PyObject *senders = PyObject_GetAttrString(table, "_senders");
-    if (senders == NULL)
-        return -1;
-    if (!PyDict_Check(senders)) {
-        Py_DECREF(senders);
-        PyErr_SetString(PyExc_TypeError, "table._senders is not a dict");
-        return -1;
-    }
-    Py_ssize_t n = PyDict_Size(senders), pos = 0, i = 0;
-    PyObject *key, *value;
-    t->senders = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    t->by_subnet = dict_attr(table, "_by_subnet");
+    t->senders = t->by_subnet ? dict_attr(table, "_senders") : NULL;
     if (t->senders == NULL) {
-        Py_DECREF(senders);
-        PyErr_NoMemory();
+        Py_CLEAR(t->by_subnet);
         return -1;
     }
-    while (PyDict_Next(senders, &pos, &key, &value)) {
-        if (parse_ip(key, &t->senders[i]) < 0) {
-            Py_DECREF(senders);
-            return -1;
-        }
-        i++;
-    }
-    Py_DECREF(senders);
-    t->nsenders = i;
-    qsort(t->senders, (size_t)i, sizeof(uint32_t), cmp_u32);
     return 0;
 }
 
 static void table_close(table_t *t)
 {
-    Py_XDECREF(t->by_subnet);
-    PyMem_Free(t->senders);
-    t->by_subnet = NULL;
-    t->senders = NULL;
+    Py_CLEAR(t->by_subnet);
+    Py_CLEAR(t->senders);
 }
 
-static int is_sender(const table_t *t, uint32_t ip)
-{
-    return t->nsenders && bsearch(&ip, t->senders, (size_t)t->nsenders, sizeof(uint32_t), cmp_u32) != NULL;
-}
-
-/* The peer (borrowed) owning dst, or NULL (with no error set) when none does. */
+/* PeerTable.lookup: a new reference to the peer owning dst; NULL with no
+ * error set when no one leases it. */
 static PyObject *table_lookup(const table_t *t, uint32_t dst)
 {
-    PyObject *key = PyLong_FromUnsignedLong(dst & t->mask);
+    PyObject *key = PyLong_FromUnsignedLongLong(dst & t->mask);
     if (key == NULL)
         return NULL;
     PyObject *peer = PyDict_GetItemWithError(t->by_subnet, key);
     Py_DECREF(key);
+    Py_XINCREF(peer);
     return peer;
 }
 
-static int peer_addr(table_t *t, PyObject *peer, uint16_t port, struct sockaddr_in *out)
+/* ---- per-batch caches -------------------------------------------------------- */
+
+/* Outbound: destination subnet -> verdict and the peer's socket address. */
+typedef struct {
+    unsigned long long subnet;
+    int verdict;      /* V_OK or V_NO_LEASE */
+    int addr_ok;      /* node_ip was an IPv4 literal */
+    struct sockaddr_in addr;
+} route_t;
+
+typedef struct {
+    route_t r[BATCH];
+    int n;
+} routes_t;
+
+/* The route for dst (cached for the batch); NULL on a Python error. */
+static const route_t *route_for(const table_t *t, routes_t *cache, uint32_t dst, uint16_t port)
 {
-    if (peer != t->last_peer) {
-        PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
-        uint32_t addr;
-        if (ip == NULL)
-            return -1;
-        int rc = parse_ip(ip, &addr);
-        Py_DECREF(ip);
-        if (rc < 0)
-            return -1;
-        memset(&t->last_addr, 0, sizeof(t->last_addr));
-        t->last_addr.sin_family = AF_INET;
-        t->last_addr.sin_addr.s_addr = htonl(addr);
-        t->last_peer = peer;
+    unsigned long long subnet = dst & t->mask;
+    for (int i = 0; i < cache->n; i++)
+        if (cache->r[i].subnet == subnet)
+            return &cache->r[i];
+    route_t *r = &cache->r[cache->n < BATCH ? cache->n++ : BATCH - 1];
+    memset(r, 0, sizeof(*r));
+    r->subnet = subnet;
+    PyObject *peer = table_lookup(t, dst);
+    if (peer == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        r->verdict = V_NO_LEASE;
+        return r;
     }
-    *out = t->last_addr;
-    out->sin_port = htons(port);
-    return 0;
+    PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
+    Py_DECREF(peer);
+    if (ip == NULL)
+        return NULL;
+    const char *text = PyUnicode_Check(ip) ? PyUnicode_AsUTF8(ip) : NULL;
+    if (text != NULL && inet_pton(AF_INET, text, &r->addr.sin_addr) == 1) {
+        r->addr.sin_family = AF_INET;
+        r->addr.sin_port = htons(port);
+        r->addr_ok = 1;
+    }
+    Py_DECREF(ip);
+    PyErr_Clear();  /* an unusable node_ip is a send error, as sendto() would make it */
+    r->verdict = V_OK;
+    return r;
 }
 
-/* Outbound verdict for one packet; *peer set (borrowed) on V_OK. -1 on a Python error. */
-static int classify_out(const table_t *t, const unsigned char *p, Py_ssize_t n, PyObject **peer)
+/* Inbound: sender address -> whether it holds a lease. */
+typedef struct {
+    uint32_t ip[BATCH];
+    int known[BATCH];
+    int n;
+} senders_t;
+
+/* PeerTable.is_node for a received address (cached for the batch); -1 on a Python error. */
+static int sender_known(const table_t *t, senders_t *cache, const struct sockaddr_in *from, socklen_t len)
 {
-    int v = ipv4_check(p, n);
-    if (v != V_OK)
-        return v;
-    *peer = table_lookup(t, ipv4_dst(p));
-    if (*peer == NULL)
-        return PyErr_Occurred() ? -1 : V_NO_LEASE;
-    return V_OK;
+    if (len < (socklen_t)sizeof(*from) || from->sin_family != AF_INET)
+        return 0;
+    uint32_t ip = from->sin_addr.s_addr;
+    for (int i = 0; i < cache->n; i++)
+        if (cache->ip[i] == ip)
+            return cache->known[i];
+    char text[INET_ADDRSTRLEN];
+    if (inet_ntop(AF_INET, &from->sin_addr, text, sizeof(text)) == NULL)
+        return 0;
+    PyObject *key = PyUnicode_FromString(text);
+    if (key == NULL)
+        return -1;
+    int known = PyDict_Contains(t->senders, key);
+    Py_DECREF(key);
+    if (known < 0)
+        return -1;
+    int slot = cache->n < BATCH ? cache->n++ : BATCH - 1;
+    cache->ip[slot] = ip;
+    cache->known[slot] = known;
+    return known;
 }
 
-static int classify_in(const table_t *t, const unsigned char *p, Py_ssize_t n, uint32_t sender,
-                       uint32_t subnet, uint32_t mask)
+/* ---- packet buffers, one set per thread ---------------------------------------- */
+
+typedef struct {
+    unsigned char data[BATCH][PKT_MAX];
+    size_t len[BATCH];
+} slots_t;
+
+static pthread_key_t slots_key;
+
+/* This thread's buffers (allocated on first use, freed when the thread ends); NULL + MemoryError. */
+static slots_t *thread_slots(void)
 {
-    if (!is_sender(t, sender))
-        return V_UNKNOWN_SENDER;
-    int v = ipv4_check(p, n);
-    if (v != V_OK)
-        return v;
-    if ((ipv4_dst(p) & mask) != subnet)
-        return V_NOT_OUR_SUBNET;
-    return V_OK;
+    slots_t *s = pthread_getspecific(slots_key);
+    if (s != NULL)
+        return s;
+    s = malloc(sizeof(*s));
+    if (s == NULL || pthread_setspecific(slots_key, s) != 0) {
+        free(s);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return s;
 }
 
-/* ---- Python API: single-packet classification (parity with encap.udp) ---- */
+/* ---- result helpers ---------------------------------------------------------- */
+
+/* {errno: count} for the n error codes in codes. */
+static PyObject *errno_counts(const int *codes, int n)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < n; i++) {
+        PyObject *key = PyLong_FromLong(codes[i]);
+        PyObject *old = key ? PyDict_GetItemWithError(d, key) : NULL;
+        PyObject *count = (key && !PyErr_Occurred()) ? PyLong_FromLong(old ? PyLong_AsLong(old) + 1 : 1) : NULL;
+        if (count == NULL || PyDict_SetItem(d, key, count) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(key);
+        Py_XDECREF(count);
+    }
+    return d;
+}
+
+/* {reason: count} for the non-zero drop counts. */
+static PyObject *reason_counts(const long counts[V_COUNT])
+{
+    PyObject *d = PyDict_New();
+    for (int v = 1; d != NULL && v < V_COUNT; v++) {
+        if (counts[v] == 0)
+            continue;
+        PyObject *count = PyLong_FromLong(counts[v]);
+        if (count == NULL || PyDict_SetItemString(d, reason_names[v], count) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(count);
+    }
+    return d;
+}
+
+static int clamp_batch(int requested)
+{
+    return requested < 1 ? 1 : (requested > BATCH ? BATCH : requested);
+}
+
+/* ---- Python API: one packet (parity with overlayd.encap.udp) ---------------- */
 
 static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
 {
-    Py_buffer pkt;
-    PyObject *table, *peer = NULL, *result = NULL;
+    PyObject *pkt, *table, *result = NULL;
+    Py_buffer buf;
     table_t t;
-    if (!PyArg_ParseTuple(args, "y*O", &pkt, &table))
+    if (!PyArg_ParseTuple(args, "OO:classify_outbound", &pkt, &table))
         return NULL;
-    if (table_open(table, &t, 0) == 0) {
-        int v = classify_out(&t, pkt.buf, pkt.len, &peer);
-        if (v == V_OK) {
+    if (PyObject_GetBuffer(pkt, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (table_open(table, &t) == 0) {
+        int v = ipv4_check(buf.buf, buf.len);
+        PyObject *peer = v == V_OK ? table_lookup(&t, ipv4_dst(buf.buf)) : NULL;
+        if (v == V_OK && peer == NULL && !PyErr_Occurred())
+            v = V_NO_LEASE;
+        if (peer != NULL) {
             PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
-            if (ip != NULL) {
-                result = Py_BuildValue("(Oy#)", ip, (const char *)pkt.buf, pkt.len);
-                Py_DECREF(ip);
-            }
-        } else if (v > 0) {
+            if (ip != NULL)
+                result = PyTuple_Pack(2, ip, pkt);
+            Py_XDECREF(ip);
+            Py_DECREF(peer);
+        } else if (v != V_OK) {
             result = PyUnicode_FromString(reason_names[v]);
         }
+        table_close(&t);
     }
-    table_close(&t);
-    PyBuffer_Release(&pkt);
+    PyBuffer_Release(&buf);
     return result;
 }
 
 static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
 {
-    Py_buffer pkt;
-    PyObject *sender_text, *table, *result = NULL;
-    unsigned long subnet, mask;
-    uint32_t sender;
+    PyObject *dgram, *sender, *table, *result = NULL;
+    unsigned long long subnet, mask;
+    Py_buffer buf;
     table_t t;
-    if (!PyArg_ParseTuple(args, "y*UkkO", &pkt, &sender_text, &subnet, &mask, &table))
+    if (!PyArg_ParseTuple(args, "OOKKO:classify_inbound", &dgram, &sender, &subnet, &mask, &table))
         return NULL;
-    if (table_open(table, &t, 1) == 0) {
-        int v = parse_ip(sender_text, &sender) < 0 ? -1
-              : classify_in(&t, pkt.buf, pkt.len, sender, (uint32_t)subnet, (uint32_t)mask);
-        if (v == V_OK)
-            result = PyBytes_FromStringAndSize(pkt.buf, pkt.len);
-        else if (v > 0)
-            result = PyUnicode_FromString(reason_names[v]);
+    if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (table_open(table, &t) == 0) {
+        int known = PyDict_Contains(t.senders, sender);
+        if (known >= 0) {
+            int v = inbound_verdict(buf.buf, buf.len, known, subnet, mask);
+            result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
+        }
+        table_close(&t);
     }
-    table_close(&t);
-    PyBuffer_Release(&pkt);
+    PyBuffer_Release(&buf);
     return result;
 }
 
-/* ---- Python API: batched forwarding ---------------------------------------- */
+/* ---- Python API: batches ---------------------------------------------------------- */
 
-static int batch_size(int requested)
-{
-    return requested < 1 ? 1 : (requested > BATCH ? BATCH : requested);
-}
-
-/*
- * forward_out(dev_fd, sock_fd, port, table, max_packets)
- *   -> (dev_packets, dev_bytes, tx_packets, tx_bytes, tx_dropped, tx_errors, read_errors, dropped)
- * dropped: [(reason, packet bytes), ...]
- */
 static PyObject *py_forward_out(PyObject *self, PyObject *args)
 {
     int dev_fd, sock_fd, port, requested;
     PyObject *table;
-    if (!PyArg_ParseTuple(args, "iiiOi", &dev_fd, &sock_fd, &port, &table, &requested))
+    if (!PyArg_ParseTuple(args, "iiiOi:forward_out", &dev_fd, &sock_fd, &port, &table, &requested))
         return NULL;
-    int n = batch_size(requested), got = 0;
-    long read_errors = 0;
-    batch_t *b = out_batch;
+    if (port < 0 || port > 65535)
+        return PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
+    slots_t *s = thread_slots();
+    if (s == NULL)
+        return NULL;
+    int n = clamp_batch(requested), nread = 0, read_errors = 0;
+    long long read_bytes = 0;
 
     Py_BEGIN_ALLOW_THREADS
-    while (got < n) {
-        ssize_t r = read(dev_fd, b->data[got], PKT_MAX);
+    while (nread < n) {
+        ssize_t r = read(dev_fd, s->data[nread], PKT_MAX);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -301,52 +363,61 @@ static PyObject *py_forward_out(PyObject *self, PyObject *args)
                 read_errors++;
             break;
         }
-        b->len[got++] = r;
+        s->len[nread++] = (size_t)r;
+        read_bytes += r;
     }
     Py_END_ALLOW_THREADS
 
-    table_t t;
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
-    struct sockaddr_in addrs[BATCH];
-    int count = 0;
-    long long dev_bytes = 0;
+    int errs[BATCH], nerr = 0, count = 0;
+    routes_t *routes = PyMem_Malloc(sizeof(routes_t));
     PyObject *dropped = PyList_New(0);
-    if (dropped == NULL)
+    table_t t;
+    if (routes == NULL || dropped == NULL || table_open(table, &t) < 0) {
+        if (routes == NULL)
+            PyErr_NoMemory();
+        PyMem_Free(routes);
+        Py_XDECREF(dropped);
         return NULL;
-    if (table_open(table, &t, 0) < 0)
-        goto fail;
-    for (int i = 0; i < got; i++) {
-        PyObject *peer = NULL;
-        dev_bytes += b->len[i];
-        int v = classify_out(&t, b->data[i], b->len[i], &peer);
-        if (v < 0)
-            goto fail;
-        if (v != V_OK) {
-            PyObject *item = Py_BuildValue("(sy#)", reason_names[v], (const char *)b->data[i], b->len[i]);
-            if (item == NULL || PyList_Append(dropped, item) < 0) {
-                Py_XDECREF(item);
+    }
+    routes->n = 0;
+    memset(msgs, 0, sizeof(msgs));
+    for (int i = 0; i < nread; i++) {
+        const unsigned char *p = s->data[i];
+        Py_ssize_t len = (Py_ssize_t)s->len[i];
+        int v = ipv4_check(p, len);
+        const route_t *r = NULL;
+        if (v == V_OK) {
+            r = route_for(&t, routes, ipv4_dst(p), (uint16_t)port);
+            if (r == NULL)
                 goto fail;
-            }
-            Py_DECREF(item);
+            v = r->verdict;
+        }
+        if (v != V_OK) {
+            PyObject *item = Py_BuildValue("(sy#)", reason_names[v], (const char *)p, len);
+            int rc = item ? PyList_Append(dropped, item) : -1;
+            Py_XDECREF(item);
+            if (rc < 0)
+                goto fail;
             continue;
         }
-        if (peer_addr(&t, peer, (uint16_t)port, &addrs[count]) < 0)
-            goto fail;
-        iovs[count].iov_base = b->data[i];
-        iovs[count].iov_len = (size_t)b->len[i];
-        memset(&msgs[count], 0, sizeof(msgs[count]));
-        msgs[count].msg_hdr.msg_name = &addrs[count];
-        msgs[count].msg_hdr.msg_namelen = sizeof(addrs[count]);
+        if (!r->addr_ok) {
+            errs[nerr++] = 0;  /* no errno: counted as "other", like a failed sendto() */
+            continue;
+        }
+        iovs[count].iov_base = (void *)p;
+        iovs[count].iov_len = (size_t)len;
+        msgs[count].msg_hdr.msg_name = (void *)&r->addr;
+        msgs[count].msg_hdr.msg_namelen = sizeof(r->addr);
         msgs[count].msg_hdr.msg_iov = &iovs[count];
         msgs[count].msg_hdr.msg_iovlen = 1;
         count++;
     }
     table_close(&t);
 
-    int sent = 0;
-    long tx_dropped = 0, tx_errors = 0;
-    long long tx_bytes = 0;
+    int sent = 0, tx_dropped = 0;
+    long long sent_bytes = 0;
     Py_BEGIN_ALLOW_THREADS
     int at = 0;
     while (at < count) {
@@ -354,131 +425,148 @@ static PyObject *py_forward_out(PyObject *self, PyObject *args)
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-                tx_dropped += count - at;   /* socket buffer full: UDP semantics, drop */
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                tx_dropped += count - at;  /* socket buffer full: UDP semantics, drop the rest */
                 break;
             }
-            tx_errors++;                    /* this datagram failed (e.g. unreachable): skip it */
+            errs[nerr++] = errno;          /* this datagram failed: count it, send the others */
             at++;
             continue;
         }
         for (int i = at; i < at + r; i++)
-            tx_bytes += (long long)iovs[i].iov_len;
+            sent_bytes += (long long)iovs[i].iov_len;
         sent += r;
         at += r;
     }
     Py_END_ALLOW_THREADS
+    PyMem_Free(routes);
 
-    PyObject *result = Py_BuildValue("(iLiLllLN)", got, dev_bytes, sent, tx_bytes, tx_dropped, tx_errors,
-                                     (long long)read_errors, dropped);
-    return result;
+    PyObject *send_errors = errno_counts(errs, nerr);
+    if (send_errors == NULL) {
+        Py_DECREF(dropped);
+        return NULL;
+    }
+    return Py_BuildValue("(iLiiLiNN)", nread, read_bytes, read_errors, sent, sent_bytes, tx_dropped,
+                         send_errors, dropped);
 
 fail:
     table_close(&t);
+    PyMem_Free(routes);
     Py_DECREF(dropped);
     return NULL;
 }
 
-/*
- * forward_in(sock_fd, dev_fd, table, subnet_int, mask, max_packets)
- *   -> (rx_packets, rx_bytes, written, write_errors, drops)
- * drops: {reason: count}
- */
 static PyObject *py_forward_in(PyObject *self, PyObject *args)
 {
     int sock_fd, dev_fd, requested;
-    unsigned long subnet, mask;
+    unsigned long long subnet, mask;
     PyObject *table;
-    if (!PyArg_ParseTuple(args, "iiOkki", &sock_fd, &dev_fd, &table, &subnet, &mask, &requested))
+    if (!PyArg_ParseTuple(args, "iiOKKi:forward_in", &sock_fd, &dev_fd, &table, &subnet, &mask, &requested))
         return NULL;
-    int n = batch_size(requested), got;
-    batch_t *b = in_batch;
+    slots_t *s = thread_slots();
+    if (s == NULL)
+        return NULL;
+    int n = clamp_batch(requested), got = 0, recv_errors = 0;
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
     struct sockaddr_in from[BATCH];
-    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)n);
+    memset(msgs, 0, sizeof(msgs));
     for (int i = 0; i < n; i++) {
-        iovs[i].iov_base = b->data[i];
+        iovs[i].iov_base = s->data[i];
         iovs[i].iov_len = PKT_MAX;
         msgs[i].msg_hdr.msg_name = &from[i];
         msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
         msgs[i].msg_hdr.msg_iov = &iovs[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    Py_BEGIN_ALLOW_THREADS
-    do {
-        got = recvmmsg(sock_fd, msgs, (unsigned)n, MSG_DONTWAIT, NULL);
-    } while (got < 0 && errno == EINTR);
-    Py_END_ALLOW_THREADS
-    if (got < 0)
-        got = 0;   /* EAGAIN, or an error surfaced from ICMP: nothing to forward now */
 
-    table_t t;
-    if (table_open(table, &t, 1) < 0) {
-        table_close(&t);
-        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    while (recv_errors < n) {
+        int r = recvmmsg(sock_fd, msgs, (unsigned)(n - recv_errors), MSG_DONTWAIT, NULL);
+        if (r >= 0) {
+            got = r;
+            break;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+        if (errno != EINTR)
+            recv_errors++;  /* e.g. ECONNREFUSED surfaced from ICMP: costs one slot, as in Python */
     }
+    Py_END_ALLOW_THREADS
+
     long drops[V_COUNT] = {0};
     long long rx_bytes = 0;
     int accept[BATCH], naccept = 0;
+    senders_t *senders = PyMem_Malloc(sizeof(senders_t));
+    table_t t;
+    if (senders == NULL || table_open(table, &t) < 0) {
+        if (senders == NULL)
+            PyErr_NoMemory();
+        PyMem_Free(senders);
+        return NULL;
+    }
+    senders->n = 0;
     for (int i = 0; i < got; i++) {
-        ssize_t len = (ssize_t)msgs[i].msg_len;
+        Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len;
         rx_bytes += len;
-        b->len[i] = len;
-        uint32_t sender = ntohl(from[i].sin_addr.s_addr);
-        int v = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? V_TRUNCATED
-              : classify_in(&t, b->data[i], len, sender, (uint32_t)subnet, (uint32_t)mask);
+        s->len[i] = (size_t)len;
+        int known = sender_known(&t, senders, &from[i], msgs[i].msg_hdr.msg_namelen);
+        if (known < 0) {
+            table_close(&t);
+            PyMem_Free(senders);
+            return NULL;
+        }
+        int v = inbound_verdict(s->data[i], len, known, subnet, mask);
         if (v == V_OK)
             accept[naccept++] = i;
         else
             drops[v]++;
     }
     table_close(&t);
+    PyMem_Free(senders);
 
-    int written = 0;
-    long write_errors = 0;
+    int written = 0, errs[BATCH], nerr = 0;
     Py_BEGIN_ALLOW_THREADS
     for (int k = 0; k < naccept; k++) {
-        int i = accept[k];
         ssize_t w;
         do {
-            w = write(dev_fd, b->data[i], (size_t)b->len[i]);
+            w = write(dev_fd, s->data[accept[k]], s->len[accept[k]]);
         } while (w < 0 && errno == EINTR);
         if (w < 0)
-            write_errors++;
+            errs[nerr++] = errno;  /* EIO: link down; EINVAL: malformed for the device */
         else
             written++;
     }
     Py_END_ALLOW_THREADS
 
-    PyObject *drop_dict = PyDict_New();
-    if (drop_dict == NULL)
+    PyObject *write_errors = errno_counts(errs, nerr);
+    PyObject *drop_counts = write_errors ? reason_counts(drops) : NULL;
+    if (drop_counts == NULL) {
+        Py_XDECREF(write_errors);
         return NULL;
-    for (int v = 1; v < V_COUNT; v++) {
-        if (!drops[v])
-            continue;
-        PyObject *count = PyLong_FromLong(drops[v]);
-        if (count == NULL || PyDict_SetItemString(drop_dict, reason_names[v], count) < 0) {
-            Py_XDECREF(count);
-            Py_DECREF(drop_dict);
-            return NULL;
-        }
-        Py_DECREF(count);
     }
-    return Py_BuildValue("(iLilN)", got, rx_bytes, written, write_errors, drop_dict);
+    return Py_BuildValue("(iLiiNN)", got, rx_bytes, recv_errors, written, write_errors, drop_counts);
 }
 
 static PyMethodDef methods[] = {
     {"classify_outbound", py_classify_outbound, METH_VARARGS,
-     "classify_outbound(pkt, table) -> (node_ip, pkt) | reason: encap.udp.outbound in C."},
+     "classify_outbound(pkt, table) -> (node_ip, pkt) | reason\n\n"
+     "overlayd.encap.udp.outbound in C: the owning peer's node IP and the payload, or the drop reason."},
     {"classify_inbound", py_classify_inbound, METH_VARARGS,
-     "classify_inbound(dgram, sender_ip, subnet_int, mask, table) -> dgram | reason: encap.udp.inbound in C."},
+     "classify_inbound(dgram, sender_ip, subnet_int, mask, table) -> dgram | reason\n\n"
+     "overlayd.encap.udp.inbound in C: the packet to write to the tun, or the drop reason."},
     {"forward_out", py_forward_out, METH_VARARGS,
-     "forward_out(dev_fd, sock_fd, port, table, max) -> (dev_packets, dev_bytes, tx_packets, tx_bytes, "
-     "tx_dropped, tx_errors, read_errors, [(reason, packet), ...]): tun -> one sendmmsg."},
+     "forward_out(dev_fd, sock_fd, port, table, max_packets)\n"
+     "    -> (read, read_bytes, read_errors, sent, sent_bytes, tx_dropped, {errno: n}, [(reason, pkt)])\n\n"
+     "Read up to max_packets (at most BATCH) packets from the non-blocking tun fd, send the "
+     "accepted ones to node_ip:port with one sendmmsg(), and return the counts, the send "
+     "failures by errno (0: unusable peer address) and the dropped packets with their reason."},
     {"forward_in", py_forward_in, METH_VARARGS,
-     "forward_in(sock_fd, dev_fd, table, subnet_int, mask, max) -> (rx_packets, rx_bytes, written, "
-     "write_errors, {reason: count}): one recvmmsg -> tun."},
+     "forward_in(sock_fd, dev_fd, table, subnet_int, mask, max_packets)\n"
+     "    -> (received, received_bytes, recv_errors, written, {errno: n}, {reason: n})\n\n"
+     "Receive up to max_packets (at most BATCH) datagrams with one recvmmsg(MSG_DONTWAIT), "
+     "write the accepted ones to the tun fd, and return the counts, the write failures by "
+     "errno and the drops by reason."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -490,14 +578,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    out_batch = PyMem_RawMalloc(sizeof(batch_t));
-    in_batch = PyMem_RawMalloc(sizeof(batch_t));
-    if (out_batch == NULL || in_batch == NULL)
-        return PyErr_NoMemory();
-    PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    static int key_made;
+    if (!key_made) {
+        if (pthread_key_create(&slots_key, free) != 0)
+            return PyErr_NoMemory();
+        key_made = 1;
     }
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "BATCH", BATCH) < 0)
+        Py_CLEAR(m);
     return m;
 }

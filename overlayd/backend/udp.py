@@ -20,7 +20,7 @@ from ..lease.model import Lease
 from ..plumbing import sysctl
 from ..plumbing.netlink import Netlink
 from ..plumbing.tuntap import open_tun
-from .userspace import UserspaceBackend
+from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class UdpBackend(UserspaceBackend):
         sysctl.disable_ipv6(TUN)
         async with Netlink() as nl:
             await nl.ensure_mtu(TUN, self.mtu)
+            await nl.ensure_txqueuelen(TUN, DEVICE_TXQUEUELEN)
             await nl.ensure_address(TUN, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
             await nl.ensure_link_up(TUN)
             await nl.ensure_route(self.config.network, TUN)

@@ -26,6 +26,11 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
+# The device's queue towards overlayd (the kernel's default is 500 packets). A
+# TCP burst from the pods fills 500 faster than one wake-up of the loop drains
+# it; every overflow is a drop and a retransmit. Measured with scripts/bench.
+DEVICE_TXQUEUELEN = 5000
+
 
 class UserspaceBackend(Backend):
     """Base of backends whose packets go through overlayd's own data plane."""

@@ -24,7 +24,7 @@ from ..lease.model import Lease
 from ..plumbing import sysctl
 from ..plumbing.netlink import Netlink
 from ..plumbing.tuntap import open_tap
-from .userspace import UserspaceBackend
+from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
 from .vxlan import vtep_mac
 
 TAP = "overlay0"
@@ -58,6 +58,7 @@ class UserVxlanBackend(UserspaceBackend):
         sysctl.disable_ipv6(TAP)
         async with Netlink() as nl:
             await nl.ensure_mtu(TAP, self.mtu)
+            await nl.ensure_txqueuelen(TAP, DEVICE_TXQUEUELEN)
             await nl.ensure_noarp(TAP)
             await nl.ensure_address(TAP, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
             await nl.ensure_link_up(TAP)

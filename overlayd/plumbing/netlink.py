@@ -131,6 +131,12 @@ class Netlink:
         if link is None or link.get("mtu") != mtu:
             await self._set(name, f"MTU {mtu}", mtu=mtu)
 
+    async def ensure_txqueuelen(self, name: str, qlen: int) -> None:
+        """The transmit queue of ``name`` holds ``qlen`` packets."""
+        link = await self._link(name)
+        if link is None or link.get("txqlen") != qlen:
+            await self._set(name, f"txqueuelen {qlen}", txqlen=qlen)
+
     async def ensure_link_up(self, name: str) -> None:
         """``name`` is administratively up."""
         link = await self._link(name)

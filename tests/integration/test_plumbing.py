@@ -48,6 +48,7 @@ SCRIPT = textwrap.dedent('''
                 await nl.ensure_address("tun0", ipaddress.IPv4Interface("10.244.3.0/32"))
                 await nl.ensure_link_up("tun0")
                 await nl.ensure_route(net, "tun0")
+                await nl.ensure_txqueuelen("tun0", 5000)
             seen["tun_routes"] = [str(r) for r in await nl.routes("tun0")]
             seen["tun0"] = sh("ip", "-j", "link", "show", "tun0")
             seen["tun0_ipv6_off"] = open("/proc/sys/net/ipv6/conf/tun0/disable_ipv6").read().strip()
@@ -122,6 +123,7 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
     assert seen["tun_routes"] == ["10.244.0.0/16"]  # one route, not two
     tun0 = json.loads(seen["tun0"])[0]
     assert tun0["mtu"] == 1472 and "UP" in tun0["flags"] and tun0["link_type"] == "none"
+    assert tun0["txqlen"] == 5000
     assert seen["tun0_ipv6_off"] == "1"
     tap = json.loads(seen["tap"])[0]
     assert tap["address"] == "0e:11:22:33:44:55" and tap["mtu"] == 1450 and "NOARP" in tap["flags"]
