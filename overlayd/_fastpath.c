@@ -142,7 +142,7 @@ static PyObject *table_lookup(const table_t *t, uint32_t dst)
     return peer;
 }
 
-/* ---- per-batch caches -------------------------------------------------------- */
+/* ---- per-batch caches (a batch has at most BATCH distinct entries) --------- */
 
 /* Outbound: destination subnet -> verdict and the peer's socket address. */
 typedef struct {
@@ -164,20 +164,21 @@ static const route_t *route_for(const table_t *t, routes_t *cache, uint32_t dst,
     for (int i = 0; i < cache->n; i++)
         if (cache->r[i].subnet == subnet)
             return &cache->r[i];
-    route_t *r = &cache->r[cache->n < BATCH ? cache->n++ : BATCH - 1];
+    PyObject *peer = table_lookup(t, dst);
+    if (peer == NULL && PyErr_Occurred())
+        return NULL;
+    route_t *r = &cache->r[cache->n++];
     memset(r, 0, sizeof(*r));
     r->subnet = subnet;
-    PyObject *peer = table_lookup(t, dst);
-    if (peer == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        r->verdict = V_NO_LEASE;
+    r->verdict = peer == NULL ? V_NO_LEASE : V_OK;
+    if (peer == NULL)
         return r;
-    }
     PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
     Py_DECREF(peer);
-    if (ip == NULL)
+    if (ip == NULL) {
+        cache->n--;
         return NULL;
+    }
     const char *text = PyUnicode_Check(ip) ? PyUnicode_AsUTF8(ip) : NULL;
     if (text != NULL && inet_pton(AF_INET, text, &r->addr.sin_addr) == 1) {
         r->addr.sin_family = AF_INET;
@@ -186,7 +187,6 @@ static const route_t *route_for(const table_t *t, routes_t *cache, uint32_t dst,
     }
     Py_DECREF(ip);
     PyErr_Clear();  /* an unusable node_ip is a send error, as sendto() would make it */
-    r->verdict = V_OK;
     return r;
 }
 
@@ -209,16 +209,15 @@ static int sender_known(const table_t *t, senders_t *cache, const struct sockadd
     char text[INET_ADDRSTRLEN];
     if (inet_ntop(AF_INET, &from->sin_addr, text, sizeof(text)) == NULL)
         return 0;
-    PyObject *key = PyUnicode_FromString(text);
+    PyObject *key = PyUnicode_FromString(text);  /* the str Python's recvfrom() would give */
     if (key == NULL)
         return -1;
     int known = PyDict_Contains(t->senders, key);
     Py_DECREF(key);
     if (known < 0)
         return -1;
-    int slot = cache->n < BATCH ? cache->n++ : BATCH - 1;
-    cache->ip[slot] = ip;
-    cache->known[slot] = known;
+    cache->ip[cache->n] = ip;
+    cache->known[cache->n++] = known;
     return known;
 }
 
@@ -253,13 +252,18 @@ static PyObject *errno_counts(const int *codes, int n)
 {
     PyObject *d = PyDict_New();
     for (int i = 0; d != NULL && i < n; i++) {
-        PyObject *key = PyLong_FromLong(codes[i]);
-        PyObject *old = key ? PyDict_GetItemWithError(d, key) : NULL;
-        PyObject *count = (key && !PyErr_Occurred()) ? PyLong_FromLong(old ? PyLong_AsLong(old) + 1 : 1) : NULL;
-        if (count == NULL || PyDict_SetItem(d, key, count) < 0)
+        int seen = 0, count = 0;
+        for (int j = 0; j < n; j++) {
+            seen |= j < i && codes[j] == codes[i];
+            count += codes[j] == codes[i];
+        }
+        if (seen)
+            continue;
+        PyObject *key = PyLong_FromLong(codes[i]), *value = PyLong_FromLong(count);
+        if (key == NULL || value == NULL || PyDict_SetItem(d, key, value) < 0)
             Py_CLEAR(d);
         Py_XDECREF(key);
-        Py_XDECREF(count);
+        Py_XDECREF(value);
     }
     return d;
 }
