@@ -128,7 +128,7 @@ def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, leas
     print_summary(lab)
     if not print_matrix(lab):
         raise LabError("some pods cannot reach each other; see the node logs in " + state_dir)
-    click.echo(f"\nnext: scripts/lab exec node1 -- overlayctl subnets | scripts/lab status | scripts/lab down")
+    click.echo("\nnext: scripts/lab exec node1 -- overlayctl subnets | scripts/lab status | scripts/lab down")
 
 
 @cli.command("add-node")

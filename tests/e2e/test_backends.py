@@ -11,7 +11,7 @@ import pytest
 
 from overlayd.lab.topology import run
 
-from .tools import tcp_transfer, wait_for
+from .tools import free_subnet, tcp_transfer, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -97,3 +97,17 @@ def test_restart_gets_the_same_subnet_back(make_lab):
     lab.start_node(node1)
     assert subnet_of(lab, node1) == before
     assert lab.ping(node2.pods[0], node1.pods[0].ip)
+
+
+def test_host_gw_skips_a_peer_off_the_segment_and_counts_it(make_lab):
+    lab = make_lab("host-gw", nodes=2)
+    node1, node2 = lab.nodes
+    # a peer on another L2 segment (192.0.2.0/24 is not on this underlay): no route can reach it
+    far = free_subnet(lab)
+    lab.etcdctl("put", f"/coreos.com/network/subnets/{far.network_address}-24",
+                json.dumps({"PublicIP": "192.0.2.50", "BackendType": "host-gw"}))
+    for node in (node1, node2):
+        assert wait_for(lambda: lab.node_status(node)["stats"]["skipped_peers"] == 1), lab.node_status(node)
+        assert str(far) not in lab.node_status(node)["peers"]
+        assert "skipped" in open(lab.log_file(node)).read()
+    assert lab.ping(node1.pods[0], node2.pods[0].ip) and lab.ping(node2.pods[0], node1.pods[0].ip)

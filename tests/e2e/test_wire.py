@@ -7,7 +7,6 @@ operator would) honoured as a peer."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 
@@ -18,7 +17,7 @@ from scapy.layers.vxlan import VXLAN
 
 from overlayd.lab.topology import run
 
-from .tools import Capture, tcp_transfer, wait_for
+from .tools import Capture, free_subnet, tcp_transfer, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -27,15 +26,6 @@ def udp_payload(pkt) -> bytes:
     """The UDP payload as raw bytes (scapy would dissect port 8472 as VXLAN)."""
     raw = bytes(pkt[IP])
     return raw[pkt[IP].ihl * 4 + 8:]
-
-
-def free_subnet(lab) -> ipaddress.IPv4Network:
-    leased = {l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)}
-    for third in range(250, 1, -1):
-        net = ipaddress.IPv4Network(f"10.244.{third}.0/24")
-        if str(net) not in leased:
-            return net
-    raise AssertionError("no free subnet")
 
 
 def send_from(netns: str, packet: bytes, dst_ip: str, port: int = 8472, count: int = 20) -> None:

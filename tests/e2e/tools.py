@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +39,16 @@ def tcp_transfer(lab: Lab, src: Pod, dst: Pod, tmp_path: Path, nbytes: int = 10 
     assert len(received) == 2, err
     assert int(received[1]) == nbytes
     return hashlib.sha256(data).hexdigest(), received[0]
+
+
+def free_subnet(lab: Lab) -> ipaddress.IPv4Network:
+    """A /24 of the lab's Network that no lease holds."""
+    leased = {l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)}
+    for third in range(250, 1, -1):
+        net = ipaddress.IPv4Network(f"10.244.{third}.0/24")
+        if str(net) not in leased:
+            return net
+    raise AssertionError("no free subnet")
 
 
 class Capture:

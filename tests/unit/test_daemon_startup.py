@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
 
 from overlayd.daemon import retry_unavailable, wait_for_config
 from overlayd.errors import StoreUnavailable

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
