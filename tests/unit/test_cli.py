@@ -1,6 +1,8 @@
 """The CLIs through click's CliRunner: no daemon, no root; etcd is unreachable on purpose."""
 
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -82,3 +84,24 @@ def test_help_explains(cmd, words):
     assert result.exit_code == 0
     for w in words:
         assert w in result.output
+
+
+def test_overlayctl_status_reads_the_daemon_status_file(tmp_path):
+    path = tmp_path / "status.json"
+    runner = CliRunner()
+    missing = runner.invoke(ctl, ["status", "--status-file", str(path)])
+    assert missing.exit_code == 1 and "is overlayd running" in missing.output
+    assert "Traceback" not in missing.output
+    path.write_text(json.dumps({
+        "subnet": "10.244.3.0/24", "public_ip": "198.18.0.11", "backend": "udp", "device": "tun0",
+        "mtu": 1472, "peers": ["10.244.7.0/24"], "stats": {"drop_no_lease": 3, "tx_packets": 10},
+        "updated": 0}))
+    shown = runner.invoke(ctl, ["status", "--status-file", str(path)])
+    assert shown.exit_code == 0
+    assert "subnet 10.244.3.0/24 on 198.18.0.11, backend udp (tun0, MTU 1472)" in shown.output
+    assert "peers (1): 10.244.7.0/24" in shown.output and "drop_no_lease" in shown.output
+    as_json = runner.invoke(ctl, ["status", "--json"], env={"OVERLAYD_STATUS_FILE": str(path)})
+    assert json.loads(as_json.output)["peers"] == ["10.244.7.0/24"]
+    path.write_text("{broken")
+    broken = runner.invoke(ctl, ["status", "--status-file", str(path)])
+    assert broken.exit_code == 1 and "cannot read" in broken.output
