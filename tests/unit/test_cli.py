@@ -1,6 +1,5 @@
 """The CLIs through click's CliRunner: no daemon, no root; etcd is unreachable on purpose."""
 
-
 import json
 
 import pytest
