@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #define BATCH 64       /* packets per call, at most */
-#define PKT_MAX 65536  /* room per packet: any tun frame or UDP payload fits whole */
+#define PKT_MAX 65535  /* bytes per packet: READ_SIZE in dataplane/loop.py; any UDP payload fits */
 
 enum verdict {
     V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_NOT_OUR_SUBNET,
@@ -301,16 +301,15 @@ static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
         return NULL;
     if (table_open(table, &t) == 0) {
         int v = ipv4_check(buf.buf, buf.len);
-        PyObject *peer = v == V_OK ? table_lookup(&t, ipv4_dst(buf.buf)) : NULL;
-        if (v == V_OK && peer == NULL && !PyErr_Occurred())
-            v = V_NO_LEASE;
+        PyObject *peer = NULL;
+        if (v == V_OK && (peer = table_lookup(&t, ipv4_dst(buf.buf))) == NULL)
+            v = PyErr_Occurred() ? -1 : V_NO_LEASE;
         if (peer != NULL) {
             PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
-            if (ip != NULL)
-                result = PyTuple_Pack(2, ip, pkt);
+            result = ip ? PyTuple_Pack(2, ip, pkt) : NULL;
             Py_XDECREF(ip);
             Py_DECREF(peer);
-        } else if (v != V_OK) {
+        } else if (v > 0) {
             result = PyUnicode_FromString(reason_names[v]);
         }
         table_close(&t);
@@ -330,7 +329,7 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
     if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) < 0)
         return NULL;
     if (table_open(table, &t) == 0) {
-        int known = PyDict_Contains(t.senders, sender);
+        int known = PyDict_Contains(t.senders, sender);  /* PeerTable.is_node */
         if (known >= 0) {
             int v = inbound_verdict(buf.buf, buf.len, known, subnet, mask);
             result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
@@ -342,6 +341,61 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
 }
 
 /* ---- Python API: batches ---------------------------------------------------------- */
+
+/* The outbound batch after classification: what one sendmmsg() gets. */
+typedef struct {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    routes_t routes;   /* msgs point at these addresses */
+    int count;         /* accepted packets, msgs[0:count] */
+    int errs[BATCH];   /* errno of every failed send (0: unusable peer address) */
+    int nerr;
+} sends_t;
+
+/* Classify the nread packets in s against table: accepted ones into *out,
+ * dropped ones appended to `dropped` as (reason, bytes). -1 on a Python error. */
+static int prepare_sends(PyObject *table, slots_t *s, int nread, uint16_t port, sends_t *out,
+                         PyObject *dropped)
+{
+    table_t t;
+    if (table_open(table, &t) < 0)
+        return -1;
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < nread; i++) {
+        const unsigned char *p = s->data[i];
+        Py_ssize_t len = (Py_ssize_t)s->len[i];
+        const route_t *r = NULL;
+        int v = ipv4_check(p, len);
+        if (v == V_OK) {
+            if ((r = route_for(&t, &out->routes, ipv4_dst(p), port)) == NULL)
+                goto fail;
+            v = r->verdict;
+        }
+        if (v != V_OK) {
+            PyObject *item = Py_BuildValue("(sy#)", reason_names[v], (const char *)p, len);
+            int rc = item ? PyList_Append(dropped, item) : -1;
+            Py_XDECREF(item);
+            if (rc < 0)
+                goto fail;
+        } else if (!r->addr_ok) {
+            out->errs[out->nerr++] = 0;
+        } else {
+            struct msghdr *h = &out->msgs[out->count].msg_hdr;
+            out->iovs[out->count].iov_base = (void *)p;
+            out->iovs[out->count].iov_len = (size_t)len;
+            h->msg_name = (void *)&r->addr;
+            h->msg_namelen = sizeof(r->addr);
+            h->msg_iov = &out->iovs[out->count];
+            h->msg_iovlen = 1;
+            out->count++;
+        }
+    }
+    table_close(&t);
+    return 0;
+fail:
+    table_close(&t);
+    return -1;
+}
 
 static PyObject *py_forward_out(PyObject *self, PyObject *args)
 {
@@ -364,7 +418,7 @@ static PyObject *py_forward_out(PyObject *self, PyObject *args)
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                read_errors++;
+                read_errors++;  /* counted; the reader is level-triggered, so it comes back */
             break;
         }
         s->len[nread++] = (size_t)r;
@@ -372,92 +426,75 @@ static PyObject *py_forward_out(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
 
-    struct mmsghdr msgs[BATCH];
-    struct iovec iovs[BATCH];
-    int errs[BATCH], nerr = 0, count = 0;
-    routes_t *routes = PyMem_Malloc(sizeof(routes_t));
-    PyObject *dropped = PyList_New(0);
-    table_t t;
-    if (routes == NULL || dropped == NULL || table_open(table, &t) < 0) {
-        if (routes == NULL)
-            PyErr_NoMemory();
-        PyMem_Free(routes);
+    sends_t *out = PyMem_Malloc(sizeof(*out));
+    PyObject *dropped = out ? PyList_New(0) : PyErr_NoMemory();
+    if (dropped == NULL || prepare_sends(table, s, nread, (uint16_t)port, out, dropped) < 0) {
+        PyMem_Free(out);
         Py_XDECREF(dropped);
         return NULL;
     }
-    routes->n = 0;
-    memset(msgs, 0, sizeof(msgs));
-    for (int i = 0; i < nread; i++) {
-        const unsigned char *p = s->data[i];
-        Py_ssize_t len = (Py_ssize_t)s->len[i];
-        int v = ipv4_check(p, len);
-        const route_t *r = NULL;
-        if (v == V_OK) {
-            r = route_for(&t, routes, ipv4_dst(p), (uint16_t)port);
-            if (r == NULL)
-                goto fail;
-            v = r->verdict;
-        }
-        if (v != V_OK) {
-            PyObject *item = Py_BuildValue("(sy#)", reason_names[v], (const char *)p, len);
-            int rc = item ? PyList_Append(dropped, item) : -1;
-            Py_XDECREF(item);
-            if (rc < 0)
-                goto fail;
-            continue;
-        }
-        if (!r->addr_ok) {
-            errs[nerr++] = 0;  /* no errno: counted as "other", like a failed sendto() */
-            continue;
-        }
-        iovs[count].iov_base = (void *)p;
-        iovs[count].iov_len = (size_t)len;
-        msgs[count].msg_hdr.msg_name = (void *)&r->addr;
-        msgs[count].msg_hdr.msg_namelen = sizeof(r->addr);
-        msgs[count].msg_hdr.msg_iov = &iovs[count];
-        msgs[count].msg_hdr.msg_iovlen = 1;
-        count++;
-    }
-    table_close(&t);
 
     int sent = 0, tx_dropped = 0;
     long long sent_bytes = 0;
     Py_BEGIN_ALLOW_THREADS
     int at = 0;
-    while (at < count) {
-        int r = sendmmsg(sock_fd, msgs + at, (unsigned)(count - at), 0);
+    while (at < out->count) {
+        int r = sendmmsg(sock_fd, out->msgs + at, (unsigned)(out->count - at), 0);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                tx_dropped += count - at;  /* socket buffer full: UDP semantics, drop the rest */
+                tx_dropped += out->count - at;  /* socket buffer full: UDP semantics, drop the rest */
                 break;
             }
-            errs[nerr++] = errno;          /* this datagram failed: count it, send the others */
+            out->errs[out->nerr++] = errno;   /* this datagram failed: count it, send the others */
             at++;
             continue;
         }
         for (int i = at; i < at + r; i++)
-            sent_bytes += (long long)iovs[i].iov_len;
+            sent_bytes += (long long)out->iovs[i].iov_len;
         sent += r;
         at += r;
     }
     Py_END_ALLOW_THREADS
-    PyMem_Free(routes);
 
-    PyObject *send_errors = errno_counts(errs, nerr);
+    PyObject *send_errors = errno_counts(out->errs, out->nerr);
+    PyMem_Free(out);
     if (send_errors == NULL) {
         Py_DECREF(dropped);
         return NULL;
     }
     return Py_BuildValue("(iLiiLiNN)", nread, read_bytes, read_errors, sent, sent_bytes, tx_dropped,
                          send_errors, dropped);
+}
 
-fail:
+/* Classify the got datagrams in s (senders in from, lengths in msgs): store
+ * the indexes of the accepted ones in accept, count the others in drops.
+ * Returns the number accepted, -1 on a Python error. */
+static int accept_datagrams(PyObject *table, slots_t *s, const struct mmsghdr *msgs,
+                            const struct sockaddr_in *from, int got, unsigned long long subnet,
+                            unsigned long long mask, int *accept, long drops[V_COUNT])
+{
+    senders_t senders = {.n = 0};
+    table_t t;
+    int naccept = 0;
+    if (table_open(table, &t) < 0)
+        return -1;
+    for (int i = 0; i < got; i++) {
+        s->len[i] = msgs[i].msg_len;
+        int known = sender_known(&t, &senders, &from[i], msgs[i].msg_hdr.msg_namelen);
+        if (known < 0) {
+            table_close(&t);
+            return -1;
+        }
+        int v = inbound_verdict(s->data[i], (Py_ssize_t)s->len[i], known, subnet, mask);
+        if (v == V_OK)
+            accept[naccept++] = i;
+        else
+            drops[v]++;
+    }
     table_close(&t);
-    PyMem_Free(routes);
-    Py_DECREF(dropped);
-    return NULL;
+    return naccept;
 }
 
 static PyObject *py_forward_in(PyObject *self, PyObject *args)
@@ -500,34 +537,12 @@ static PyObject *py_forward_in(PyObject *self, PyObject *args)
 
     long drops[V_COUNT] = {0};
     long long rx_bytes = 0;
-    int accept[BATCH], naccept = 0;
-    senders_t *senders = PyMem_Malloc(sizeof(senders_t));
-    table_t t;
-    if (senders == NULL || table_open(table, &t) < 0) {
-        if (senders == NULL)
-            PyErr_NoMemory();
-        PyMem_Free(senders);
+    int accept[BATCH];
+    int naccept = accept_datagrams(table, s, msgs, from, got, subnet, mask, accept, drops);
+    if (naccept < 0)
         return NULL;
-    }
-    senders->n = 0;
-    for (int i = 0; i < got; i++) {
-        Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len;
-        rx_bytes += len;
-        s->len[i] = (size_t)len;
-        int known = sender_known(&t, senders, &from[i], msgs[i].msg_hdr.msg_namelen);
-        if (known < 0) {
-            table_close(&t);
-            PyMem_Free(senders);
-            return NULL;
-        }
-        int v = inbound_verdict(s->data[i], len, known, subnet, mask);
-        if (v == V_OK)
-            accept[naccept++] = i;
-        else
-            drops[v]++;
-    }
-    table_close(&t);
-    PyMem_Free(senders);
+    for (int i = 0; i < got; i++)
+        rx_bytes += (long long)s->len[i];
 
     int written = 0, errs[BATCH], nerr = 0;
     Py_BEGIN_ALLOW_THREADS

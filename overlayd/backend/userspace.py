@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 
+from ..dataplane.fast import FastUdpDataPlane
 from ..dataplane.loop import DataPlane, Sender
 from ..dataplane.sockets import open_udp
 from ..encap.drops import Counters
@@ -80,16 +81,15 @@ class UserspaceBackend(Backend):
     def _dataplane(self) -> DataPlane:
         self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
         sender = Sender(self.sock, self.config.backend.port, self.counters)
-        cls = DataPlane
-        if self.options.datapath == "c" and self.type_name == "udp":
-            from ..dataplane.fast import FastUdpDataPlane
-            cls = FastUdpDataPlane
+        # only the UDP backend has a C twin; VXLAN stays on the Python loop
+        cls = FastUdpDataPlane if self.options.datapath == "c" and self.type_name == "udp" else DataPlane
         return cls(self.dev_fd, self.sock, self.codec, sender, self.counters)
 
     async def run(self) -> None:
         dp = self._dataplane()
-        log.info("data plane: %s <-> udp %s:%d (%s, %s loop)", self.device, self.underlay.public_ip,
-                 self.config.backend.port, type(dp).__name__,
+        log.info("data plane: %s <-> udp %s:%d (%s data path, %s loop)", self.device,
+                 self.underlay.public_ip, self.config.backend.port,
+                 "C" if isinstance(dp, FastUdpDataPlane) else "Python",
                  "uvloop" if self.options.use_uvloop else "asyncio")
         if not self.options.use_uvloop:
             dp.start(asyncio.get_running_loop())

@@ -24,6 +24,17 @@ def _public_ip(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
 
 
+def _datapath(ctx, param, value):
+    from ..dataplane import fast  # the extension, if built; cheap to import
+
+    if value is None:
+        return "c" if fast.available() else "python"
+    if value == "c" and not fast.available():
+        raise click.BadParameter("the C fast path is not built (reinstall with a C compiler and "
+                                 "Python headers: scripts/install)")
+    return value
+
+
 @click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"],
                                  "show_default": True})
 @etcd_options
@@ -48,9 +59,10 @@ def _public_ip(ctx, param, value):
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
               show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
                                       "its own thread; netlink and etcd stay on asyncio).")
-@click.option("--datapath", type=click.Choice(["python", "c"]), default=None, show_envvar=True,
+@click.option("--datapath", type=click.Choice(["python", "c"]), callback=_datapath, show_envvar=True,
               help="UDP backend data path: the pure Python loop, or the C fast path (batched "
-                   "recvmmsg/sendmmsg). Default: c when it was built, else python.")
+                   "recvmmsg/sendmmsg; VXLAN always uses Python). Default: c when it was built, "
+                   "else python.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
         event_loop, datapath, verbose):
@@ -65,11 +77,6 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
         parse_endpoints(etcd_endpoints)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
-    from ..dataplane import fast
-    if datapath == "c" and not fast.available():
-        raise click.BadParameter("the C fast path is not built (reinstall with a compiler: "
-                                 "scripts/install)", param_hint="--datapath")
-    datapath = datapath or ("c" if fast.available() else "python")
     from ..daemon import DaemonOptions, run  # netlink and friends: not needed for --help
 
     setup_logging(verbose, PROG)

@@ -1,26 +1,30 @@
 """The UDP backend's data plane on the C fast path (``overlayd._fastpath``).
 
-Same readers, same codec, same counters as :class:`~overlayd.dataplane.loop.DataPlane`;
-only the per-wake-up work moves to C: up to ``BATCH`` tun reads and one
-``sendmmsg`` outbound, one ``recvmmsg`` and the tun writes inbound. Drop
-decisions are made in C by the twin of :mod:`overlayd.encap.udp` (held to
-identical verdicts by the parity tests); packets dropped outbound come back
-to Python so the codec answers NO_LEASE with ICMP exactly as before.
+Design note. :class:`FastUdpDataPlane` is a :class:`~.loop.DataPlane` with
+the same readers, codec and counters; only the work per wake-up moves to C,
+in batches of up to ``_fastpath.BATCH`` packets until ``BUDGET``:
+outbound, non-blocking tun reads and ONE ``sendmmsg`` per batch; inbound,
+ONE ``recvmmsg`` and the tun writes. The C code decides like
+:mod:`overlayd.encap.udp` (the parity tests hold it to identical verdicts);
+packets it drops outbound come back here, so the codec answers NO_LEASE with
+ICMP exactly as on the Python loop, and every counter keeps its name.
 
 Only the UDP backend has a C twin: the userspace VXLAN backend stays on the
-Python loop (its frames need the VTEP MAC rewrite and the VXLAN header).
+Python :class:`~.loop.DataPlane` (its frames need the VTEP MAC rewrite and the
+VXLAN header). The pure Python loop remains the reference and the fallback
+when the extension was not built (see ``setup.py``).
 """
 
 from __future__ import annotations
 
 import time
 
-from ..encap.drops import Drop
-from .loop import BUDGET, DataPlane
+from ..encap.drops import Counters, Drop
+from .loop import BUDGET, DataPlane, error_counter
 
 try:
     from .. import _fastpath
-except ImportError:  # not built: the Python data plane is used
+except ImportError:  # not built: only the Python data plane is available
     _fastpath = None
 
 
@@ -29,31 +33,44 @@ def available() -> bool:
     return _fastpath is not None
 
 
+def _count(counters: Counters, **counts: int) -> None:
+    for name, n in counts.items():
+        if n:
+            counters.count(name, n)
+
+
+def _count_errors(counters: Counters, prefix: str, by_errno: dict[int, int]) -> None:
+    for code, n in by_errno.items():
+        counters.count(error_counter(prefix, code), n)
+
+
 class FastUdpDataPlane(DataPlane):
-    """:class:`DataPlane` for the UDP backend with the batched C forwarding steps."""
+    """:class:`~.loop.DataPlane` for the UDP backend with batched forwarding in C.
+
+    Takes the same arguments; of the ``sender`` only the port is used, since
+    the C code sends itself (``sendmmsg``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        if not available():
+            raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
+        super().__init__(*args, **kwargs)
 
     def _device_readable(self) -> None:
-        codec, counters = self.codec, self.counters
+        counters, table = self.counters, self.codec.table
         done = 0
         while done < BUDGET:
             want = min(_fastpath.BATCH, BUDGET - done)
-            (dev_packets, dev_bytes, tx_packets, tx_bytes, tx_dropped, tx_errors, read_errors,
+            (read, read_bytes, read_errors, sent, sent_bytes, tx_dropped, send_errors,
              dropped) = _fastpath.forward_out(self.dev_fd, self.sock.fileno(), self.sender.port,
-                                             codec.table, want)
-            counters.count("dev_rx_packets", dev_packets)
-            counters.count("dev_rx_bytes", dev_bytes)
-            counters.count("tx_packets", tx_packets)
-            counters.count("tx_bytes", tx_bytes)
-            if tx_dropped:
-                counters.count("tx_dropped", tx_dropped)
-            if tx_errors:
-                counters.count("tx_error", tx_errors)
-            if read_errors:
-                counters.count("dev_read_error", read_errors)
+                                              table, want)
+            _count(counters, dev_rx_packets=read, dev_rx_bytes=read_bytes, dev_read_error=read_errors,
+                   tx_packets=sent, tx_bytes=sent_bytes, tx_dropped=tx_dropped)
+            _count_errors(counters, "tx_error_", send_errors)
             for reason, frame in dropped:
                 self._dropped_outbound(Drop(reason), frame, time.monotonic())
-            done += dev_packets
-            if dev_packets < want:
+            done += read
+            if read < want:
                 break
 
     def _socket_readable(self) -> None:
@@ -61,15 +78,13 @@ class FastUdpDataPlane(DataPlane):
         done = 0
         while done < BUDGET:
             want = min(_fastpath.BATCH, BUDGET - done)
-            rx_packets, rx_bytes, written, write_errors, drops = _fastpath.forward_in(
+            received, rx_bytes, recv_errors, written, write_errors, drops = _fastpath.forward_in(
                 self.sock.fileno(), self.dev_fd, codec.table, codec.subnet_int, codec.mask, want)
-            counters.count("rx_packets", rx_packets)
-            counters.count("rx_bytes", rx_bytes)
-            counters.count("dev_tx_packets", written)
-            if write_errors:
-                counters.count("dev_write_error", write_errors)
+            _count(counters, rx_packets=received, rx_bytes=rx_bytes, sock_read_error=recv_errors,
+                   dev_tx_packets=written)
+            _count_errors(counters, "dev_write_error_", write_errors)
             for reason, n in drops.items():
                 counters.count("drop_" + reason, n)
-            done += rx_packets
-            if rx_packets < want:
+            done += received + recv_errors
+            if received + recv_errors < want:
                 break

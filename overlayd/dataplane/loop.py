@@ -8,8 +8,10 @@ packets per second on the standard loop as on uvloop; protocol objects
 (``DatagramProtocol``) cost an extra allocation and call per packet for
 nothing we need. What to do with a packet is the codec's job (pure code in
 :mod:`overlayd.encap`); sending goes through one :class:`Sender` so that
-batching strategies (per-packet ``sendto``, the C fast path's
-``sendmmsg``) can be swapped and measured without touching the loop.
+sending strategies can be swapped and measured without touching the loop.
+The C fast path (:mod:`.fast`) batches both directions, so it replaces the
+two reader callbacks and keeps the rest: registration, counters, the
+codec's ICMP answers and device writes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from ..encap.drops import Counters, Drop
 
 BUDGET = 256  # packets per wake-up and direction
 READ_SIZE = 65535
+
+
+def error_counter(prefix: str, code: int | None) -> str:
+    """The counter for a failed syscall: ``prefix`` + the errno's name (``tx_error_enetunreach``)."""
+    return prefix + errno.errorcode.get(code, "other").lower()
 
 
 class Codec(Protocol):
@@ -52,7 +59,7 @@ class Sender:
         except (BlockingIOError, InterruptedError):
             self.counters.count("tx_dropped")  # socket buffer full: UDP semantics, drop
         except OSError as exc:
-            self.counters.count("tx_error_" + (errno.errorcode.get(exc.errno, "other")).lower())
+            self.counters.count(error_counter("tx_error_", exc.errno))
         else:
             self.counters.tx(len(payload))
 
@@ -135,6 +142,6 @@ class DataPlane:
         try:
             os.write(self.dev_fd, frame)
         except OSError as exc:  # EIO: link down; EINVAL: malformed for the device
-            self.counters.count("dev_write_error_" + errno.errorcode.get(exc.errno, "other").lower())
+            self.counters.count(error_counter("dev_write_error_", exc.errno))
         else:
             self.counters.count("dev_tx_packets")

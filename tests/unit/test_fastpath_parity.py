@@ -1,5 +1,6 @@
 """The C fast path decides exactly as the pure Python reference (overlayd.encap.udp):
-a table of vectors, then seeded random bytes and mutations of valid packets."""
+a table of vectors, then seeded random bytes, random IPv4-looking headers and
+mutations of valid packets, both directions."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ OWN = ipaddress.IPv4Network("10.244.1.0/24")
 SUBNET_INT, MASK = int(OWN.network_address), int(OWN.netmask)
 
 
-def ipv4(src, dst, payload=b"x" * 12, ihl=5, total=None):
-    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total if total is not None else 20 + len(payload),
+def ipv4(src, dst, payload=b"x" * 12, ihl=5, total=None, version=4):
+    header = struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0,
+                         total if total is not None else ihl * 4 + len(payload),
                          1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
     header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + b"\0" * max(0, ihl * 4 - 20) + payload
@@ -46,14 +48,29 @@ def python_in(dgram, sender, table):
     return v.value if isinstance(v, Drop) else v
 
 
-VECTORS = [
-    ipv4("10.244.1.5", "10.244.2.7"), ipv4("10.244.1.5", "10.244.3.255"), ipv4("10.244.1.5", "10.244.9.9"),
-    ipv4("10.244.2.7", "10.244.1.5"), ipv4("10.244.2.7", "8.8.8.8"), ipv4("10.244.1.5", "10.244.2.7", ihl=6),
-    ipv4("10.244.1.5", "10.244.2.7", ihl=4), ipv4("10.244.1.5", "10.244.2.7", total=10),
-    ipv4("10.244.1.5", "10.244.2.7", total=500), ipv4("10.244.1.5", "10.244.2.7")[:19], b"", b"\x45",
-    b"\x60" + b"\0" * 39, b"\x60", b"garbage" * 5, ipv4("10.244.1.5", "10.244.2.7") + b"pad",
+VALID = [
+    ipv4("10.244.1.5", "10.244.2.7"),                  # out: to a leased subnet
+    ipv4("10.244.1.5", "10.244.3.255"),                # out: to the other peer
+    ipv4("10.244.1.5", "10.244.9.9"),                  # out: nobody leases it
+    ipv4("10.244.2.7", "10.244.1.5"),                  # in: for our subnet
+    ipv4("10.244.2.7", "8.8.8.8"),                     # in: outside our subnet
+    ipv4("10.244.1.5", "10.244.2.7", ihl=6),           # options
+    ipv4("10.244.1.5", "10.244.2.7", payload=b""),     # header only
 ]
-SENDERS = ["198.18.0.12", "198.18.0.13", "198.18.0.99", "127.0.0.1"]
+VECTORS = VALID + [
+    ipv4("10.244.1.5", "10.244.2.7", ihl=4),           # IHL < 5
+    ipv4("10.244.1.5", "10.244.2.7", ihl=0),
+    ipv4("10.244.1.5", "10.244.2.7", total=10),        # total length below the header
+    ipv4("10.244.1.5", "10.244.2.7", ihl=6, total=22),
+    ipv4("10.244.1.5", "10.244.2.7", total=500),       # total length beyond the bytes
+    ipv4("10.244.1.5", "10.244.2.7", ihl=15),          # header longer than the packet
+    ipv4("10.244.1.5", "10.244.2.7")[:19],             # truncated header
+    ipv4("10.244.1.5", "10.244.2.7") + b"pad",         # trailing bytes are fine
+    ipv4("10.244.1.5", "10.244.2.7", version=6),
+    b"", b"\x45", b"\x60", b"\x60" + b"\0" * 39,       # empty, short, IPv6
+    b"garbage" * 5, b"\xff" * 20,
+]
+SENDERS = ["198.18.0.12", "198.18.0.13", "198.18.0.99", "127.0.0.1", "not-an-ip", ""]
 
 
 @pytest.mark.parametrize("pkt", VECTORS)
@@ -67,27 +84,50 @@ def test_inbound_vectors(table, pkt, sender):
     assert fastpath.classify_inbound(pkt, sender, SUBNET_INT, MASK, table) == python_in(pkt, sender, table)
 
 
+def samples(rng: random.Random) -> list[bytes]:
+    """Random bytes, random headers that claim IPv4, and mutated valid packets."""
+    out = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80))) for _ in range(300)]
+    for _ in range(300):
+        pkt = bytearray(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
+        if pkt:
+            pkt[0] = 0x40 | rng.randrange(16)
+        if len(pkt) >= 4:
+            pkt[2:4] = rng.randrange(0, 100).to_bytes(2, "big")
+        if len(pkt) >= 20 and rng.random() < 0.5:
+            pkt[16:19] = bytes([10, 244, rng.choice([1, 2, 3, 9])])
+        out.append(bytes(pkt))
+    for _ in range(700):
+        pkt = bytearray(rng.choice(VALID))
+        for _ in range(rng.randrange(1, 4)):
+            pkt[rng.randrange(len(pkt))] = rng.randrange(256)
+        out.append(bytes(pkt[:rng.randrange(len(pkt) + 1)] if rng.random() < 0.3 else pkt))
+    return out
+
+
 def test_random_and_mutated_packets_agree(table):
     rng = random.Random(7348)
-    samples = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80))) for _ in range(300)]
-    for _ in range(700):
-        pkt = bytearray(rng.choice(VECTORS[:6]))
-        for _ in range(rng.randrange(1, 4)):
-            if pkt:
-                pkt[rng.randrange(len(pkt))] = rng.randrange(256)
-        samples.append(bytes(pkt[:rng.randrange(len(pkt) + 1)] if rng.random() < 0.3 else pkt))
-    for pkt in samples:
+    for pkt in samples(rng):
         assert fastpath.classify_outbound(pkt, table) == python_out(pkt, table), pkt.hex()
         sender = rng.choice(SENDERS)
         assert fastpath.classify_inbound(pkt, sender, SUBNET_INT, MASK, table) == \
-            python_in(pkt, sender, table), pkt.hex()
+            python_in(pkt, sender, table), (pkt.hex(), sender)
 
 
-def test_table_changes_are_seen(table):
+def test_any_buffer_is_accepted(table):
+    pkt = ipv4("10.244.1.5", "10.244.2.7")
+    assert fastpath.classify_outbound(bytearray(pkt), table) == ("198.18.0.12", bytearray(pkt))
+    assert fastpath.classify_inbound(memoryview(ipv4("10.244.2.7", "10.244.1.9")), "198.18.0.12",
+                                     SUBNET_INT, MASK, table) == ipv4("10.244.2.7", "10.244.1.9")
+
+
+def test_table_changes_are_seen_at_once():
     t = PeerTable(24)
     pkt = ipv4("10.244.1.5", "10.244.4.1")
+    back = ipv4("10.244.4.1", "10.244.1.2")
     assert fastpath.classify_outbound(pkt, t) == "no_lease"
+    assert fastpath.classify_inbound(back, "198.18.0.14", SUBNET_INT, MASK, t) == "unknown_sender"
     t.set(ipaddress.IPv4Network("10.244.4.0/24"), Peer("198.18.0.14"))
     assert fastpath.classify_outbound(pkt, t) == ("198.18.0.14", pkt)
-    assert fastpath.classify_inbound(ipv4("10.244.4.1", "10.244.1.2"), "198.18.0.14", SUBNET_INT, MASK, t) != \
-        "unknown_sender"
+    assert fastpath.classify_inbound(back, "198.18.0.14", SUBNET_INT, MASK, t) == back
+    t.remove(ipaddress.IPv4Network("10.244.4.0/24"))
+    assert fastpath.classify_outbound(pkt, t) == "no_lease"

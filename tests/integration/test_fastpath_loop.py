@@ -1,0 +1,251 @@
+"""The C fast path's data plane end to end without root, as in test_dataplane_loop:
+a datagram socketpair stands in for the tun, peers live on 127.0.0.x. Here the
+batches themselves are checked (one forward_out call moves a whole batch, in
+order, to several peers) and the C plane must leave exactly the counters the
+Python plane leaves for the same traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+import threading
+
+import pytest
+
+from overlayd.dataplane import fast
+from overlayd.dataplane.codecs import UdpCodec
+from overlayd.dataplane.loop import DataPlane, Sender
+from overlayd.dataplane.sockets import open_udp
+from overlayd.encap import udp
+from overlayd.encap.drops import Counters, Drop
+from overlayd.encap.ipv4 import internet_checksum
+from overlayd.encap.table import Peer, PeerTable
+from overlayd.lab.etcd import free_port
+
+pytestmark = pytest.mark.skipif(not fast.available(), reason="the C fast path is not built")
+
+OWN = ipaddress.IPv4Network("10.244.1.0/24")
+PEERS = {"127.0.0.2": ipaddress.IPv4Network("10.244.2.0/24"),
+         "127.0.0.3": ipaddress.IPv4Network("10.244.3.0/24")}
+BROADCAST_SUBNET = ipaddress.IPv4Network("10.244.4.0/24")  # its "node" refuses datagrams (EACCES)
+ROGUE = "127.0.0.4"  # holds no lease
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    return header + payload
+
+
+class Rig:
+    """A data plane of class ``cls`` between a stand-in tun and two loopback peers."""
+
+    def __init__(self, cls):
+        self.port = free_port()
+        self.table = PeerTable(24)
+        for ip, subnet in PEERS.items():
+            self.table.set(subnet, Peer(ip))
+        self.table.set(BROADCAST_SUBNET, Peer("255.255.255.255"))
+        self.counters = Counters()
+        self.dev_ours, self.dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.dev.setblocking(False)
+        self.sock = open_udp("127.0.0.1", self.port)
+        self.peers = {}
+        for ip in [*PEERS, ROGUE]:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((ip, self.port))
+            s.settimeout(2)
+            self.peers[ip] = s
+        self.codec = UdpCodec(self.table, OWN)
+        self.plane = cls(self.dev_ours.fileno(), self.sock, self.codec,
+                         Sender(self.sock, self.port, self.counters), self.counters)
+
+    def send_in(self, sender: str, dgram: bytes) -> None:
+        self.peers[sender].sendto(dgram, ("127.0.0.1", self.port))
+
+    async def wait_for(self, **counts: int) -> dict:
+        for _ in range(200):
+            snap = self.counters.snapshot()
+            if all(snap.get(name, 0) >= n for name, n in counts.items()):
+                return snap
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"counters never reached {counts}: {self.counters.snapshot()}")
+
+    def close(self) -> None:
+        self.plane.stop()
+        for s in (self.dev_ours, self.dev, self.sock, *self.peers.values()):
+            s.close()
+
+
+@pytest.fixture
+def rigs():
+    made = []
+
+    def make(cls=fast.FastUdpDataPlane):
+        made.append(Rig(cls))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.close()
+
+
+async def test_packets_cross_both_ways_intact(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    for size in (0, 1, 1452, 8952):
+        pkt = ipv4("10.244.1.5", "10.244.3.7", payload=bytes(range(256)) * (size // 256) + b"y" * (size % 256))
+        rig.dev.send(pkt)
+        data, (src, sport) = await asyncio.to_thread(rig.peers["127.0.0.3"].recvfrom, 65535)
+        assert (data, src, sport) == (pkt, "127.0.0.1", rig.port)
+
+        back = ipv4("10.244.3.7", "10.244.1.5", payload=pkt[20:])
+        rig.send_in("127.0.0.3", back)
+        assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == back
+
+
+async def test_a_burst_to_two_peers_arrives_complete_and_in_order(rigs):
+    rig = rigs()
+    burst = [ipv4("10.244.1.5", f"10.244.{2 + i % 2}.7", payload=i.to_bytes(4, "big") * 8) for i in range(200)]
+    for pkt in burst:  # queued before the plane starts: it must drain them in batches
+        rig.dev.send(pkt)
+    rig.plane.start(asyncio.get_running_loop())
+    for ip, want in (("127.0.0.2", burst[0::2]), ("127.0.0.3", burst[1::2])):
+        got = [(await asyncio.to_thread(rig.peers[ip].recvfrom, 65535))[0] for _ in want]
+        assert got == want
+    snap = rig.counters.snapshot()
+    assert snap["tx_packets"] == snap["dev_rx_packets"] == 200
+    assert snap["tx_bytes"] == snap["dev_rx_bytes"] == sum(map(len, burst))
+
+
+def test_one_call_moves_a_whole_batch_and_returns_the_drops(rigs):
+    from overlayd import _fastpath
+
+    rig = rigs()
+    rig.dev_ours.setblocking(False)  # as DataPlane.start leaves it: forward_out reads until EAGAIN
+    good = [ipv4("10.244.1.5", f"10.244.{2 + i % 2}.{i}") for i in range(_fastpath.BATCH - 4)]
+    bad = {Drop.NO_LEASE: ipv4("10.244.1.5", "10.244.9.9"), Drop.TRUNCATED: good[0][:30],
+           Drop.NOT_IPV4: b"\x60" + bytes(39), Drop.BAD_IP_HEADER: b"\x44" + good[0][1:]}
+    for pkt in good + list(bad.values()):
+        rig.dev.send(pkt)
+    read, read_bytes, read_errors, sent, sent_bytes, tx_dropped, send_errors, dropped = _fastpath.forward_out(
+        rig.dev_ours.fileno(), rig.sock.fileno(), rig.port, rig.table, _fastpath.BATCH)
+    assert (read, read_errors, sent, tx_dropped, send_errors) == (_fastpath.BATCH, 0, len(good), 0, {})
+    assert sent_bytes == sum(map(len, good)) and read_bytes == sent_bytes + sum(map(len, bad.values()))
+    assert dropped == [(drop.value, pkt) for drop, pkt in bad.items()]
+    assert [rig.peers["127.0.0.2"].recv(100) for _ in good[0::2]] == good[0::2]
+
+    # the budget is a maximum, and an empty device is no error
+    rig.dev.send(good[0])
+    rig.dev.send(good[1])
+    assert _fastpath.forward_out(rig.dev_ours.fileno(), rig.sock.fileno(), rig.port, rig.table, 1)[3] == 1
+    assert _fastpath.forward_out(rig.dev_ours.fileno(), rig.sock.fileno(), rig.port, rig.table, 64)[3] == 1
+    assert _fastpath.forward_out(rig.dev_ours.fileno(), rig.sock.fileno(), rig.port, rig.table, 64)[:4] == \
+        (0, 0, 0, 0)
+
+
+async def test_drops_are_counted_by_reason_and_no_lease_is_answered(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    back = ipv4("10.244.2.7", "10.244.1.5")
+    rig.send_in("127.0.0.2", ipv4("10.244.2.7", "10.244.3.9"))   # not our subnet
+    rig.send_in("127.0.0.2", b"\x45\x00")                         # truncated
+    rig.send_in("127.0.0.2", b"\x60" + bytes(39))                 # IPv6
+    rig.send_in("127.0.0.2", b"\x45\x00\x00\x10" + back[4:])      # total length < header
+    rig.send_in(ROGUE, back)                                      # no lease
+    lost = ipv4("10.244.1.5", "10.244.9.9", proto=6)
+    rig.dev.send(lost)
+    answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
+    assert answer[9] == 1 and answer[20:22] == b"\x03\x01"        # ICMP host unreachable
+    assert socket.inet_ntoa(answer[12:16]) == "10.244.9.9" and socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
+    assert answer[28:] == lost[:28]                               # quotes its header + 8 bytes
+    snap = await rig.wait_for(rx_packets=5)
+    assert {k: v for k, v in snap.items() if k.startswith("drop_")} == {
+        "drop_not_our_subnet": 1, "drop_truncated": 1, "drop_not_ipv4": 1, "drop_bad_ip_header": 1,
+        "drop_unknown_sender": 1, "drop_no_lease": 1}
+    assert snap["dev_tx_packets"] == 1  # the ICMP answer; nothing else reached the device
+
+
+def traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
+    """Outbound packets and inbound (sender, datagram) pairs covering every verdict and error."""
+    out = [ipv4("10.244.1.5", "10.244.2.7"), ipv4("10.244.1.5", "10.244.4.1"),  # sent; EACCES
+           ipv4("10.244.1.5", "10.244.3.7", payload=b"z" * 999), ipv4("10.244.1.5", "10.244.9.9"),
+           b"\x45" + bytes(10), b"\x60" + bytes(39), b"\x43" + bytes(39), b""]
+    out += [ipv4("10.244.1.5", f"10.244.{2 + i % 3}.{i}") for i in range(40)]
+    inbound = [("127.0.0.2", ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.9")),
+               ("127.0.0.2", ipv4("10.244.2.7", "10.244.5.5")), ("127.0.0.3", b"\x45"), ("127.0.0.2", b""),
+               (ROGUE, ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.2", b"\x46" + bytes(19))]
+    return out, inbound
+
+
+async def run_traffic(rig: Rig, close_device_after: bool = False) -> dict:
+    out, inbound = traffic()
+    rig.plane.start(asyncio.get_running_loop())
+    for pkt in out:
+        rig.dev.send(pkt)
+    snap = await rig.wait_for(dev_rx_packets=len(out))
+    if close_device_after:
+        rig.dev.close()  # writes to the device now fail (ECONNREFUSED)
+    for sender, dgram in inbound:
+        rig.send_in(sender, dgram)
+    return await rig.wait_for(rx_packets=len(inbound))
+
+
+@pytest.mark.parametrize("close_device", [False, True], ids=["device-ok", "device-gone"])
+async def test_the_c_plane_counts_exactly_like_the_python_plane(rigs, close_device):
+    python, c = rigs(DataPlane), rigs(fast.FastUdpDataPlane)
+    want = await run_traffic(python, close_device)
+    got = await run_traffic(c, close_device)
+    await asyncio.sleep(0.05)  # anything late would show up below
+    assert c.counters.snapshot() == python.counters.snapshot() == want == got
+    assert got["tx_error_eacces"] == 1 + 40 // 3 and got["drop_no_lease"] == 1
+    if close_device:
+        assert sum(n for k, n in got.items() if k.startswith("dev_write_error_")) == 2  # both accepted
+
+
+async def test_batches_deliver_what_the_python_reference_accepts(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    out, inbound = traffic()
+    rig.plane.start(loop)
+    for pkt in out:
+        rig.dev.send(pkt)
+    for ip in PEERS:
+        want = [pkt for pkt in out if not isinstance(v := udp.outbound(pkt, rig.table), Drop)
+                and v[0].node_ip == ip]
+        assert [(await asyncio.to_thread(rig.peers[ip].recv, 65535)) for _ in want] == want
+    await rig.wait_for(dev_rx_packets=len(out), dev_tx_packets=1)
+    assert (await loop.sock_recv(rig.dev, 65535))[9] == 1  # the ICMP answer to the no-lease packet
+
+    for sender, dgram in inbound:
+        rig.send_in(sender, dgram)
+    want = [dgram for sender, dgram in inbound
+            if not isinstance(udp.inbound(dgram, sender, rig.codec.subnet_int, rig.codec.mask, rig.table), Drop)]
+    assert [await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) for _ in want] == want
+
+
+async def test_runs_on_uvloop_in_its_own_thread(rigs):
+    uvloop = pytest.importorskip("uvloop")
+    rig = rigs()
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        loop.call_soon_threadsafe(rig.plane.start, loop)
+        burst = [ipv4("10.244.1.5", "10.244.2.7", payload=i.to_bytes(4, "big")) for i in range(100)]
+        for pkt in burst:
+            rig.dev.send(pkt)
+        assert [(await asyncio.to_thread(rig.peers["127.0.0.2"].recv, 100)) for _ in burst] == burst
+        back = ipv4("10.244.2.7", "10.244.1.5")
+        rig.send_in("127.0.0.2", back)
+        assert await asyncio.wait_for(asyncio.get_running_loop().sock_recv(rig.dev, 100), 2) == back
+    finally:
+        loop.call_soon_threadsafe(rig.plane.stop)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 5)
+        loop.close()
