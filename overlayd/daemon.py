@@ -35,7 +35,7 @@ from .plumbing.netlink import Netlink
 log = logging.getLogger("overlayd")
 
 BRIDGE = "cni0"
-STATUS_INTERVAL = 5.0  # seconds between status-file refreshes (also written on every peer change)
+STATUS_INTERVAL = 2.0  # seconds between status-file refreshes (also written on every peer change)
 
 
 @dataclasses.dataclass(frozen=True)
