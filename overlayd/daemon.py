@@ -150,6 +150,7 @@ class Daemon:
             underlay = Underlay(*await nl.underlay(opts.iface, opts.public_ip))
         log.info("underlay %s, public IP %s, MTU %d", underlay.iface, underlay.public_ip, underlay.mtu)
         self.backend = backend = create_backend(config, underlay, opts.node)
+        await backend.preflight()
 
         previous = subnetenv.read(opts.subnet_file)
         hint = previous.subnet if previous and previous.network == config.network else None

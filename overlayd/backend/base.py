@@ -60,6 +60,9 @@ class Backend(abc.ABC):
         """The lease's ``BackendData`` (None for backends that publish none)."""
         return None
 
+    async def preflight(self) -> None:
+        """Refuse (ConfigError) before any lease is taken if this node cannot run the backend."""
+
     @abc.abstractmethod
     async def setup(self, lease: Lease) -> None:
         """Create devices, addresses and routes for ``lease``; idempotent."""

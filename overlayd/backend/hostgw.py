@@ -30,11 +30,13 @@ class HostGwBackend(Backend):
         self.skipped = 0
         self.routes: set = set()
 
-    async def setup(self, lease: Lease) -> None:
-        self.lease = lease
+    async def preflight(self) -> None:
         async with Netlink() as nl:
             if not await nl.is_ethernet(self.underlay.iface):
                 raise ConfigError(f"host-gw needs an Ethernet underlay; {self.underlay.iface} is not one")
+
+    async def setup(self, lease: Lease) -> None:
+        self.lease = lease
 
     async def apply(self, batch: Batch) -> None:
         async with Netlink() as nl:
