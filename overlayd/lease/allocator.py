@@ -10,11 +10,28 @@ from ..errors import NetworkFullError
 from ..netconf import NetworkConfig
 
 
+def _covered(config: NetworkConfig, taken: ipaddress.IPv4Network) -> Iterable[ipaddress.IPv4Network]:
+    """The /SubnetLen subnets of the Network that a lease on ``taken`` overlaps.
+
+    Leases of another length exist after an operator changes SubnetLen while
+    old leases live on: a new lease must not overlap them.
+    """
+    if not taken.overlaps(config.network):
+        return ()
+    if taken.prefixlen >= config.subnet_len:
+        return (taken.supernet(new_prefix=config.subnet_len),)
+    if taken.prefixlen <= config.network.prefixlen:
+        return config.subnets()
+    return taken.subnets(new_prefix=config.subnet_len)
+
+
 def free_subnets(
     config: NetworkConfig, taken: Iterable[ipaddress.IPv4Network]
 ) -> list[ipaddress.IPv4Network]:
-    """The subnets between SubnetMin and SubnetMax that nobody holds, in order."""
-    used = set(taken)
+    """The subnets between SubnetMin and SubnetMax that no lease holds or overlaps, in order."""
+    used: set[ipaddress.IPv4Network] = set()
+    for t in taken:
+        used.update(_covered(config, t))
     return [s for s in config.subnets() if s not in used]
 
 

@@ -185,9 +185,24 @@ class EtcdStore:
                                   lease.subnet, attrs, ttl, old_handle=lease.handle)
 
     async def renew_lease(self, lease):
-        reply = await self._call(lambda c: c.refresh_lease(lease.handle))
+        """Keep the etcd lease alive AND check the key is still bound to it.
+
+        A keepalive alone is not enough: an operator's ``etcdctl del`` (or a
+        ``put`` without our lease) leaves the etcd lease alive while the key
+        is gone or no longer ours, and the other nodes have dropped us.
+        """
+        key = subnet_key(self.prefix, lease.subnet).encode()
+
+        async def op(c):
+            return await c.refresh_lease(lease.handle), await c.get(key)
+
+        reply, kv = await self._call(op)
         if reply is None or reply.TTL <= 0:
             raise LeaseError(f"lease on {lease.subnet} has expired")
+        if kv is None:
+            raise LeaseError(f"lease key for {lease.subnet} was deleted")
+        if kv.lease != lease.handle:
+            raise LeaseError(f"lease key for {lease.subnet} was rewritten by someone else")
         return Lease(lease.subnet, lease.attrs, time.time() + reply.TTL, lease.handle,
                      lease.revision)
 

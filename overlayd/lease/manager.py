@@ -75,28 +75,40 @@ class LeaseManager:
         :class:`StoreUnavailable` when etcd cannot be reached.
         """
         attempts = 0
+        lost: set[ipaddress.IPv4Network] = set()  # subnets whose create lost: taken, listed or not
         while True:
             attempts += 1
             leases, _ = await self.store.list_leases()
-            lease = await self._try_once(leases)
+            lease, tried = await self._try_once(leases, lost)
             if lease is not None:
                 if attempts > 1:
                     log.info("acquired %s after %d attempts (lost races)", lease.subnet, attempts)
                 return lease
-            log.debug("lease attempt %d lost a race; re-listing", attempts)
+            lost.add(tried)
+            log.debug("lease attempt %d on %s lost a race; re-listing", attempts, tried)
+            if attempts > 3:  # many nodes racing: spread them out
+                await self.sleep(min(1.0, 0.05 * attempts) * self.rng.random())
 
-    async def _try_once(self, leases: list[Lease]) -> Lease | None:
+    async def _try_once(self, leases: list[Lease], lost: set[ipaddress.IPv4Network]
+                        ) -> tuple[Lease | None, ipaddress.IPv4Network]:
+        """One attempt: (the lease, or None if the create lost a race; the subnet tried).
+
+        A subnet we lost a race for stays taken for this acquisition even if
+        the listing does not show it (a key whose value does not decode), so
+        we never retry it forever.
+        """
         mine = [l for l in leases
                 if l.public_ip == self.attrs.public_ip and self.config.contains_subnet(l.subnet)]
+        mine = [l for l in mine if l.subnet not in lost]
         if mine:
             log.info("reusing our lease on %s", mine[0].subnet)
-            return await self.store.update_lease(mine[0], self.attrs, self.ttl)
-        taken = {l.subnet for l in leases}
+            return await self.store.update_lease(mine[0], self.attrs, self.ttl), mine[0].subnet
+        taken = {l.subnet for l in leases} | lost
         if self.hint is not None and self.config.contains_subnet(self.hint) and self.hint not in taken:
             log.info("reclaiming %s from the subnet file", self.hint)
-            return await self.store.create_lease(self.hint, self.attrs, self.ttl)
+            return await self.store.create_lease(self.hint, self.attrs, self.ttl), self.hint
         subnet = choose_subnet(self.config, taken, self.rng)
-        return await self.store.create_lease(subnet, self.attrs, self.ttl)
+        return await self.store.create_lease(subnet, self.attrs, self.ttl), subnet
 
     def renew_delay(self, lease: Lease) -> float:
         """Seconds to wait before renewing ``lease``."""
@@ -124,15 +136,22 @@ class LeaseManager:
                 log.warning("cannot renew lease on %s: %s", lease.subnet, exc)
                 await self.sleep(backoff.next())
                 continue
-            except LeaseError:
-                log.warning("lease on %s is gone; re-acquiring it", lease.subnet)
+            except LeaseError as exc:
+                log.warning("%s; re-acquiring %s", exc, lease.subnet)
                 lease = await self._reacquire(lease.subnet)
             if on_renew is not None:
                 on_renew(lease)
 
     async def _reacquire(self, subnet: ipaddress.IPv4Network) -> Lease:
         self.hint = subnet
-        lease = await self.acquire()
+        backoff = Backoff()
+        while True:  # etcd tends to flap exactly when leases expire: outlast it
+            try:
+                lease = await self.acquire()
+                break
+            except StoreUnavailable as exc:
+                log.warning("cannot re-acquire %s: %s", subnet, exc)
+                await self.sleep(backoff.next())
         if lease.subnet != subnet:
             raise LeaseError(f"lost subnet {subnet} to another node (got {lease.subnet}); restarting")
         return lease

@@ -79,8 +79,10 @@ class MemoryStore:
     async def renew_lease(self, lease):
         self._check()
         current = self._leases.get(lease.subnet)
-        if current is None or current.handle != lease.handle:
-            raise LeaseError(f"lease on {lease.subnet} has expired")
+        if current is None:
+            raise LeaseError(f"lease on {lease.subnet} has expired or was deleted")
+        if current.handle != lease.handle:
+            raise LeaseError(f"lease key for {lease.subnet} was rewritten by someone else")
         renewed = Lease(
             current.subnet, current.attrs, self._clock() + self._ttls[lease.handle],
             current.handle, current.revision,

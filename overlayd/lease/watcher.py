@@ -4,7 +4,10 @@ Pure code (like flannel's ``pkg/lease/watch.go``): the store's watch loop
 feeds it a snapshot after every (re)listing and the events in between; it
 keeps the table of subnets -> leases and reports only real changes, so a
 re-list after a broken watch neither loses nor duplicates a peer. Our own
-subnet is never reported as a peer.
+subnet is never reported as a peer, and neither is a lease that does not fit
+the network config (another SubnetLen, outside the Network): those are
+reported in ``Batch.ignored`` so the daemon can say so, and never reach a
+backend (a key ``0.0.0.0-0`` must not become a route).
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ class Batch:
 
     added: list[Lease] = dataclasses.field(default_factory=list)
     removed: list[Lease] = dataclasses.field(default_factory=list)
+    ignored: list[Lease] = dataclasses.field(default_factory=list)  # do not fit the config
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed)
+        return bool(self.added or self.removed or self.ignored)
 
 
 def _same(a: Lease, b: Lease) -> bool:
@@ -48,16 +52,32 @@ def _same(a: Lease, b: Lease) -> bool:
 class LeaseWatcher:
     """Holds the current peer table and diffs snapshots and events against it."""
 
-    def __init__(self, own_subnet: ipaddress.IPv4Network | None = None):
+    def __init__(self, own_subnet: ipaddress.IPv4Network | None = None,
+                 network: ipaddress.IPv4Network | None = None, subnet_len: int | None = None):
         self.own_subnet = own_subnet
+        self.network = network
+        self.subnet_len = subnet_len
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}
         self.revision = 0  # the newest revision seen
         self._floor = 0  # the revision of the last snapshot: older events are stale
 
+    def fits(self, subnet: ipaddress.IPv4Network) -> bool:
+        """Whether ``subnet`` can be a peer's: inside the Network, of SubnetLen."""
+        if self.subnet_len is not None and subnet.prefixlen != self.subnet_len:
+            return False
+        return self.network is None or subnet.subnet_of(self.network)
+
     def reset(self, snapshot: Iterable[Lease], revision: int) -> Batch:
         """Replace the table by a full listing taken at ``revision``."""
         batch = Batch()
-        fresh = {l.subnet: l for l in snapshot if l.subnet != self.own_subnet}
+        fresh = {}
+        for lease in snapshot:
+            if lease.subnet == self.own_subnet:
+                continue
+            if self.fits(lease.subnet):
+                fresh[lease.subnet] = lease
+            else:
+                batch.ignored.append(lease)
         for subnet, old in list(self.peers.items()):
             if subnet not in fresh:
                 batch.removed.append(old)
@@ -78,6 +98,10 @@ class LeaseWatcher:
                 continue
             self.revision = max(self.revision, ev.revision)
             if ev.subnet == self.own_subnet:
+                continue
+            if not self.fits(ev.subnet):
+                if ev.lease is not None:
+                    batch.ignored.append(ev.lease)
                 continue
             old = self.peers.get(ev.subnet)
             if ev.lease is None:

@@ -82,6 +82,36 @@ async def test_ttl_expiry_removes_lease_and_renewal_keeps_it(etcd_server, etcd_p
         await store.close()
 
 
+async def test_a_deleted_or_rewritten_key_is_noticed_and_the_subnet_taken_back(etcd_server, etcd_prefix):
+    """The etcd lease outlives an operator's ``etcdctl del``: renewal must still notice."""
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    try:
+        manager = LeaseManager(store, CFG, attrs(7), ttl=3)
+        lease = await manager.acquire()
+        assert await store.delete_lease(lease.subnet)
+        with pytest.raises(LeaseError, match="deleted"):
+            await store.renew_lease(lease)
+        renewed = []
+        renewer = asyncio.create_task(manager.keep_renewed(lease, renewed.append))
+        for _ in range(50):
+            if renewed:
+                break
+            await asyncio.sleep(0.1)
+        listed, _ = await store.list_leases()
+        assert [l.subnet for l in listed] == [lease.subnet]  # re-created, same subnet
+        assert renewed and renewed[-1].handle != lease.handle
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+
+        # a put over our key without our lease (an operator's etcdctl put): not ours any more
+        other = await store.create_lease(ipaddress.IPv4Network("10.244.77.0/24"), attrs(8), 30)
+        await store._call(lambda c: c.put(f"{etcd_prefix}/subnets/10.244.77.0-24".encode(), b'{"PublicIP":"198.18.9.9"}'))
+        with pytest.raises(LeaseError, match="rewritten"):
+            await store.renew_lease(other)
+    finally:
+        await store.close()
+
+
 async def test_restart_reuses_subnet(etcd_server, etcd_prefix):
     first = EtcdStore(etcd_server.endpoint, etcd_prefix)
     lease = await LeaseManager(first, CFG, attrs(5), ttl=300).acquire()

@@ -38,3 +38,20 @@ def test_full_network_is_a_clear_error():
 def test_taken_outside_range_does_not_matter():
     cfg = parse_config({"Network": "10.244.0.0/22"})
     assert len(free_subnets(cfg, [N("10.99.0.0/24")])) == 3
+
+
+@pytest.mark.parametrize("taken, blocked", [
+    ("10.244.7.0/25", ["10.244.7.0/24"]),                    # a longer lease blocks its /24
+    ("10.244.8.0/23", ["10.244.8.0/24", "10.244.9.0/24"]),   # a shorter one blocks all it covers
+    ("10.245.0.0/24", []),                                   # outside the Network: nothing
+])
+def test_overlapping_leases_of_another_length_count_as_taken(taken, blocked):
+    cfg = parse_config({"Network": "10.244.0.0/16"})
+    free = set(free_subnets(cfg, [N(taken)]))
+    assert all(N(b) not in free for b in blocked)
+    assert len(free) == len(cfg.subnets()) - len(blocked)
+
+
+def test_a_lease_covering_the_network_leaves_nothing():
+    cfg = parse_config({"Network": "10.244.0.0/16"})
+    assert free_subnets(cfg, [N("10.0.0.0/8")]) == []

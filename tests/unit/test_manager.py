@@ -189,3 +189,53 @@ async def test_store_unavailable_is_raised_to_caller():
     store.available = False
     with pytest.raises(StoreUnavailable):
         await manager(store, 11, clock).acquire()
+
+
+async def test_a_subnet_that_always_loses_is_not_retried_forever():
+    """The hinted key holds a value that does not decode: the listing does not show it,
+    but every create there loses. The manager moves on instead of spinning."""
+    clock = Clock()
+    hint = N("10.244.2.0/24")
+
+    class Haunted(MemoryStore):
+        async def create_lease(self, subnet, attrs, ttl):
+            return None if subnet == hint else await super().create_lease(subnet, attrs, ttl)
+
+    store = Haunted(clock)
+    m = manager(store, 21, clock, hint=hint)
+    lease = await asyncio.wait_for(m.acquire(), 2)
+    assert lease.subnet != hint
+
+
+async def test_reacquire_outlasts_an_etcd_outage():
+    """The lease expired during an outage; etcd flaps again while we re-list: keep trying."""
+    clock = Clock()
+
+    class Flapping(MemoryStore):
+        failures = 0
+
+        async def list_leases(self):
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("etcd flapping")
+            return await super().list_leases()
+
+    store = Flapping(clock)
+    sleeps = []
+
+    async def fake_sleep(d):
+        sleeps.append(d)
+        clock.now += d
+        if len(sleeps) == 1:
+            await store.delete_lease(lease.subnet)  # renewal will fail...
+            store.failures = 3                      # ...and the re-list hits a flapping etcd
+        if len(sleeps) >= 6:
+            raise asyncio.CancelledError
+
+    m = manager(store, 11, clock, ttl=60, sleep=fake_sleep)
+    lease = await m.acquire()
+    renewed = []
+    with pytest.raises(asyncio.CancelledError):
+        await m.keep_renewed(lease, renewed.append)
+    assert store.failures == 0
+    assert renewed and renewed[0].subnet == lease.subnet

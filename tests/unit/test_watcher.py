@@ -91,3 +91,22 @@ def test_revision_going_backwards_resyncs():
     assert w.revision == 7
     b = w.apply([LeaseEvent(C.subnet, C, 8)])  # events after the older revision still count
     assert subnets(b.added) == ["10.244.3.0/24"]
+
+
+@pytest.mark.parametrize("subnet, fits", [
+    ("10.244.1.0/24", True),
+    ("10.244.7.0/25", False),     # SubnetLen changed while old leases live on
+    ("10.244.0.0/16", False),
+    ("0.0.0.0/0", False),         # a key 0.0.0.0-0 must never become a route
+    ("10.245.1.0/24", False),     # outside the Network
+])
+def test_leases_that_do_not_fit_the_config_are_ignored_not_peers(subnet, fits):
+    w = LeaseWatcher(own_subnet=OWN.subnet, network=N("10.244.0.0/16"), subnet_len=24)
+    odd = lease(subnet, "198.18.0.50")
+    batch = w.reset([A, odd], 5)
+    assert subnets(batch.added) == sorted({"10.244.1.0/24", subnet} if fits else {"10.244.1.0/24"})
+    assert subnets(batch.ignored) == ([] if fits else [subnet])
+    event = w.apply([LeaseEvent(odd.subnet, lease(subnet, "198.18.0.51", rev=6), 6)])
+    assert (subnets(event.added), subnets(event.ignored)) == (([subnet], []) if fits else ([], [subnet]))
+    gone = w.apply([LeaseEvent(odd.subnet, None, 7)])
+    assert subnets(gone.removed) == ([subnet] if fits else [])
