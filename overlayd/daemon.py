@@ -113,6 +113,7 @@ class Daemon:
         self.store = EtcdStore(options.etcd_endpoints, options.etcd_prefix)
         self.backend: Backend | None = None
         self.lease: Lease | None = None
+        self._status_problem = _Reporter()
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1)."""
@@ -132,6 +133,9 @@ class Daemon:
             return 0
         except OverlayError as exc:
             log.error("%s", exc)
+            return 1
+        except Exception as exc:  # a bug, not a user mistake: one line, the traceback with -v
+            log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return 1
         finally:
             for task in (main, stopper):
@@ -161,12 +165,15 @@ class Daemon:
         await backend.setup(lease)
         async with Netlink() as nl:
             await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq)
-        subnetenv.write(opts.subnet_file, subnetenv.SubnetEnv(
-            config.network, lease.subnet, backend.mtu, opts.ip_masq))
+        try:
+            subnetenv.write(opts.subnet_file, subnetenv.SubnetEnv(
+                config.network, lease.subnet, backend.mtu, opts.ip_masq))
+        except OSError as exc:
+            raise ConfigError(f"--subnet-file: cannot write {opts.subnet_file}: {exc.strerror}") from None
         log.info("wrote %s; ready", opts.subnet_file)
         sdnotify.notify(f"READY=1\nSTATUS=leased {lease.subnet}")
 
-        watcher = LeaseWatcher(own_subnet=lease.subnet)
+        watcher = LeaseWatcher(own_subnet=lease.subnet, network=config.network, subnet_len=config.subnet_len)
         tasks = [
             asyncio.create_task(manager.keep_renewed(lease, self._renewed), name="renew"),
             asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),
@@ -197,7 +204,9 @@ class Daemon:
         try:
             write_atomic(self.options.status_file, json.dumps(status, indent=2) + "\n")
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.options.status_file, exc.strerror)
+            self._status_problem(f"cannot write {self.options.status_file}: {exc.strerror}")
+        else:
+            self._status_problem.last = None
 
     async def _status_loop(self) -> None:
         while True:
@@ -205,6 +214,9 @@ class Daemon:
             await asyncio.sleep(STATUS_INTERVAL)
 
     async def _peers_changed(self, batch) -> None:
+        for lease in batch.ignored:
+            log.warning("ignoring lease %s on %s: not a /%d inside %s", lease.subnet, lease.public_ip,
+                        self.backend.config.subnet_len, self.backend.config.network)
         for lease in batch.removed:
             log.info("peer gone: %s on %s", lease.subnet, lease.public_ip)
         for lease in batch.added:

@@ -48,6 +48,7 @@ class HostGwBackend(Backend):
                     log.warning("peer %s uses backend %s, not host-gw: skipped", lease.subnet,
                                 lease.attrs.backend_type)
                     self.skipped += 1
+                    await self._forget(nl, lease.subnet)  # it may have been a host-gw peer before
                     continue
                 try:
                     await nl.ensure_route(lease.subnet, self.underlay.iface, gateway=lease.public_ip)
@@ -55,8 +56,14 @@ class HostGwBackend(Backend):
                     log.warning("peer %s on %s is not on this L2 segment, skipped: %s",
                                 lease.subnet, lease.public_ip, exc)
                     self.skipped += 1
+                    await self._forget(nl, lease.subnet)
                     continue
                 self.routes.add(lease.subnet)
+
+    async def _forget(self, nl: Netlink, subnet) -> None:
+        if subnet in self.routes:
+            await nl.delete_route(subnet, dev=self.underlay.iface)
+            self.routes.discard(subnet)
 
     def peer_subnets(self) -> list[str]:
         return sorted(str(s) for s in self.routes)

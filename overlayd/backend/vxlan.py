@@ -19,7 +19,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from ..encap.ether import mac_to_str, stable_mac
+from ..encap.ether import mac_to_bytes, mac_to_str, stable_mac
+from ..errors import EncapError, PlumbingError
 from ..lease.model import Lease
 from ..lease.watcher import Batch
 from ..plumbing import ethtool, sysctl
@@ -32,6 +33,23 @@ log = logging.getLogger(__name__)
 def vtep_mac(public_ip: ipaddress.IPv4Address, vni: int) -> str:
     """This node's VTEP MAC: derived from its public IP and the VNI, so it survives restarts."""
     return mac_to_str(stable_mac(public_ip.packed + vni.to_bytes(3, "big")))
+
+
+def vxlan_peer_mac(lease: Lease, vni: int) -> str | None:
+    """The lease's VtepMAC if it is a usable VXLAN peer on ``vni``, else None.
+
+    Leases can be written by hand (or by other software): a missing or
+    malformed MAC, or another VNI, makes the peer unusable, never the daemon crash.
+    """
+    data = lease.attrs.backend_data
+    if lease.attrs.backend_type != "vxlan" or not isinstance(data, dict):
+        return None
+    if data.get("VNI", vni) != vni:
+        return None
+    try:
+        return mac_to_str(mac_to_bytes(data.get("VtepMAC")))
+    except EncapError:
+        return None
 
 
 def vtep_gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -69,26 +87,38 @@ class KernelVxlanBackend(Backend):
     async def apply(self, batch: Batch) -> None:
         async with Netlink() as nl:
             for lease in batch.removed:
-                old = self.peers.pop(lease.subnet, None)
-                await nl.delete_route(lease.subnet, dev=self.device)
-                await nl.delete_neighbour(vtep_gateway(lease.subnet), self.device)
-                if old is not None:
-                    await nl.delete_fdb(old[1], self.device, old[0])
+                await self._forget(nl, lease.subnet)
             for lease in batch.added:
-                data = lease.attrs.backend_data or {}
-                mac = data.get("VtepMAC")
-                if lease.attrs.backend_type != "vxlan" or not mac or data.get("VNI", self.vni) != self.vni:
+                mac = vxlan_peer_mac(lease, self.vni)
+                if mac is None:
                     log.warning("peer %s on %s is not a VXLAN peer on VNI %d: skipped",
                                 lease.subnet, lease.public_ip, self.vni)
                     self.skipped += 1
+                    await self._forget(nl, lease.subnet)  # it may have been one before this change
                     continue
-                old = self.peers.get(lease.subnet)
-                if old is not None and old[1] != mac:
-                    await nl.delete_fdb(old[1], self.device, old[0])
-                await nl.ensure_fdb(mac, lease.public_ip, self.device)
-                await nl.ensure_neighbour(vtep_gateway(lease.subnet), mac, self.device)
-                await nl.ensure_route(lease.subnet, self.device, gateway=vtep_gateway(lease.subnet), onlink=True)
-                self.peers[lease.subnet] = (str(lease.public_ip), mac)
+                try:
+                    await self._program(nl, lease, mac)
+                except PlumbingError as exc:
+                    log.warning("peer %s on %s: %s: skipped", lease.subnet, lease.public_ip, exc)
+                    self.skipped += 1
+                    await self._forget(nl, lease.subnet)
+
+    async def _program(self, nl: Netlink, lease: Lease, mac: str) -> None:
+        old = self.peers.get(lease.subnet)
+        if old is not None and old != (str(lease.public_ip), mac):
+            await nl.delete_fdb(old[1], self.device, old[0])
+        await nl.ensure_fdb(mac, lease.public_ip, self.device)
+        await nl.ensure_neighbour(vtep_gateway(lease.subnet), mac, self.device)
+        await nl.ensure_route(lease.subnet, self.device, gateway=vtep_gateway(lease.subnet), onlink=True)
+        self.peers[lease.subnet] = (str(lease.public_ip), mac)
+
+    async def _forget(self, nl: Netlink, subnet: ipaddress.IPv4Network) -> None:
+        """Remove a peer's route, neighbour and FDB entry (whatever of them exists)."""
+        old = self.peers.pop(subnet, None)
+        await nl.delete_route(subnet, dev=self.device)
+        await nl.delete_neighbour(vtep_gateway(subnet), self.device)
+        if old is not None:
+            await nl.delete_fdb(old[1], self.device, old[0])
 
     def peer_subnets(self) -> list[str]:
         return sorted(str(s) for s in self.peers)

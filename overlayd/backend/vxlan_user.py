@@ -16,6 +16,7 @@ plain socket cannot vary it per flow; see the README on ECMP entropy).
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from ..dataplane.codecs import VxlanCodec
 from ..encap.ether import mac_to_bytes
@@ -25,7 +26,9 @@ from ..plumbing import sysctl
 from ..plumbing.netlink import Netlink
 from ..plumbing.tuntap import open_tap
 from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
-from .vxlan import vtep_mac
+from .vxlan import vtep_mac, vxlan_peer_mac
+
+log = logging.getLogger(__name__)
 
 TAP = "overlay0"
 
@@ -45,11 +48,13 @@ class UserVxlanBackend(UserspaceBackend):
         return {"VNI": self.vni, "VtepMAC": self.mac}
 
     def peer_for(self, lease):
-        data = lease.attrs.backend_data or {}
-        if lease.attrs.backend_type != "vxlan" or not data.get("VtepMAC") or data.get("VNI", self.vni) != self.vni:
+        mac = vxlan_peer_mac(lease, self.vni)
+        if mac is None:
+            log.warning("peer %s on %s is not a VXLAN peer on VNI %d: not reachable from here",
+                        lease.subnet, lease.public_ip, self.vni)
             self.counters.count("incompatible_peers")
             return None
-        return Peer(str(lease.public_ip), mac_to_bytes(data["VtepMAC"]))
+        return Peer(str(lease.public_ip), mac_to_bytes(mac))
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease

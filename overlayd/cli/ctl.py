@@ -115,6 +115,8 @@ def status(status_file, as_json):
         raise OverlayError(f"{status_file} does not exist: is overlayd running on this node?") from None
     except (OSError, ValueError) as exc:
         raise OverlayError(f"cannot read {status_file}: {exc}") from None
+    if not isinstance(data, dict) or not {"subnet", "public_ip", "backend", "mtu", "peers"} <= data.keys():
+        raise OverlayError(f"{status_file} is not an overlayd status file")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

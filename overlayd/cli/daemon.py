@@ -35,6 +35,15 @@ def _datapath(ctx, param, value):
     return value
 
 
+def _event_loop(ctx, param, value):
+    if value == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise click.BadParameter("uvloop is not installed (pip install 'overlayd[uvloop]')") from None
+    return value
+
+
 @click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"],
                                  "show_default": True})
 @etcd_options
@@ -57,7 +66,7 @@ def _datapath(ctx, param, value):
               help="For Backend.Type vxlan: overlayd's own data plane over a tap, or a kernel "
                    "VXLAN device. Both publish BackendType vxlan and interoperate.")
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
-              show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
+              callback=_event_loop, show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
                                       "its own thread; netlink and etcd stay on asyncio).")
 @click.option("--datapath", type=click.Choice(["python", "c"]), callback=_datapath, show_envvar=True,
               help="UDP backend data path: the pure Python loop, or the C fast path (batched "

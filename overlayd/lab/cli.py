@@ -2,7 +2,8 @@
 
 A thin click layer over :class:`overlayd.lab.topology.Lab`, the same code the
 end-to-end tests use. The lab's state lives in ``--state-dir`` (default
-``/run/overlayd-lab``), so every subcommand finds the lab ``up`` built.
+``/run/overlayd-lab-<prefix>``), so every subcommand finds the lab ``up``
+built, and two labs with different prefixes never touch each other.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..errors import OverlayError
 from .topology import Lab, LabError
 
 PROG = "lab"
-DEFAULT_DIR = "/run/overlayd-lab"
+STATE_ROOT = "/run/overlayd-lab"
 PREFIX = "ovlab"
 
 
@@ -27,7 +28,10 @@ def _progress(message: str) -> None:
 
 
 def _load(obj: dict) -> Lab:
-    return Lab.load(obj["state_dir"], progress=_progress)
+    lab = Lab.load(obj["state_dir"], progress=_progress)
+    if lab.prefix != obj["prefix"]:
+        raise LabError(f"the lab in {obj['state_dir']} has prefix {lab.prefix!r}, not {obj['prefix']!r}")
+    return lab
 
 
 def _errors(func):
@@ -86,8 +90,9 @@ def print_summary(lab: Lab) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state-dir", envvar="OVERLAYD_LAB_DIR", default=DEFAULT_DIR, show_default=True,
-              show_envvar=True, help="Where the lab keeps its state (etcd data, logs, subnet files).")
+@click.option("--state-dir", envvar="OVERLAYD_LAB_DIR", show_envvar=True,
+              help=f"Where the lab keeps its state (etcd data, logs, subnet files) "
+                   f"[default: {STATE_ROOT}-PREFIX].")
 @click.option("--prefix", envvar="OVERLAYD_LAB_PREFIX", default=PREFIX, show_default=True,
               show_envvar=True, help="Namespace name prefix (8 characters at most), for a second lab.")
 @click.pass_context
@@ -98,7 +103,9 @@ def cli(ctx, state_dir, prefix):
     real network), etcd, node1..nodeN each running overlayd, and pods joined
     to their node's cni0 by overlayd's CNI plugin.
     """
-    ctx.obj = {"state_dir": state_dir, "prefix": prefix}
+    if len(prefix) > 8 or not prefix.replace("-", "").isalnum():
+        raise click.BadParameter("8 letters, digits or dashes at most", param_hint="--prefix")
+    ctx.obj = {"state_dir": state_dir or f"{STATE_ROOT}-{prefix}", "prefix": prefix}
 
 
 @cli.command()

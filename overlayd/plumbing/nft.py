@@ -63,7 +63,10 @@ def _nft(script: str) -> None:
     nft = shutil.which("nft")
     if nft is None:
         raise PlumbingError("nft not found (install Debian's nftables package)")
-    result = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30)
+    try:
+        result = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise PlumbingError("nft did not answer within 30 s") from None
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["unknown error"])[0]
         raise PlumbingError(f"nft failed: {first}")

@@ -60,6 +60,10 @@ def test_up_add_node_status_exec_down(tmp_path):
         twice = lab(state, prefix, "up", check=False)
         assert twice.returncode == 1 and "already exists" in twice.stderr
 
+        other = lab(state, "other", "down", check=False)  # another lab's name: refused, nothing touched
+        assert other.returncode == 1 and f"has prefix {prefix!r}" in other.stderr
+        assert json.loads(lab(state, prefix, "status", "--json").stdout)["nodes"][0]["pid"]
+
         pids = [n["pid"] for n in topo["nodes"]] + [topo["etcd"]["pid"]]
         lab(state, prefix, "down")
         assert leftovers(prefix, pids, state) == []

@@ -8,6 +8,7 @@ operator would) honoured as a peer."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -133,3 +134,21 @@ def test_hand_written_flannel_lease_and_hand_made_vtep_are_peers(make_lab):
         if res.returncode != 0:  # the first echo may race the peer table; one more try
             res = run(["ip", "netns", "exec", host.netns, "ping", "-c3", "-W2", "-n", node.pods[0].ip], check=False)
         assert res.returncode == 0, f"{node.name} ({node.vxlan_impl}): {res.stdout}"
+
+    # a malformed hand-written lease is skipped by every node (none crashes)...
+    junk = free_subnet(lab)
+    lab.etcdctl("put", f"/coreos.com/network/subnets/{junk.network_address}-24",
+                json.dumps({"PublicIP": "198.18.0.240", "BackendType": "vxlan",
+                            "BackendData": {"VNI": 1, "VtepMAC": "not-a-mac"}}))
+    # ...and the hand-made peer moving to another VNI stops being a peer, its kernel state removed
+    lab.etcdctl("put", f"--lease={lease_id}", f"/coreos.com/network/subnets/{gw}-24",
+                json.dumps({"PublicIP": host.ip, "BackendType": "vxlan", "BackendData": {"VNI": 2, "VtepMAC": mac}}))
+    user, kernel = lab.nodes
+    for node in lab.nodes:
+        assert wait_for(lambda: str(subnet) not in lab.node_status(node)["peers"]), node.name
+        assert str(junk) not in lab.node_status(node)["peers"]
+        assert node.pid and os.path.exists(f"/proc/{node.pid}")
+    assert mac not in run(["bridge", "-n", kernel.netns, "fdb", "show", "dev", "flannel.1"]).stdout
+    assert gw not in run(["ip", "-n", kernel.netns, "route"]).stdout
+    assert gw not in run(["ip", "-n", kernel.netns, "neigh"]).stdout
+    assert lab.ping(user.pods[0], kernel.pods[0].ip)

@@ -101,6 +101,9 @@ def test_overlayctl_status_reads_the_daemon_status_file(tmp_path):
     assert "peers (1): 10.244.7.0/24" in shown.output and "drop_no_lease" in shown.output
     as_json = runner.invoke(ctl, ["status", "--json"], env={"OVERLAYD_STATUS_FILE": str(path)})
     assert json.loads(as_json.output)["peers"] == ["10.244.7.0/24"]
+    path.write_text("[1, 2]")
+    wrong = runner.invoke(ctl, ["status", "--status-file", str(path)])
+    assert wrong.exit_code == 1 and "is not an overlayd status file" in wrong.output
     path.write_text("{broken")
     broken = runner.invoke(ctl, ["status", "--status-file", str(path)])
     assert broken.exit_code == 1 and "cannot read" in broken.output
