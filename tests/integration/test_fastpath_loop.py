@@ -188,7 +188,7 @@ async def run_traffic(rig: Rig, close_device_after: bool = False) -> dict:
     rig.plane.start(asyncio.get_running_loop())
     for pkt in out:
         rig.dev.send(pkt)
-    snap = await rig.wait_for(dev_rx_packets=len(out))
+    await rig.wait_for(dev_rx_packets=len(out))
     if close_device_after:
         rig.dev.close()  # writes to the device now fail (ECONNREFUSED)
     for sender, dgram in inbound:
