@@ -37,6 +37,11 @@ class HostGwBackend(Backend):
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
+        async with Netlink() as nl:  # peer routes left from before a restart: the listing re-adds live ones
+            for dst in await nl.routes(self.underlay.iface):
+                if dst.subnet_of(self.config.network) and dst.prefixlen == self.config.subnet_len \
+                        and dst != lease.subnet:
+                    await nl.delete_route(dst, dev=self.underlay.iface)
 
     async def apply(self, batch: Batch) -> None:
         async with Netlink() as nl:

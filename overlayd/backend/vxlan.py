@@ -81,6 +81,9 @@ class KernelVxlanBackend(Backend):
                                   mac=self.mac, mtu=self.mtu, learning=False, udp_checksum=False)
             await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
             await nl.ensure_link_up(self.device)
+            stale = await nl.flush_peer_state(self.device)  # the first listing re-adds live peers
+            if stale:
+                log.info("%s: removed %d route/neighbour/FDB entries left from before", self.device, stale)
         sysctl.disable_ipv6(self.device)
         ethtool.set_tx_checksum_offload(self.device, False)  # see overlayd.plumbing.ethtool
 

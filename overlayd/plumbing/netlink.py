@@ -250,6 +250,29 @@ class Netlink:
                 async for r in await self.ipr.route("dump", family=socket.AF_INET)
                 if r.get("oif") == index and r.get("table") == 254]
 
+    async def flush_peer_state(self, dev: str, keep_routes: tuple = ()) -> int:
+        """Delete every main-table route (but ``keep_routes``), IPv4 neighbour and FDB entry on ``dev``.
+
+        For a restart: a kernel backend's device outlives overlayd, and so
+        would the entries of peers that left while it was down. Returns how
+        many entries went.
+        """
+        index = await self.index(dev)
+        gone = 0
+        for dst in await self.routes(dev):
+            if dst not in keep_routes:
+                await self.delete_route(dst, dev)
+                gone += 1
+        for n in [n async for n in await self.ipr.neigh("dump", ifindex=index, family=socket.AF_INET)]:
+            if n["ifindex"] == index and n.get("dst"):
+                await self.delete_neighbour(ipaddress.IPv4Address(n.get("dst")), dev)
+                gone += 1
+        for f in [f async for f in await self.ipr.fdb("dump", ifindex=index)]:
+            if f["ifindex"] == index and f.get("dst"):
+                await self.delete_fdb(f.get("lladdr"), dev, f.get("dst"))
+                gone += 1
+        return gone
+
     # -- neighbours and FDB --------------------------------------------------------
 
     async def ensure_neighbour(self, ip: ipaddress.IPv4Address, mac: str, dev: str) -> None:

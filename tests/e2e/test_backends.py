@@ -111,3 +111,21 @@ def test_host_gw_skips_a_peer_off_the_segment_and_counts_it(make_lab):
         assert str(far) not in lab.node_status(node)["peers"]
         assert "skipped" in open(lab.log_file(node)).read()
     assert lab.ping(node1.pods[0], node2.pods[0].ip) and lab.ping(node2.pods[0], node1.pods[0].ip)
+
+
+@pytest.mark.parametrize("name", ["vxlan-kernel", "host-gw"])
+def test_restart_forgets_peers_that_left_while_down(make_lab, name):
+    btype, variants = BACKENDS[name]
+    lab = make_lab(btype, nodes=3, variants=variants)
+    node1, node2, node3 = lab.nodes
+    gone = subnet_of(lab, node3)
+    assert kernel_state(lab, node1, gone)  # node1 routes to node3 now
+    lab.stop_node(node1)
+    lab.stop_node(node3)
+    lab.etcdctl("del", f"/coreos.com/network/subnets/{gone.replace('/', '-')}")
+    lab.start_node(node1)
+    assert wait_for(lambda: subnet_of(lab, node2) in peers_of(lab, node1))
+    assert kernel_state(lab, node1, gone) == ""
+    if name == "vxlan-kernel":
+        assert node3.ip not in fdb(lab, node1) and node2.ip in fdb(lab, node1)
+    assert lab.ping(node1.pods[0], node2.pods[0].ip)
