@@ -127,6 +127,7 @@ class Lab:
         self.nodes: list[Node] = []
         self.hosts: list[Host] = []
         self.namespaces: list[str] = []  # every namespace created, in creation order
+        self._children: set[int] = set()  # PIDs this Lab object spawned itself
         self.progress = progress or (lambda msg: None)
 
     # -- state ------------------------------------------------------------------
@@ -250,6 +251,7 @@ class Lab:
             proc = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     env=dict(os.environ, **(env or {})))
+        self._children.add(proc.pid)
         return proc.pid
 
     def _start_etcd(self) -> None:
@@ -453,12 +455,24 @@ class Lab:
                 time.sleep(0.05)
 
     def _ours(self, pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            return False
-        return self.state_dir.encode() in cmdline
+        """Whether ``pid`` is a process of this lab: our own child, or (for a lab loaded
+        from its state file) a process whose command line names our state directory."""
+        if pid in self._children:
+            return _alive(pid)
+        for _ in range(20):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                return False
+            if cmdline:  # empty for an instant while the process execs
+                return self.state_dir.encode() in cmdline
+            time.sleep(0.01)
+        return False
+
+    def leftover_processes(self) -> list[int]:
+        """PIDs this Lab object spawned that still run (after :meth:`down`: none, or a bug)."""
+        return sorted(pid for pid in self._children if _alive(pid))
 
     def down(self) -> None:
         """Stop every process, delete every namespace and the state directory."""

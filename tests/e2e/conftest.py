@@ -6,6 +6,8 @@ by the fixture's finalizer, also when the test fails.
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 
 import pytest
@@ -29,10 +31,15 @@ def make_lab(tmp_path, request):
 
     yield make
     failed = getattr(request.node, "rep_call", None)
+    leftovers = []
     for lab in labs:
         if failed is not None and failed.failed:
             print(lab_diagnostics(lab))
         lab.down()
+        leftovers += lab.leftover_processes()
+    for pid in leftovers:  # only PIDs the lab itself started
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes outlived lab.down(): {leftovers}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
