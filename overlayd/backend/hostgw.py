@@ -46,8 +46,7 @@ class HostGwBackend(Backend):
     async def apply(self, batch: Batch) -> None:
         async with Netlink() as nl:
             for lease in batch.removed:
-                await nl.delete_route(lease.subnet, dev=self.underlay.iface)
-                self.routes.discard(lease.subnet)
+                await self._forget(nl, lease.subnet)
             for lease in batch.added:
                 if lease.attrs.backend_type != self.type_name:
                     log.warning("peer %s uses backend %s, not host-gw: skipped", lease.subnet,

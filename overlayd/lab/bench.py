@@ -53,7 +53,7 @@ def fast_path_built() -> bool:
     return True
 
 
-def iperf(lab: Lab, src_ns: str, dst_ns: str, dst_ip: str, seconds: int) -> tuple[float, int]:
+def iperf(src_ns: str, dst_ns: str, dst_ip: str, seconds: int) -> tuple[float, int]:
     """TCP throughput (Gbit/s) and retransmits from ``src_ns`` to ``dst_ns``."""
     server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", dst_ip],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -96,7 +96,7 @@ def measure(name: str, seconds: int, progress) -> Result:
                     raise LabError("pods cannot reach each other")
                 src, dst, ip = n1.pods[0].netns, n2.pods[0].netns, n2.pods[0].ip
             progress(f"{name}: iperf3 for {seconds}s")
-            gbits, retrans = iperf(lab, src, dst, ip, seconds)
+            gbits, retrans = iperf(src, dst, ip, seconds)
             return Result(name, description, gbits, retrans, rtt(src, ip))
         except LabError as exc:
             return Result(name, description, None, None, None, str(exc))

@@ -15,6 +15,7 @@ import sys
 
 import click
 
+from ..cli.common import one_line_errors
 from ..errors import OverlayError
 from .topology import Lab, LabError
 
@@ -32,20 +33,6 @@ def _load(obj: dict) -> Lab:
     if lab.prefix != obj["prefix"]:
         raise LabError(f"the lab in {obj['state_dir']} has prefix {lab.prefix!r}, not {obj['prefix']!r}")
     return lab
-
-
-def _errors(func):
-    """One line for our errors, exit 1."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except OverlayError as exc:
-            click.echo(f"{PROG}: error: {exc}", err=True)
-            sys.exit(1)
-    return wrapper
 
 
 def _variants(nodes: int, vxlan_impl: str, event_loop: str, ip_masq: bool) -> list[dict]:
@@ -118,7 +105,7 @@ def cli(ctx, state_dir, prefix):
 @click.option("--ip-masq", is_flag=True, help="Run the nodes with --ip-masq.")
 @click.option("--lease-ttl", type=click.IntRange(2), default=3600, show_default=True)
 @click.pass_obj
-@_errors
+@one_line_errors(PROG)
 def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, lease_ttl):
     """Build the lab, then show the subnets and a pod-to-pod ping matrix."""
     variants = _variants(nodes, vxlan_impl, event_loop, ip_masq)
@@ -144,7 +131,7 @@ def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, leas
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True)
 @click.option("--ip-masq", is_flag=True)
 @click.pass_obj
-@_errors
+@one_line_errors(PROG)
 def add_node(obj, pods, vxlan_impl, event_loop, ip_masq):
     """Add a node (and its pods) to the running lab, then show the ping matrix."""
     lab = _load(obj)
@@ -157,7 +144,7 @@ def add_node(obj, pods, vxlan_impl, event_loop, ip_masq):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="The topology as JSON, for other tools.")
 @click.pass_obj
-@_errors
+@one_line_errors(PROG)
 def status(obj, as_json):
     """Show the lab: namespaces, node IPs, pod IPs, etcd endpoint, daemon PIDs."""
     lab = _load(obj)
@@ -171,7 +158,7 @@ def status(obj, as_json):
 @click.argument("target")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-@_errors
+@one_line_errors(PROG)
 def exec_(obj, target, command):
     """Run COMMAND inside TARGET's namespace (a node, a pod, or etcd).
 
@@ -193,7 +180,7 @@ def exec_(obj, target, command):
 
 @cli.command()
 @click.pass_obj
-@_errors
+@one_line_errors(PROG)
 def down(obj):
     """Stop every process and delete every namespace and file the lab made."""
     if not os.path.exists(os.path.join(obj["state_dir"], "lab.json")):

@@ -35,7 +35,7 @@ from typing import Callable
 
 from ..atomicfile import write_atomic
 from ..errors import OverlayError
-from .etcd import ETCD_BIN, free_port
+from .etcd import EtcdServer
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 ETCD_IP = "198.18.0.2"
@@ -223,8 +223,7 @@ class Lab:
         self._start_etcd()
         self.set_config()
         for i in range(nodes):
-            self.add_node(**((variants or [{}] * nodes)[i] if variants and i < len(variants) else {}),
-                          pods=pods_per_node)
+            self.add_node(**(variants[i] if variants and i < len(variants) else {}), pods=pods_per_node)
 
     def _add_netns(self, name: str) -> None:
         if netns_exists(name):
@@ -256,31 +255,16 @@ class Lab:
 
     def _start_etcd(self) -> None:
         self._attach(self.etcd_ns, "etcd", ETCD_IP)
-        self.etcd_port = free_port()
-        peer_port = free_port()
-        data_dir = os.path.join(self.state_dir, "etcd")
-        client, peer = f"http://{ETCD_IP}:{self.etcd_port}", f"http://{ETCD_IP}:{peer_port}"
-        self.etcd_pid = self._spawn(self.etcd_ns, [
-            ETCD_BIN, "--name", self.prefix, "--data-dir", data_dir,
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.prefix}={peer}", "--log-level", "warn",
-        ], os.path.join(self.state_dir, "etcd.log"))
+        server = EtcdServer(os.path.join(self.state_dir, "etcd"), host=ETCD_IP, netns=self.etcd_ns,
+                            name=self.prefix)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            server.stop()
+            raise LabError(str(exc)) from None
+        self.etcd_port, self.etcd_pid = server.port, server.pid
+        self._children.add(server.pid)
         self.save()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if not _alive(self.etcd_pid):
-                raise LabError(f"etcd exited; see {self.state_dir}/etcd.log")
-            if self._etcd_healthy():
-                return
-            time.sleep(0.2)
-        raise LabError(f"etcd not healthy after 20s; see {self.state_dir}/etcd.log")
-
-    def _etcd_healthy(self) -> bool:
-        res = run(["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint,
-                   "--dial-timeout", "1s", "endpoint", "health"], check=False,
-                  env=dict(os.environ, ETCDCTL_API="3"))
-        return res.returncode == 0
 
     def etcd_env(self) -> dict:
         """The environment that points overlayd/overlayctl at the lab's etcd."""
@@ -362,9 +346,8 @@ class Lab:
         if node.pid is not None:
             self._stop_pid(node.pid)
         node.pid = None
-        for path in (self.status_file(node),):
-            if os.path.exists(path):
-                os.unlink(path)
+        if os.path.exists(self.status_file(node)):
+            os.unlink(self.status_file(node))
         self.save()
 
     def node_status(self, node: Node) -> dict:
