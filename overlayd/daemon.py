@@ -173,7 +173,7 @@ class Daemon:
         log.info("wrote %s; ready", opts.subnet_file)
         sdnotify.notify(f"READY=1\nSTATUS=leased {lease.subnet}")
 
-        watcher = LeaseWatcher(own_subnet=lease.subnet, network=config.network, subnet_len=config.subnet_len)
+        watcher = LeaseWatcher(own_subnet=lease.subnet, config=config)
         tasks = [
             asyncio.create_task(manager.keep_renewed(lease, self._renewed), name="renew"),
             asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),

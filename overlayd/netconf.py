@@ -10,7 +10,22 @@ Network is a /22 or shorter, otherwise Network prefix + 2 (so that at least
 four subnets fit); SubnetMin is the network plus one subnet (the first subnet
 is never handed out); SubnetMax is the last subnet. Unlike flannel we reject
 unknown keys and host bits in ``Network`` instead of silently ignoring them,
-and every error names the field it is about.
+and every error is one line naming the field it is about (also for JSON
+nested too deeply to parse).
+
+Stricter than flannel, because these configs are accepted by flannel and then
+fail in the data plane or the allocator:
+
+* addresses must be strings in dotted form, networks in CIDR form
+  (``ipaddress`` alone reads ``"Network": 123`` as ``0.0.0.123/32`` and
+  ``"SubnetMin": 5`` as ``0.0.0.5``);
+* a Network overlapping a special-purpose range (see :data:`SPECIAL_RANGES`)
+  cannot carry pod traffic and is refused;
+* at most :data:`MAX_SUBNETS` subnets between SubnetMin and SubnetMax.
+
+The config never enumerates its subnets: :attr:`NetworkConfig.subnet_count`
+is arithmetic and the allocator works on intervals, so the cost of a config
+does not grow with the number of subnets it describes.
 
 Pure code: no I/O.
 """
@@ -32,6 +47,25 @@ MAX_VNI = (1 << 24) - 1
 # Encapsulation overhead per backend, subtracted from the underlay MTU:
 # udp = outer IPv4 (20) + UDP (8); vxlan = 20 + 8 + VXLAN (8) + inner Ethernet (14).
 OVERHEAD = {"udp": 28, "vxlan": 50, "host-gw": 0}
+
+# Ranges a pod network cannot use (RFC 6890): a Network overlapping any of
+# them is refused. 0.0.0.0/8 also catches 0.0.0.0/0, the classic typo.
+SPECIAL_RANGES = tuple((ipaddress.IPv4Network(net), what) for net, what in (
+    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, with the broadcast address)"),
+))
+
+# The most subnets (nodes) a config may offer between SubnetMin and SubnetMax.
+# Every node holds every other node's lease (one route or FDB entry each) and
+# every re-list reads them all, so the useful count is bounded by cluster
+# size: Kubernetes supports 5,000 nodes. 2**16 is 13 times that and exactly
+# what the widest common layout gives (10.0.0.0/8 cut into /24s: 65,535), so
+# no real cluster is refused, while a typo such as SubnetLen 30 on a /8
+# (4,194,303 subnets) is. Flannel sets no limit.
+MAX_SUBNETS = 1 << 16
 
 _TOP_KEYS = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend"}
 _BACKEND_KEYS = {
@@ -77,14 +111,15 @@ class NetworkConfig:
     subnet_max: ipaddress.IPv4Address
     backend: BackendConfig
 
-    def subnets(self) -> list[ipaddress.IPv4Network]:
-        """Every subnet that may be leased, from SubnetMin to SubnetMax."""
-        size = 1 << (32 - self.subnet_len)
-        first, last = int(self.subnet_min), int(self.subnet_max)
-        return [
-            ipaddress.IPv4Network((addr, self.subnet_len))
-            for addr in range(first, last + 1, size)
-        ]
+    @property
+    def subnet_size(self) -> int:
+        """Addresses in one subnet (``2 ** (32 - SubnetLen)``)."""
+        return 1 << (32 - self.subnet_len)
+
+    @property
+    def subnet_count(self) -> int:
+        """How many subnets may be leased, from SubnetMin to SubnetMax."""
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
 
     def contains_subnet(self, subnet: ipaddress.IPv4Network) -> bool:
         """True when ``subnet`` is one this config could hand out."""
@@ -104,12 +139,25 @@ class NetworkConfig:
         }
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a one-line error message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(value: Any) -> str:
+    """``value`` as (clipped) JSON for an error message."""
+    try:
+        return _clip(json.dumps(value))
+    except (TypeError, ValueError, RecursionError):
+        return type(value).__name__
+
+
 def _int_field(obj: dict, key: str, where: str, lo: int, hi: int, default: int | None):
     if key not in obj:
         return default
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}{key}: must be an integer, got {json.dumps(value)}")
+        raise ConfigError(f"{where}{key}: must be an integer, got {_show(value)}")
     if not lo <= value <= hi:
         raise ConfigError(f"{where}{key}: must be between {lo} and {hi}, got {value}")
     return value
@@ -120,9 +168,29 @@ def _addr_field(obj: dict, key: str) -> ipaddress.IPv4Address | None:
         return None
     value = obj[key]
     try:
+        if not isinstance(value, str):
+            raise TypeError(key)
         return ipaddress.IPv4Address(value)
     except (ValueError, TypeError):
-        raise ConfigError(f"{key}: not an IPv4 address: {json.dumps(value)}") from None
+        raise ConfigError(
+            f"{key}: not an IPv4 address string such as \"10.244.1.0\": {_show(value)}") from None
+
+
+def _network_field(value: Any) -> ipaddress.IPv4Network:
+    """``Network``: a CIDR string that leaves room for subnets and can carry pod traffic."""
+    if not isinstance(value, str) or not value.partition("/")[2].isdecimal():
+        raise ConfigError(
+            f"Network: not an IPv4 network string such as \"10.244.0.0/16\": {_show(value)}")
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError as exc:
+        raise ConfigError(f"Network: {exc}") from None
+    if network.prefixlen > 28:
+        raise ConfigError(f"Network: /{network.prefixlen} is too small; the minimum useful prefix is /28")
+    for special, what in SPECIAL_RANGES:
+        if network.overlaps(special):
+            raise ConfigError(f"Network: {network} overlaps {what}, which cannot carry pod traffic")
+    return network
 
 
 def parse_backend(raw: Any) -> BackendConfig:
@@ -134,7 +202,7 @@ def parse_backend(raw: Any) -> BackendConfig:
     btype = raw.get("Type", "udp")
     if btype not in BACKEND_TYPES:
         raise ConfigError(
-            f"Backend.Type: unknown backend {json.dumps(btype)} "
+            f"Backend.Type: unknown backend {_show(btype)} "
             f"(expected one of: {', '.join(BACKEND_TYPES)})"
         )
     unknown = sorted(set(raw) - _BACKEND_KEYS[btype])
@@ -156,24 +224,19 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError("config is not valid JSON: nested too deeply") from None
     else:
         raw = data
     if not isinstance(raw, dict):
         raise ConfigError("config must be a JSON object")
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown field")
+        raise ConfigError(f"{_clip(str(unknown[0]))}: unknown field")
 
     if "Network" not in raw:
         raise ConfigError("Network: missing (e.g. \"10.244.0.0/16\")")
-    try:
-        network = ipaddress.IPv4Network(raw["Network"])
-    except ValueError as exc:
-        raise ConfigError(f"Network: {exc}") from None
-    except TypeError:
-        raise ConfigError(f"Network: not an IPv4 network: {json.dumps(raw['Network'])}") from None
-    if network.prefixlen > 28:
-        raise ConfigError(f"Network: /{network.prefixlen} is too small; the minimum useful prefix is /28")
+    network = _network_field(raw["Network"])
 
     subnet_len = _int_field(raw, "SubnetLen", "", 1, 32, None)
     if subnet_len is None:
@@ -206,10 +269,17 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
             f"SubnetMin: {bounds['SubnetMin']} is above SubnetMax {bounds['SubnetMax']}"
         )
 
-    return NetworkConfig(
+    config = NetworkConfig(
         network=network,
         subnet_len=subnet_len,
         subnet_min=bounds["SubnetMin"],
         subnet_max=bounds["SubnetMax"],
         backend=parse_backend(raw.get("Backend")),
     )
+    if config.subnet_count > MAX_SUBNETS:
+        raise ConfigError(
+            f"SubnetLen: /{subnet_len} gives {config.subnet_count} subnets between SubnetMin "
+            f"and SubnetMax, more than the {MAX_SUBNETS} supported (use a shorter SubnetLen "
+            "or narrow SubnetMin/SubnetMax)"
+        )
+    return config

@@ -7,6 +7,11 @@ lease JSON::
     {"PublicIP": "198.18.0.11", "BackendType": "vxlan",
      "BackendData": {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}}
 
+Decoding is strict about what peers will use: PublicIP must be a dotted
+string (not a number) naming a unicast address, since a peer at 0.0.0.0,
+255.255.255.255, a multicast or a loopback address would become a route or
+an FDB entry that sends the overlay's traffic nowhere (or to ourselves).
+
 Pure code: no I/O.
 """
 
@@ -20,6 +25,23 @@ from typing import Any
 from ..errors import LeaseError
 
 DEFAULT_PREFIX = "/coreos.com/network"
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def not_unicast(ip: ipaddress.IPv4Address) -> str | None:
+    """Why ``ip`` cannot be a node's address (a short phrase), or None if it can."""
+    if ip in _THIS_NETWORK:
+        return "an unspecified ('this network') address"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_reserved:
+        return "a reserved (240.0.0.0/4) address"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +61,12 @@ class LeaseAttrs:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> "LeaseAttrs":
-        """Parse flannel's lease JSON; :class:`LeaseError` if it is not one."""
+        """Parse flannel's lease JSON; :class:`LeaseError` if it is not one
+        or its PublicIP is not a unicast address."""
         try:
             obj = json.loads(raw)
+            if not isinstance(obj["PublicIP"], str):
+                raise TypeError("PublicIP must be a string")
             public_ip = ipaddress.IPv4Address(obj["PublicIP"])
             backend_type = obj.get("BackendType") or "udp"
             if not isinstance(backend_type, str):
@@ -49,8 +74,11 @@ class LeaseAttrs:
             data = obj.get("BackendData")
             if data is not None and not isinstance(data, dict):
                 raise TypeError("BackendData")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise LeaseError(f"malformed lease value ({exc.__class__.__name__}: {exc})") from None
+        why = not_unicast(public_ip)
+        if why:
+            raise LeaseError(f"bad lease value: PublicIP {public_ip} is {why}")
         return cls(public_ip=public_ip, backend_type=backend_type, backend_data=data or None)
 
 

@@ -5,9 +5,11 @@ feeds it a snapshot after every (re)listing and the events in between; it
 keeps the table of subnets -> leases and reports only real changes, so a
 re-list after a broken watch neither loses nor duplicates a peer. Our own
 subnet is never reported as a peer, and neither is a lease that does not fit
-the network config (another SubnetLen, outside the Network): those are
-reported in ``Batch.ignored`` so the daemon can say so, and never reach a
-backend (a key ``0.0.0.0-0`` must not become a route).
+the network config (another SubnetLen, outside SubnetMin..SubnetMax, such as
+the Network's first subnet): those are reported in ``Batch.ignored`` so the
+daemon can say so, and never reach a backend (a key ``0.0.0.0-0`` must not
+become a route). A key without a TTL (a reservation) is a lease like any
+other here: how long it lives is the lease manager's business.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Iterable
 
+from ..netconf import NetworkConfig
 from .model import Lease
 
 
@@ -53,19 +56,17 @@ class LeaseWatcher:
     """Holds the current peer table and diffs snapshots and events against it."""
 
     def __init__(self, own_subnet: ipaddress.IPv4Network | None = None,
-                 network: ipaddress.IPv4Network | None = None, subnet_len: int | None = None):
+                 config: NetworkConfig | None = None):
+        """``config``: only leases it could hand out become peers (None: any)."""
         self.own_subnet = own_subnet
-        self.network = network
-        self.subnet_len = subnet_len
+        self.config = config
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}
         self.revision = 0  # the newest revision seen
         self._floor = 0  # the revision of the last snapshot: older events are stale
 
     def fits(self, subnet: ipaddress.IPv4Network) -> bool:
-        """Whether ``subnet`` can be a peer's: inside the Network, of SubnetLen."""
-        if self.subnet_len is not None and subnet.prefixlen != self.subnet_len:
-            return False
-        return self.network is None or subnet.subnet_of(self.network)
+        """Whether ``subnet`` can be a peer's: of SubnetLen, between SubnetMin and SubnetMax."""
+        return self.config is None or self.config.contains_subnet(subnet)
 
     def reset(self, snapshot: Iterable[Lease], revision: int) -> Batch:
         """Replace the table by a full listing taken at ``revision``."""

@@ -71,3 +71,33 @@ def test_encode_is_flannel_shape():
 def test_decode_rejects_garbage(raw):
     with pytest.raises(LeaseError):
         LeaseAttrs.decode(raw)
+
+
+@pytest.mark.parametrize("public_ip, why", [
+    ("0.0.0.0", "PublicIP 0.0.0.0 is an unspecified"),
+    ("0.1.2.3", "PublicIP 0.1.2.3 is an unspecified"),
+    ("255.255.255.255", "PublicIP 255.255.255.255 is the broadcast address"),
+    ("224.0.0.1", "PublicIP 224.0.0.1 is a multicast address"),
+    ("239.255.0.9", "multicast"),
+    ("127.0.0.1", "PublicIP 127.0.0.1 is a loopback address"),
+    ("127.9.9.9", "loopback"),
+    ("240.0.0.1", "PublicIP 240.0.0.1 is a reserved"),
+    # numbers are not addresses (ipaddress reads 3325165579 as 198.51.100.11)
+    (3325165579, "PublicIP must be a string"),
+    (None, "PublicIP must be a string"),
+])
+def test_decode_refuses_a_public_ip_that_is_not_unicast(public_ip, why):
+    raw = json.dumps({"PublicIP": public_ip, "BackendType": "udp"})
+    with pytest.raises(LeaseError, match=why):
+        LeaseAttrs.decode(raw)
+
+
+@pytest.mark.parametrize("public_ip", ["198.18.0.11", "10.0.0.1", "169.254.3.4", "100.64.0.1", "8.8.8.8"])
+def test_decode_accepts_unicast_public_ips(public_ip):
+    raw = json.dumps({"PublicIP": public_ip, "BackendType": "udp"})
+    assert str(LeaseAttrs.decode(raw).public_ip) == public_ip
+
+
+def test_decode_of_deeply_nested_json_is_a_lease_error():
+    with pytest.raises(LeaseError, match="malformed lease value"):
+        LeaseAttrs.decode("[" * 100000)

@@ -65,18 +65,64 @@ def test_json_text_and_round_trip():
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}, "Backend.VNI"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "MTU": 100}}, "Backend.MTU"),
+    # JSON nested too deeply for the parser is one line, not a RecursionError
+    ("[" * 100000, "config is not valid JSON: nested too deeply"),
+    ('{"Network": ' * 100000, "config is not valid JSON: nested too deeply"),
+    (b"[" * 100000, "config is not valid JSON: nested too deeply"),
+    # numbers are not addresses (ipaddress reads 123 as 0.0.0.123/32, 5 as 0.0.0.5)
+    ({"Network": 123}, 'Network: not an IPv4 network string such as "10.244.0.0/16": 123'),
+    ({"Network": 167772160}, "Network: not an IPv4 network string"),
+    ({"Network": ["10.0.0.0", 8]}, "Network: not an IPv4 network string"),
+    ({"Network": "10.244.0.0"}, "Network: not an IPv4 network string"),          # no prefix: a /32
+    ({"Network": "10.0.0.0/255.0.0.0"}, "Network: not an IPv4 network string"),  # CIDR only, as flannel
+    ({"Network": "10.244.0.0/16", "SubnetMin": 5}, "SubnetMin: not an IPv4 address string"),
+    ({"Network": "10.244.0.0/16", "SubnetMax": 183304192}, "SubnetMax: not an IPv4 address string"),
+    ({"Network": "10.244.0.0/16", "SubnetMin": None}, "SubnetMin: not an IPv4 address string"),
+    # networks that cannot carry pod traffic, and what overlaps them
+    ({"Network": "0.0.0.0/0"}, "Network: 0.0.0.0/0 overlaps 'this network' (0.0.0.0/8)"),
+    ({"Network": "0.1.0.0/16"}, "Network: 0.1.0.0/16 overlaps 'this network'"),
+    ({"Network": "127.0.0.0/8"}, "Network: 127.0.0.0/8 overlaps loopback"),
+    ({"Network": "127.1.0.0/16"}, "Network: 127.1.0.0/16 overlaps loopback"),
+    ({"Network": "64.0.0.0/2"}, "Network: 64.0.0.0/2 overlaps loopback"),
+    ({"Network": "224.0.0.0/4"}, "Network: 224.0.0.0/4 overlaps multicast"),
+    ({"Network": "239.1.0.0/16"}, "overlaps multicast"),
+    ({"Network": "240.0.0.0/4"}, "Network: 240.0.0.0/4 overlaps reserved"),
+    ({"Network": "255.255.255.0/24"}, "overlaps reserved"),
+    ({"Network": "169.254.0.0/16"}, "Network: 169.254.0.0/16 overlaps link-local"),
+    ({"Network": "168.0.0.0/6"}, "overlaps link-local"),
+    # absurd subnet counts (the allocator used to list them all)
+    ({"Network": "10.0.0.0/8", "SubnetLen": 30}, "SubnetLen: /30 gives 4194303 subnets"),
+    ({"Network": "10.0.0.0/8", "SubnetLen": 25}, "SubnetLen: /25 gives 131071 subnets"),
+    ({"Network": "100.64.0.0/10", "SubnetLen": 28}, "more than the 65536 supported"),
+    # error messages stay short even for huge values
+    ({"Network": "x" * 100000}, "Network: not an IPv4 network string"),
+    ({"Network": "10.244.0.0/16", "SubnetLen": "9" * 100000}, "SubnetLen: must be an integer"),
+    ({"Network": "10.244.0.0/16", "k" * 100000: 1}, "kkk...: unknown field"),
 ])
 def test_invalid_configs_name_the_field(raw, field):
     with pytest.raises(ConfigError) as err:
         parse_config(raw)
     msg = str(err.value)
     assert field in msg
-    assert "\n" not in msg
+    assert "\n" not in msg and len(msg) < 200
 
 
-def test_subnets_enumerates_min_to_max():
+@pytest.mark.parametrize("raw, count", [
+    ({"Network": "10.0.0.0/8"}, 65535),
+    ({"Network": "10.0.0.0/9", "SubnetLen": 25}, 65535),
+    ({"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.0.0.0"}, 65536),   # the cap itself
+    ({"Network": "10.0.0.0/8", "SubnetLen": 30, "SubnetMin": "10.0.0.4", "SubnetMax": "10.0.3.252"}, 255),
+    ({"Network": "100.64.0.0/10"}, 16383),        # CGNAT space is fine
+    ({"Network": "192.168.0.0/16"}, 255),
+    ({"Network": "172.16.0.0/12"}, 4095),
+])
+def test_subnet_count_is_arithmetic_and_capped(raw, count):
+    assert parse_config(raw).subnet_count == count
+
+
+def test_contains_subnet_from_min_to_max():
     cfg = parse_config({"Network": "10.244.0.0/22"})
-    assert [str(s) for s in cfg.subnets()] == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    assert cfg.subnet_count == 3
     assert cfg.contains_subnet(ipaddress.IPv4Network("10.244.2.0/24"))
     assert not cfg.contains_subnet(ipaddress.IPv4Network("10.244.0.0/24"))
     assert not cfg.contains_subnet(ipaddress.IPv4Network("10.244.2.0/25"))

@@ -4,6 +4,7 @@ import pytest
 
 from overlayd.lease.model import Lease, LeaseAttrs
 from overlayd.lease.watcher import LeaseEvent, LeaseWatcher
+from overlayd.netconf import parse_config
 
 N = ipaddress.IPv4Network
 
@@ -93,15 +94,23 @@ def test_revision_going_backwards_resyncs():
     assert subnets(b.added) == ["10.244.3.0/24"]
 
 
-@pytest.mark.parametrize("subnet, fits", [
-    ("10.244.1.0/24", True),
-    ("10.244.7.0/25", False),     # SubnetLen changed while old leases live on
-    ("10.244.0.0/16", False),
-    ("0.0.0.0/0", False),         # a key 0.0.0.0-0 must never become a route
-    ("10.245.1.0/24", False),     # outside the Network
+CFG = parse_config({"Network": "10.244.0.0/16"})
+NARROW = parse_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0", "SubnetMax": "10.244.99.0"})
+
+
+@pytest.mark.parametrize("config, subnet, fits", [
+    (CFG, "10.244.2.0/24", True),
+    (CFG, "10.244.255.0/24", True),       # SubnetMax itself
+    (CFG, "10.244.7.0/25", False),        # SubnetLen changed while old leases live on
+    (CFG, "10.244.0.0/16", False),
+    (CFG, "0.0.0.0/0", False),            # a key 0.0.0.0-0 must never become a route
+    (CFG, "10.245.1.0/24", False),        # outside the Network
+    (CFG, "10.244.0.0/24", False),        # the Network's first subnet, below SubnetMin
+    (NARROW, "10.244.99.0/24", True),
+    (NARROW, "10.244.100.0/24", False),   # inside the Network, above SubnetMax
 ])
-def test_leases_that_do_not_fit_the_config_are_ignored_not_peers(subnet, fits):
-    w = LeaseWatcher(own_subnet=OWN.subnet, network=N("10.244.0.0/16"), subnet_len=24)
+def test_leases_that_do_not_fit_the_config_are_ignored_not_peers(config, subnet, fits):
+    w = LeaseWatcher(own_subnet=OWN.subnet, config=config)
     odd = lease(subnet, "198.18.0.50")
     batch = w.reset([A, odd], 5)
     assert subnets(batch.added) == sorted({"10.244.1.0/24", subnet} if fits else {"10.244.1.0/24"})
@@ -110,3 +119,11 @@ def test_leases_that_do_not_fit_the_config_are_ignored_not_peers(subnet, fits):
     assert (subnets(event.added), subnets(event.ignored)) == (([subnet], []) if fits else ([], [subnet]))
     gone = w.apply([LeaseEvent(odd.subnet, None, 7)])
     assert subnets(gone.removed) == ([subnet] if fits else [])
+
+
+def test_a_reservation_without_ttl_is_a_peer_like_any_lease():
+    w = LeaseWatcher(own_subnet=OWN.subnet, config=CFG)
+    reserved = lease("10.244.5.0/24", "198.18.0.15", exp=None)
+    assert subnets(w.reset([reserved], 3).added) == ["10.244.5.0/24"]
+    renewed = lease("10.244.5.0/24", "198.18.0.15", rev=4, exp=1e9)  # same node, now with a TTL
+    assert not w.apply([LeaseEvent(renewed.subnet, renewed, 4)])
