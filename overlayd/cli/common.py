@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
+import os
 import sys
+from typing import Mapping, TextIO
 
 import click
 
@@ -30,11 +33,37 @@ def etcd_options(func):
     return func
 
 
+def under_journald(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``stream`` is connected to journald: systemd sets ``JOURNAL_STREAM=DEV:INODE``
+    for it, and a child that redirected its stderr elsewhere inherits the variable, so the
+    device and inode are compared too (systemd.exec(5))."""
+    try:
+        dev, ino = (int(part) for part in environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(stream.fileno())
+    except (KeyError, ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class _TimestampFormatter(logging.Formatter):
+    """Local time with milliseconds and UTC offset: ``2026-11-23T10:04:05.123+01:00``."""
+
+    def formatTime(self, record, datefmt=None):
+        return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+def log_formatter(name: str, stream: TextIO, environ: Mapping[str, str] = os.environ) -> logging.Formatter:
+    """``TIME name: LEVEL message``, without TIME under journald (it keeps its own)."""
+    if under_journald(stream, environ):
+        return logging.Formatter(f"{name}: %(levelname)s %(message)s")
+    return _TimestampFormatter(f"%(asctime)s {name}: %(levelname)s %(message)s")
+
+
 def setup_logging(verbose: int, name: str) -> None:
-    """Log lines as ``overlayd: LEVEL message`` on stderr (journald adds the time)."""
+    """Log lines as ``TIME overlayd: LEVEL message`` on stderr (no TIME under journald)."""
     level = logging.DEBUG if verbose > 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s %(message)s"))
+    handler.setFormatter(log_formatter(name, sys.stderr))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
