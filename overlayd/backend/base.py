@@ -2,8 +2,9 @@
 
 A backend turns a leased subnet into working plumbing and keeps it in step
 with the peers: it says what to publish in the lease (``lease_attrs``), sets
-up the node (``setup``), applies peer changes (``apply``) and runs its data
-plane, if it has one (``run``). The lease machinery never looks inside.
+up the node (``setup``), applies peer changes (``apply``), runs its data
+plane, if it has one (``run``), and puts back what an operator removed
+(``reconcile``). The lease machinery never looks inside.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import ipaddress
+from typing import TYPE_CHECKING
 
 from ..lease.model import Lease, LeaseAttrs
 from ..lease.watcher import Batch
 from ..netconf import NetworkConfig
+
+if TYPE_CHECKING:
+    from ..plumbing.netlink import Netlink
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,11 @@ class Backend(abc.ABC):
 
     async def run(self) -> None:
         """The data plane, until cancelled. Kernel-only backends have none."""
+
+    async def reconcile(self, nl: "Netlink") -> None:
+        """Drift repair, called every resync period after :meth:`setup`: put back the kernel
+        state this backend owns (device, address, routes, peers' entries) where it is
+        missing or wrong, and write nothing where it is right (``nl.changes`` says what was done)."""
 
     def stats(self) -> dict:
         """Counters for status output."""

@@ -9,6 +9,8 @@ carry host-gw at all (no Ethernet link layer).
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 
 from ..errors import ConfigError, PlumbingError
@@ -28,7 +30,8 @@ class HostGwBackend(Backend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped = 0
-        self.routes: set = set()
+        self.routes: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = {}  # peer subnet -> its node IP
+        self._lock = asyncio.Lock()  # apply and reconcile: a route being removed is never put back
 
     async def preflight(self) -> None:
         async with Netlink() as nl:
@@ -43,8 +46,16 @@ class HostGwBackend(Backend):
                         and dst != lease.subnet:
                     await nl.delete_route(dst, dev=self.underlay.iface)
 
+    async def reconcile(self, nl: Netlink) -> None:
+        async with self._lock:
+            for subnet, gateway in self.routes.items():
+                try:
+                    await nl.ensure_route(subnet, self.underlay.iface, gateway=gateway)
+                except PlumbingError as exc:  # the other peers are still repaired
+                    log.warning("peer %s on %s: cannot repair: %s", subnet, gateway, exc)
+
     async def apply(self, batch: Batch) -> None:
-        async with Netlink() as nl:
+        async with self._lock, Netlink() as nl:
             for lease in batch.removed:
                 await self._forget(nl, lease.subnet)
             for lease in batch.added:
@@ -62,12 +73,12 @@ class HostGwBackend(Backend):
                     self.skipped += 1
                     await self._forget(nl, lease.subnet)
                     continue
-                self.routes.add(lease.subnet)
+                self.routes[lease.subnet] = lease.public_ip
 
     async def _forget(self, nl: Netlink, subnet) -> None:
         if subnet in self.routes:
             await nl.delete_route(subnet, dev=self.underlay.iface)
-            self.routes.discard(subnet)
+            del self.routes[subnet]
 
     def peer_subnets(self) -> list[str]:
         return sorted(str(s) for s in self.routes)

@@ -39,10 +39,13 @@ class UdpBackend(UserspaceBackend):
             self.dev_fd = open_tun(TUN, self.mtu)
         sysctl.disable_ipv6(TUN)
         async with Netlink() as nl:
-            await nl.ensure_mtu(TUN, self.mtu)
-            await nl.ensure_txqueuelen(TUN, DEVICE_TXQUEUELEN)
-            await nl.ensure_address(TUN, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
-            await nl.ensure_link_up(TUN)
-            await nl.ensure_route(self.config.network, TUN)
+            await self.reconcile(nl)
         sysctl.set_rp_filter(TUN, 2)
         self.codec = UdpCodec(self.table, lease.subnet)
+
+    async def reconcile(self, nl: Netlink) -> None:
+        await nl.ensure_mtu(TUN, self.mtu)
+        await nl.ensure_txqueuelen(TUN, DEVICE_TXQUEUELEN)
+        await nl.ensure_address(TUN, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
+        await nl.ensure_link_up(TUN)
+        await nl.ensure_route(self.config.network, TUN)

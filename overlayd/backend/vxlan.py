@@ -16,6 +16,7 @@ publishes the same BackendData, so nodes of either kind are peers.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
@@ -69,6 +70,7 @@ class KernelVxlanBackend(Backend):
         self.mac = vtep_mac(self.underlay.public_ip, self.vni)
         self.peers: dict[ipaddress.IPv4Network, tuple[str, str]] = {}
         self.skipped = 0
+        self._lock = asyncio.Lock()  # apply and reconcile: a peer being removed is never put back
 
     def backend_data(self) -> dict:
         return {"VNI": self.vni, "VtepMAC": self.mac}
@@ -76,19 +78,31 @@ class KernelVxlanBackend(Backend):
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
         async with Netlink() as nl:
-            await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
-                                  local=self.underlay.public_ip, underlay_dev=self.underlay.iface,
-                                  mac=self.mac, mtu=self.mtu, learning=False, udp_checksum=False)
-            await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
-            await nl.ensure_link_up(self.device)
+            await self._ensure_device(nl)
             stale = await nl.flush_peer_state(self.device)  # the first listing re-adds live peers
             if stale:
                 log.info("%s: removed %d route/neighbour/FDB entries left from before", self.device, stale)
+
+    async def _ensure_device(self, nl: Netlink) -> None:
+        await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
+                              local=self.underlay.public_ip, underlay_dev=self.underlay.iface,
+                              mac=self.mac, mtu=self.mtu, learning=False, udp_checksum=False)
+        await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
+        await nl.ensure_link_up(self.device)
         sysctl.disable_ipv6(self.device)
         ethtool.set_tx_checksum_offload(self.device, False)  # see overlayd.plumbing.ethtool
 
+    async def reconcile(self, nl: Netlink) -> None:
+        async with self._lock:
+            await self._ensure_device(nl)
+            for subnet, (public_ip, mac) in self.peers.items():
+                try:
+                    await self._ensure_peer(nl, subnet, ipaddress.IPv4Address(public_ip), mac)
+                except PlumbingError as exc:  # the other peers are still repaired
+                    log.warning("peer %s on %s: cannot repair: %s", subnet, public_ip, exc)
+
     async def apply(self, batch: Batch) -> None:
-        async with Netlink() as nl:
+        async with self._lock, Netlink() as nl:
             for lease in batch.removed:
                 await self._forget(nl, lease.subnet)
             for lease in batch.added:
@@ -110,10 +124,14 @@ class KernelVxlanBackend(Backend):
         old = self.peers.get(lease.subnet)
         if old is not None and old != (str(lease.public_ip), mac):
             await nl.delete_fdb(old[1], self.device, old[0])
-        await nl.ensure_fdb(mac, lease.public_ip, self.device)
-        await nl.ensure_neighbour(vtep_gateway(lease.subnet), mac, self.device)
-        await nl.ensure_route(lease.subnet, self.device, gateway=vtep_gateway(lease.subnet), onlink=True)
+        await self._ensure_peer(nl, lease.subnet, lease.public_ip, mac)
         self.peers[lease.subnet] = (str(lease.public_ip), mac)
+
+    async def _ensure_peer(self, nl: Netlink, subnet: ipaddress.IPv4Network,
+                           public_ip: ipaddress.IPv4Address, mac: str) -> None:
+        await nl.ensure_fdb(mac, public_ip, self.device)
+        await nl.ensure_neighbour(vtep_gateway(subnet), mac, self.device)
+        await nl.ensure_route(subnet, self.device, gateway=vtep_gateway(subnet), onlink=True)
 
     async def _forget(self, nl: Netlink, subnet: ipaddress.IPv4Network) -> None:
         """Remove a peer's route, neighbour and FDB entry (whatever of them exists)."""

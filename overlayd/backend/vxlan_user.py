@@ -62,11 +62,14 @@ class UserVxlanBackend(UserspaceBackend):
             self.dev_fd = open_tap(TAP, self.mac, self.mtu)
         sysctl.disable_ipv6(TAP)
         async with Netlink() as nl:
-            await nl.ensure_mtu(TAP, self.mtu)
-            await nl.ensure_txqueuelen(TAP, DEVICE_TXQUEUELEN)
-            await nl.ensure_noarp(TAP)
-            await nl.ensure_address(TAP, ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32"))
-            await nl.ensure_link_up(TAP)
-            await nl.ensure_route(self.config.network, TAP)
+            await self.reconcile(nl)
         sysctl.set_rp_filter(TAP, 2)
         self.codec = VxlanCodec(self.table, lease.subnet, self.vni, mac_to_bytes(self.mac))
+
+    async def reconcile(self, nl: Netlink) -> None:
+        await nl.ensure_mtu(TAP, self.mtu)
+        await nl.ensure_txqueuelen(TAP, DEVICE_TXQUEUELEN)
+        await nl.ensure_noarp(TAP)
+        await nl.ensure_address(TAP, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
+        await nl.ensure_link_up(TAP)
+        await nl.ensure_route(self.config.network, TAP)

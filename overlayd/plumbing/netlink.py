@@ -6,6 +6,14 @@ verb for routes and neighbours; an FDB ``replace`` needs
 its UDP checksum on unless told otherwise, so we always pass it. pyroute2's
 ``netns=`` forks a helper, so nothing here takes a namespace: the daemon runs
 inside the namespace it configures (``ip netns exec`` in the lab).
+
+Every ``ensure_*`` reads before it writes and writes only what differs, so
+the daemon can run them again every few seconds to repair drift (an operator
+deleting a route) without reprogramming what is right. What a session
+changed is kept in :attr:`Netlink.changes`, one phrase per change, worded to
+follow "repaired: " in the daemon's log. A single FDB entry cannot be read
+back on its own (``RTM_GETNEIGH`` on a VXLAN device answers EINVAL here), so
+``ensure_fdb`` reads the device's FDB dump.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class Netlink:
 
     def __init__(self) -> None:
         self.ipr: AsyncIPRoute | None = None
+        #: what this session changed, e.g. "route 10.244.0.0/16 dev tun0 was missing"; callers
+        #: that repair kernel state by other means (nft) add theirs, so one list tells it all
+        self.changes: list[str] = []
 
     async def __aenter__(self) -> "Netlink":
         self.ipr = AsyncIPRoute()
@@ -125,29 +136,33 @@ class Netlink:
         except NetlinkError as exc:
             raise _fail(f"cannot set {what} on {name}", exc) from None
 
+    async def _ensure_attr(self, name: str, attr: str, value: int, what: str) -> None:
+        link = await self._link(name)
+        if link is None or link.get(attr) != value:
+            await self._set(name, f"{what} {value}", **{attr: value})
+            self.changes.append(f"{what} of {name} was {link.get(attr) if link else 'unknown'}, not {value}")
+
     async def ensure_mtu(self, name: str, mtu: int) -> None:
         """MTU of ``name`` is ``mtu``."""
-        link = await self._link(name)
-        if link is None or link.get("mtu") != mtu:
-            await self._set(name, f"MTU {mtu}", mtu=mtu)
+        await self._ensure_attr(name, "mtu", mtu, "MTU")
 
     async def ensure_txqueuelen(self, name: str, qlen: int) -> None:
         """The transmit queue of ``name`` holds ``qlen`` packets."""
-        link = await self._link(name)
-        if link is None or link.get("txqlen") != qlen:
-            await self._set(name, f"txqueuelen {qlen}", txqlen=qlen)
+        await self._ensure_attr(name, "txqlen", qlen, "txqueuelen")
 
     async def ensure_link_up(self, name: str) -> None:
         """``name`` is administratively up."""
         link = await self._link(name)
         if link is None or not link["flags"] & IFF_UP:
             await self._set(name, "up", state="up")
+            self.changes.append(f"{name} was down")
 
     async def ensure_noarp(self, name: str) -> None:
         """``name`` does not ARP (IFF_NOARP)."""
         link = await self._link(name)
         if link is None or not link["flags"] & IFF_NOARP:
             await self._set(name, "NOARP", flags=IFF_NOARP, change=IFF_NOARP)
+            self.changes.append(f"{name} was not NOARP")
 
     async def ensure_bridge(self, name: str, mtu: int) -> None:
         """A Linux bridge ``name`` with ``mtu``, up."""
@@ -160,6 +175,7 @@ class Netlink:
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise _fail(f"cannot create bridge {name}", exc) from None
+            self.changes.append(f"bridge {name} was missing")
         await self.ensure_mtu(name, mtu)
         await self.ensure_link_up(name)
 
@@ -177,14 +193,17 @@ class Netlink:
             have = {k: data.get(k) for k in want} if data is not None else {}
             if link.get(("linkinfo", "kind")) != "vxlan" or have != want:
                 await self.delete_link(name)
+                self.changes.append(f"VXLAN device {name} had other parameters ({have}): recreated")
                 link = None
         if link is None:
             try:
                 await self.ipr.link("add", ifname=name, kind="vxlan", address=mac, mtu=mtu, **want)
             except NetlinkError as exc:
                 raise _fail(f"cannot create VXLAN device {name}", exc) from None
+            self.changes.append(f"VXLAN device {name} was missing")
         elif link.get("address") != mac:
             await self._set(name, f"MAC {mac}", address=mac)
+            self.changes.append(f"MAC of {name} was {link.get('address')}, not {mac}")
         await self.ensure_mtu(name, mtu)
 
     async def delete_link(self, name: str) -> None:
@@ -208,9 +227,11 @@ class Netlink:
             for old in have:
                 if old != address:
                     await self.ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
+                    self.changes.append(f"address {old} on {name} was extra (removed)")
             if address not in have:
                 await self.ipr.addr("add", index=index, address=str(address.ip),
                                     prefixlen=address.network.prefixlen)
+                self.changes.append(f"address {address} on {name} was missing")
         except NetlinkError as exc:
             raise _fail(f"cannot set address {address} on {name}", exc) from None
 
@@ -219,7 +240,14 @@ class Netlink:
     async def ensure_route(self, dst: ipaddress.IPv4Network, dev: str,
                            gateway: ipaddress.IPv4Address | None = None, onlink: bool = False) -> None:
         """Route ``dst`` through ``dev`` (via ``gateway``), replacing any other route to ``dst``."""
-        kwargs = {"dst": str(dst), "oif": await self.index(dev)}
+        index = await self.index(dev)
+        want = (index, str(gateway) if gateway is not None else None, onlink)
+        have = [(r.get("oif"), r.get("gateway"), bool(r["flags"] & RTNH_F_ONLINK))
+                async for r in await self.ipr.route("dump", family=socket.AF_INET, table=254, dst=str(dst))
+                if not r.get("priority")]  # the metric-0 route, the one "replace" writes
+        if have == [want]:
+            return
+        kwargs = {"dst": str(dst), "oif": index}
         if gateway is not None:
             kwargs["gateway"] = str(gateway)
         if onlink:
@@ -228,6 +256,8 @@ class Netlink:
             await self.ipr.route("replace", **kwargs)
         except NetlinkError as exc:
             raise _fail(f"cannot route {dst} via {gateway or dev}", exc) from None
+        route = f"route {dst}{f' via {gateway}' if gateway else ''} dev {dev}{' onlink' if onlink else ''}"
+        self.changes.append(f"{route} was {'different' if have else 'missing'}")
 
     async def delete_route(self, dst: ipaddress.IPv4Network, dev: str | None = None) -> None:
         """Delete the route to ``dst`` (through ``dev``) if there is one."""
@@ -277,11 +307,20 @@ class Netlink:
 
     async def ensure_neighbour(self, ip: ipaddress.IPv4Address, mac: str, dev: str) -> None:
         """A permanent ARP entry ``ip -> mac`` on ``dev``."""
+        index = await self.index(dev)
         try:
-            await self.ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=await self.index(dev),
-                                 state=NUD_PERMANENT)
+            have = [(n.get("lladdr"), n["state"]) for n in await self.ipr.neigh("get", dst=str(ip), ifindex=index)]
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:
+                raise _fail(f"cannot read neighbour {ip} on {dev}", exc) from None
+            have = []
+        if have == [(mac.lower(), NUD_PERMANENT)]:
+            return
+        try:
+            await self.ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=index, state=NUD_PERMANENT)
         except NetlinkError as exc:
             raise _fail(f"cannot set neighbour {ip} on {dev}", exc) from None
+        self.changes.append(f"neighbour {ip} lladdr {mac} dev {dev} was {'different' if have else 'missing'}")
 
     async def delete_neighbour(self, ip: ipaddress.IPv4Address, dev: str) -> None:
         """Remove the ARP entry for ``ip`` on ``dev`` if present."""
@@ -296,11 +335,17 @@ class Netlink:
 
     async def ensure_fdb(self, mac: str, dst_ip: ipaddress.IPv4Address, dev: str) -> None:
         """A permanent FDB entry on VXLAN device ``dev``: frames for ``mac`` go to ``dst_ip``."""
+        index = await self.index(dev)
+        entries = [(f["ifindex"], f.get("lladdr"), f.get("dst"), bool(f["state"] & NUD_PERMANENT))
+                   async for f in await self.ipr.fdb("dump", ifindex=index)]
+        if (index, mac.lower(), str(dst_ip), True) in entries:
+            return
         try:
-            await self.ipr.fdb("replace", ifindex=await self.index(dev), lladdr=mac, dst=str(dst_ip),
+            await self.ipr.fdb("replace", ifindex=index, lladdr=mac, dst=str(dst_ip),
                                state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
         except NetlinkError as exc:
             raise _fail(f"cannot set FDB {mac} -> {dst_ip} on {dev}", exc) from None
+        self.changes.append(f"FDB {mac} dst {dst_ip} dev {dev} was missing")
 
     async def delete_fdb(self, mac: str, dev: str, dst_ip: str | ipaddress.IPv4Address) -> None:
         """Remove the FDB entry ``mac -> dst_ip`` on ``dev`` if present."""

@@ -19,6 +19,14 @@ FORWARD accept: in nftables an ``accept`` only ends the chain it is in, so a
 drop policy in another table (Docker's, a host firewall's) still wins; our
 chain makes overlayd's traffic explicit for br_netfilter setups and is a
 no-op where nothing else filters.
+
+Drift repair: :func:`ensure` lists the live table (``nft list table``) and
+re-applies only when it differs from ours. nft prints a table back in the
+very text we feed it (tabs and blank lines aside: compared line by line,
+stripped), so the comparison needs no stored baseline and also catches a
+rule an operator added to our table. Should a future nft print it otherwise,
+the symptom is one needless re-apply per period, which the end-to-end test
+that watches ``nft monitor`` on an untouched node would catch.
 """
 
 from __future__ import annotations
@@ -34,9 +42,13 @@ TABLE = "overlayd"
 
 def ruleset(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
     """The nft script that (re)creates our table (pure, so it is unit-tested)."""
+    # make sure the table exists so the delete cannot fail, then replace it as a whole
+    return f"table ip {TABLE}\ndelete table ip {TABLE}\n" + table(network, subnet, masquerade)
+
+
+def table(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
+    """Our table as nft prints it (``nft list table ip overlayd``), indentation aside."""
     lines = [
-        f"table ip {TABLE}",          # make sure it exists so the delete below cannot fail
-        f"delete table ip {TABLE}",
         f"table ip {TABLE} {{",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
@@ -59,22 +71,48 @@ def ruleset(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masqu
     return "\n".join(lines) + "\n"
 
 
-def _nft(script: str) -> None:
+def _run(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
     nft = shutil.which("nft")
     if nft is None:
         raise PlumbingError("nft not found (install Debian's nftables package)")
     try:
-        result = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30)
+        return subprocess.run([nft, *args], input=script, text=True, capture_output=True, timeout=30)
     except subprocess.TimeoutExpired:
         raise PlumbingError("nft did not answer within 30 s") from None
+
+
+def _nft(script: str) -> None:
+    result = _run("-f", "-", script=script)
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["unknown error"])[0]
         raise PlumbingError(f"nft failed: {first}")
 
 
+def listing() -> str | None:
+    """Our live table as ``nft list table`` prints it, or None when there is none."""
+    result = _run("list", "table", "ip", TABLE)
+    return result.stdout if result.returncode == 0 else None
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def apply(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> None:
     """Install (or replace) our table for this node."""
     _nft(ruleset(network, subnet, masquerade))
+
+
+def ensure(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str | None:
+    """Our table is installed as wanted; re-applied only if the live one is missing or differs.
+
+    Returns what was wrong ("nft table ip overlayd was missing"), or None when nothing was.
+    """
+    live = listing()
+    if live is not None and _lines(live) == _lines(table(network, subnet, masquerade)):
+        return None
+    apply(network, subnet, masquerade)
+    return f"nft table ip {TABLE} was {'different' if live is not None else 'missing'}"
 
 
 def remove() -> None:

@@ -145,3 +145,101 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
     assert seen["nft"].count("masquerade") == 2 and seen["nft"].count("table ip overlayd") == 1
     assert "masquerade" not in seen["nft_nomasq"] and "ip saddr 10.244.0.0/16 accept" in seen["nft_nomasq"]
     assert "overlayd" not in seen["nft_after_remove"]
+
+
+DRIFT_SCRIPT = textwrap.dedent('''
+    import asyncio, ipaddress, json, subprocess, time
+    from overlayd.plumbing import nft, sysctl
+    from overlayd.plumbing.netlink import Netlink
+    from overlayd.plumbing.tuntap import open_tun
+
+    NET, SUBNET = ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.3.0/24")
+    PEER_NET, PEER_GW, PEER_MAC = ipaddress.IPv4Network("10.244.5.0/24"), ipaddress.IPv4Address("10.244.5.0"), "0e:00:00:00:00:05"
+
+    def sh(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    async def ensure_all():
+        """What a node owns, as the backends and the daemon ensure it; (netlink changes, nft change)."""
+        async with Netlink() as nl:
+            await nl.ensure_bridge("cni0", mtu=1450)
+            await nl.ensure_address("cni0", ipaddress.IPv4Interface("10.244.3.1/24"))
+            await nl.ensure_mtu("tun0", 1472)
+            await nl.ensure_txqueuelen("tun0", 5000)
+            await nl.ensure_address("tun0", ipaddress.IPv4Interface("10.244.3.0/32"))
+            await nl.ensure_link_up("tun0")
+            await nl.ensure_route(NET, "tun0")
+            await nl.ensure_vxlan("flannel.1", vni=1, port=4789, local=ipaddress.IPv4Address("198.18.0.11"),
+                                  underlay_dev="eth0", mac="0e:00:00:00:00:01", mtu=1450)
+            await nl.ensure_link_up("flannel.1")
+            await nl.ensure_fdb(PEER_MAC, ipaddress.IPv4Address("198.18.0.15"), "flannel.1")
+            await nl.ensure_neighbour(PEER_GW, PEER_MAC, "flannel.1")
+            await nl.ensure_route(PEER_NET, "flannel.1", gateway=PEER_GW, onlink=True)
+            await nl.ensure_route(ipaddress.IPv4Network("10.244.7.0/24"), "eth0", gateway=ipaddress.IPv4Address("198.18.0.17"))
+            return nl.changes, nft.ensure(NET, SUBNET, masquerade=True)
+
+    async def main():
+        seen = {}
+        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        sh("ip", "addr", "add", "198.18.0.11/24", "dev", "eth0")
+        sh("ip", "link", "set", "eth0", "up")
+        fd = open_tun("tun0", 1472)
+        for dev in ("tun0", "eth0", "eth0p"):
+            sysctl.disable_ipv6(dev)
+        seen["first"] = await ensure_all()
+        sysctl.disable_ipv6("flannel.1")
+        sysctl.disable_ipv6("cni0")
+        time.sleep(0.5)
+        # proof from the kernel's side: a pass over right state sends no netlink or nft write
+        monitors = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    for argv in (["ip", "monitor", "link", "address", "route", "neigh"],
+                                 ["bridge", "monitor", "fdb"], ["nft", "monitor"])]
+        time.sleep(0.5)
+        seen["again"] = await ensure_all()
+        time.sleep(0.5)
+        for m in monitors:
+            m.terminate()
+        seen["events"] = "".join(m.communicate(timeout=10)[0] for m in monitors)
+
+        sh("ip", "route", "del", "10.244.0.0/16", "dev", "tun0")
+        sh("ip", "route", "del", "10.244.5.0/24", "dev", "flannel.1")
+        sh("ip", "route", "del", "10.244.7.0/24")
+        sh("ip", "neigh", "del", "10.244.5.0", "dev", "flannel.1")
+        sh("bridge", "fdb", "del", PEER_MAC, "dev", "flannel.1", "dst", "198.18.0.15")
+        sh("ip", "addr", "del", "10.244.3.1/24", "dev", "cni0")
+        sh("ip", "link", "set", "tun0", "down")
+        sh("nft", "flush", "table", "ip", "overlayd")
+        seen["repaired"] = await ensure_all()
+        seen["routes"] = sh("ip", "route")
+        seen["after_repair"] = await ensure_all()
+        sh("nft", "delete", "table", "ip", "overlayd")
+        seen["nft_deleted"] = (await ensure_all())[1]
+        print(json.dumps(seen))
+
+    asyncio.run(main())
+''')
+
+
+def test_ensure_writes_nothing_over_right_state_and_reports_each_repair(netns):
+    res = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", DRIFT_SCRIPT],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    seen = json.loads(res.stdout)
+    changes, nft_change = seen["first"]
+    assert "route 10.244.0.0/16 dev tun0 was missing" in changes and nft_change == "nft table ip overlayd was missing"
+    assert seen["again"] == [[], None]
+    assert seen["events"] == ""  # no netlink notification, no nft event: nothing was rewritten
+    changes, nft_change = seen["repaired"]
+    assert sorted(changes) == sorted([
+        "route 10.244.0.0/16 dev tun0 was missing",
+        "route 10.244.5.0/24 via 10.244.5.0 dev flannel.1 onlink was missing",
+        "route 10.244.7.0/24 via 198.18.0.17 dev eth0 was missing",
+        "neighbour 10.244.5.0 lladdr 0e:00:00:00:00:05 dev flannel.1 was missing",
+        "FDB 0e:00:00:00:00:05 dst 198.18.0.15 dev flannel.1 was missing",
+        "address 10.244.3.1/24 on cni0 was missing",
+        "tun0 was down",
+    ]), changes
+    assert nft_change == "nft table ip overlayd was different"
+    assert "10.244.0.0/16 dev tun0" in seen["routes"] and "10.244.7.0/24 via 198.18.0.17 dev eth0" in seen["routes"]
+    assert seen["after_repair"] == [[], None]
+    assert seen["nft_deleted"] == "nft table ip overlayd was missing"
