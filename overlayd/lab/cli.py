@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import signal
 import sys
 
 import click
@@ -35,13 +37,33 @@ def _load(obj: dict) -> Lab:
     return lab
 
 
-def _variants(nodes: int, vxlan_impl: str, event_loop: str, ip_masq: bool) -> list[dict]:
+def _variants(nodes: int, vxlan_impl: str, **common) -> list[dict]:
     impls = [v.strip() for v in vxlan_impl.split(",")]
     bad = [v for v in impls if v not in ("user", "kernel")]
     if bad:
         raise click.BadParameter(f"{bad[0]!r}: each entry is user or kernel", param_hint="--vxlan-impl")
-    return [{"vxlan_impl": impls[i % len(impls)], "event_loop": event_loop, "ip_masq": ip_masq}
-            for i in range(nodes)]
+    return [{"vxlan_impl": impls[i % len(impls)], **common} for i in range(nodes)]
+
+
+def _split_args(ctx, param, value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def node_options(func):
+    """The per-node daemon choices ``up`` and ``add-node`` share."""
+    for option in reversed([
+        click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True),
+        click.option("--ip-masq", is_flag=True, help="Run the nodes with --ip-masq."),
+        click.option("--datapath", type=click.Choice(["python", "c"]),
+                     help="The nodes' --datapath [default: the daemon's]."),
+        click.option("--daemon-args", "extra_args", default="", callback=_split_args, metavar="'FLAGS'",
+                     help="More overlayd flags for the nodes, e.g. '--resync-interval 1' (kept for restarts)."),
+    ]):
+        func = option(func)
+    return func
 
 
 def print_matrix(lab: Lab, tries: int = 5) -> bool:
@@ -72,7 +94,9 @@ def print_summary(lab: Lab) -> None:
         impl = f" ({node.vxlan_impl})" if lab.backend == "vxlan" else ""
         click.echo(f"  {node.name}{impl}: {node.ip}, pod subnet {subnet}, pid {node.pid}, "
                    f"pods {', '.join(f'{p.name}={p.ip}' for p in node.pods) or '-'}")
-    if lab.nodes:
+    if lab.etcd_pid is None:
+        click.echo("\netcd is stopped ('scripts/lab start etcd')")
+    elif lab.nodes:
         click.echo("\n" + lab.overlayctl("subnets", netns=lab.nodes[0].netns).stdout.rstrip())
 
 
@@ -101,14 +125,13 @@ def cli(ctx, state_dir, prefix):
 @click.option("--backend", type=click.Choice(["udp", "vxlan", "host-gw"]), default="udp", show_default=True)
 @click.option("--vxlan-impl", default="user", show_default=True,
               help="user or kernel, or a comma list cycled over the nodes (e.g. user,kernel).")
-@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True)
-@click.option("--ip-masq", is_flag=True, help="Run the nodes with --ip-masq.")
+@node_options
 @click.option("--lease-ttl", type=click.IntRange(2), default=3600, show_default=True)
 @click.pass_obj
 @one_line_errors(PROG)
-def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, lease_ttl):
+def up(obj, nodes, pods_per_node, backend, vxlan_impl, lease_ttl, **node):
     """Build the lab, then show the subnets and a pod-to-pod ping matrix."""
-    variants = _variants(nodes, vxlan_impl, event_loop, ip_masq)
+    variants = _variants(nodes, vxlan_impl, **node)
     state_dir = obj["state_dir"]
     lab = Lab(state_dir, obj["prefix"], backend=backend, lease_ttl=lease_ttl, progress=_progress)
     click.echo(f"bringing up {nodes} nodes ({backend}), {pods_per_node} pod(s) each", err=True)
@@ -128,14 +151,13 @@ def up(obj, nodes, pods_per_node, backend, vxlan_impl, event_loop, ip_masq, leas
 @cli.command("add-node")
 @click.option("--pods", type=click.IntRange(0, 20), default=1, show_default=True)
 @click.option("--vxlan-impl", type=click.Choice(["user", "kernel"]), default="user", show_default=True)
-@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio", show_default=True)
-@click.option("--ip-masq", is_flag=True)
+@node_options
 @click.pass_obj
 @one_line_errors(PROG)
-def add_node(obj, pods, vxlan_impl, event_loop, ip_masq):
+def add_node(obj, pods, vxlan_impl, **node):
     """Add a node (and its pods) to the running lab, then show the ping matrix."""
     lab = _load(obj)
-    node = lab.add_node(vxlan_impl=vxlan_impl, event_loop=event_loop, ip_masq=ip_masq, pods=pods)
+    node = lab.add_node(vxlan_impl=vxlan_impl, pods=pods, **node)
     click.echo(f"added {node.name} ({node.ip})")
     if not print_matrix(lab):
         raise LabError("some pods cannot reach each other")
@@ -176,6 +198,37 @@ def exec_(obj, target, command):
     if node is not None:
         env["OVERLAYD_STATUS_FILE"] = lab.status_file(node)
     sys.exit(subprocess.call(["ip", "netns", "exec", names[target], *command], env=env))
+
+
+def _process_command(name: str, doc: str, on_node, on_etcd) -> None:
+    """``scripts/lab NAME TARGET``: act on a node's overlayd or on etcd, by its recorded PID."""
+    @click.argument("target")
+    @click.pass_obj
+    @one_line_errors(PROG)
+    def command(obj, target):
+        lab = _load(obj)
+        if target == "etcd":
+            on_etcd(lab)
+        else:
+            on_node(lab, lab.node(target))
+        click.echo(f"{target}: {name} done", err=True)
+
+    command.__doc__ = doc
+    cli.command(name)(command)
+
+
+_process_command("stop", "Stop TARGET (a node's overlayd, or etcd) with SIGTERM; the lease stays.",
+                 Lab.stop_node, Lab.stop_etcd)
+_process_command("start", "Start TARGET again (etcd: same port and data, so leases survive).",
+                 Lab.start_node, Lab.start_etcd)
+_process_command("restart", "Stop and start TARGET (a node's overlayd keeps its flags).",
+                 Lab.restart_node, Lab.restart_etcd)
+_process_command("kill", "SIGKILL TARGET: its state stays as a crash leaves it.",
+                 Lab.kill_node, lambda lab: lab.stop_etcd(signal.SIGKILL))
+_process_command("pause", "Freeze TARGET (SIGSTOP): a hung process; 'resume' lets it run.",
+                 Lab.pause_node, Lab.pause_etcd)
+_process_command("resume", "Let a paused TARGET run again (SIGCONT).",
+                 Lab.resume_node, Lab.resume_etcd)
 
 
 @cli.command()

@@ -16,11 +16,19 @@ written after every step, so ``down`` can clean up even after a failed
 ``up`` or from another process. Processes are stopped only by the PIDs the
 lab recorded, and only if their command line still names the lab's state
 directory (a PID reused by an unrelated process is left alone).
+
+Fault tests drive the same processes: :meth:`Lab.stop_node`,
+:meth:`Lab.kill_node` (SIGKILL: devices, routes and files stay as a crash
+leaves them), :meth:`Lab.restart_node`, :meth:`Lab.stop_etcd` /
+:meth:`Lab.start_etcd` (same data directory and ports, so leases survive)
+and :meth:`Lab.pause_etcd` / :meth:`Lab.resume_etcd` (SIGSTOP/SIGCONT).
+A node's ``extra_args`` are added to its daemon's command line on every start.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -94,6 +102,7 @@ class Node:
     event_loop: str = "asyncio"
     ip_masq: bool = False
     datapath: str | None = None  # None: the daemon's default
+    extra_args: list[str] = dataclasses.field(default_factory=list)  # more overlayd flags
     pid: int | None = None
     pods: list[Pod] = dataclasses.field(default_factory=list)
 
@@ -123,6 +132,7 @@ class Lab:
         self.port = port
         self.lease_ttl = lease_ttl
         self.etcd_port = 0
+        self.etcd_peer_port = 0
         self.etcd_pid: int | None = None
         self.nodes: list[Node] = []
         self.hosts: list[Host] = []
@@ -151,7 +161,8 @@ class Lab:
             "network": self.network, "vni": self.vni, "port": self.port, "lease_ttl": self.lease_ttl,
             "underlay": {"netns": self.underlay_ns, "network": str(UNDERLAY)},
             "etcd": {"netns": self.etcd_ns, "endpoint": self.etcd_endpoint if self.etcd_port else None,
-                     "port": self.etcd_port, "pid": self.etcd_pid, "prefix": PREFIX},
+                     "port": self.etcd_port, "peer_port": self.etcd_peer_port, "pid": self.etcd_pid,
+                     "prefix": PREFIX},
             "nodes": [dataclasses.asdict(n) for n in self.nodes],
             "hosts": [dataclasses.asdict(h) for h in self.hosts],
             "namespaces": self.namespaces,
@@ -173,6 +184,7 @@ class Lab:
         lab = cls(state_dir, data["prefix"], data["backend"], data["network"], data["vni"], data["port"],
                   data["lease_ttl"], progress)
         lab.etcd_port, lab.etcd_pid = data["etcd"]["port"], data["etcd"]["pid"]
+        lab.etcd_peer_port = data["etcd"].get("peer_port", 0)
         for n in data["nodes"]:
             pods = [Pod(**p) for p in n.pop("pods")]
             lab.nodes.append(Node(**n, pods=pods))
@@ -220,7 +232,8 @@ class Lab:
         self._ip(self.underlay_ns, "link", "add", "br0", "type", "bridge")
         self._ip(self.underlay_ns, "link", "set", "br0", "up")
         self.progress("etcd")
-        self._start_etcd()
+        self._attach(self.etcd_ns, "etcd", ETCD_IP)
+        self.start_etcd()
         self.set_config()
         for i in range(nodes):
             self.add_node(**(variants[i] if variants and i < len(variants) else {}), pods=pods_per_node)
@@ -253,18 +266,53 @@ class Lab:
         self._children.add(proc.pid)
         return proc.pid
 
-    def _start_etcd(self) -> None:
-        self._attach(self.etcd_ns, "etcd", ETCD_IP)
-        server = EtcdServer(os.path.join(self.state_dir, "etcd"), host=ETCD_IP, netns=self.etcd_ns,
-                            name=self.prefix)
+    def start_etcd(self, timeout: float = 20) -> None:
+        """Start etcd, again after :meth:`stop_etcd` on the same ports and data (leases survive)."""
+        if _alive(self.etcd_pid):
+            raise LabError(f"etcd already runs (pid {self.etcd_pid})")
+        server = EtcdServer(os.path.join(self.state_dir, "etcd"), host=ETCD_IP, port=self.etcd_port or None,
+                            peer_port=self.etcd_peer_port or None, netns=self.etcd_ns, name=self.prefix)
         try:
-            server.start()
+            server.start(timeout)
         except RuntimeError as exc:
             server.stop()
             raise LabError(str(exc)) from None
-        self.etcd_port, self.etcd_pid = server.port, server.pid
+        self.etcd_port, self.etcd_peer_port, self.etcd_pid = server.port, server.peer_port, server.pid
         self._children.add(server.pid)
         self.save()
+
+    def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
+        """Stop etcd (``sig``: SIGTERM, or SIGKILL for a crash); :meth:`start_etcd` brings it back."""
+        if self.etcd_pid is not None:
+            self._stop_pid(self.etcd_pid, sig)
+        self.etcd_pid = None
+        self.save()
+
+    def restart_etcd(self) -> None:
+        """Stop (SIGTERM) and start etcd on the same ports and data."""
+        self.stop_etcd()
+        self.start_etcd()
+
+    def pause_etcd(self) -> None:
+        """Freeze etcd (SIGSTOP): its port stays open, nothing answers (a hung server)."""
+        self._signal(self.etcd_pid, signal.SIGSTOP, "etcd")
+
+    def resume_etcd(self) -> None:
+        """Let a paused etcd run again (SIGCONT)."""
+        self._signal(self.etcd_pid, signal.SIGCONT, "etcd")
+
+    def pause_node(self, node: Node) -> None:
+        """Freeze overlayd on ``node`` (SIGSTOP): a wedged daemon whose kernel state stays."""
+        self._signal(node.pid, signal.SIGSTOP, f"overlayd on {node.name}")
+
+    def resume_node(self, node: Node) -> None:
+        """Let a paused overlayd run again (SIGCONT)."""
+        self._signal(node.pid, signal.SIGCONT, f"overlayd on {node.name}")
+
+    def _signal(self, pid: int | None, sig: int, what: str) -> None:
+        if pid is None or not self._ours(pid):
+            raise LabError(f"{what} is not running")
+        os.kill(pid, sig)
 
     def etcd_env(self) -> dict:
         """The environment that points overlayd/overlayctl at the lab's etcd."""
@@ -291,11 +339,12 @@ class Lab:
         self.overlayctl("config", "set", "-", input=json.dumps(config))
 
     def add_node(self, vxlan_impl: str = "user", event_loop: str = "asyncio", ip_masq: bool = False,
-                 datapath: str | None = None, pods: int = 0, wait: bool = True) -> Node:
-        """A new node namespace running overlayd, with ``pods`` pods once it is ready."""
+                 datapath: str | None = None, extra_args: list[str] | None = None, pods: int = 0,
+                 wait: bool = True) -> Node:
+        """A new node namespace running overlayd (with ``extra_args`` flags), and ``pods`` pods once it is ready."""
         index = len(self.nodes) + 1
         node = Node(f"node{index}", f"{self.prefix}-n{index}", str(UNDERLAY.network_address + NODE_IP_BASE + index),
-                    vxlan_impl, event_loop, ip_masq, datapath)
+                    vxlan_impl, event_loop, ip_masq, datapath, list(extra_args or []))
         self.progress(f"{node.name}: namespace {node.netns}, {node.ip}")
         self._attach(node.netns, f"n{index}", node.ip)
         self.nodes.append(node)
@@ -307,7 +356,12 @@ class Lab:
         return node
 
     def start_node(self, node: Node, wait: bool = True, env: dict | None = None) -> None:
-        """Start overlayd on ``node`` (again, after :meth:`stop_node`), with extra ``env``."""
+        """Start overlayd on ``node`` (again, after :meth:`stop_node`), with extra ``env``.
+
+        The status file the last run left is removed first: ``wait`` waits for the new one.
+        """
+        if _alive(node.pid):
+            raise LabError(f"overlayd on {node.name} already runs (pid {node.pid})")
         argv = [_bin("overlayd"), "--iface", "eth0", "--subnet-file", self.subnet_file(node),
                 "--status-file", self.status_file(node), "--lease-ttl", str(self.lease_ttl),
                 "--vxlan-impl", node.vxlan_impl, "--event-loop", node.event_loop]
@@ -315,6 +369,9 @@ class Lab:
             argv.append("--ip-masq")
         if node.datapath:
             argv += ["--datapath", node.datapath]
+        argv += node.extra_args
+        if os.path.exists(self.status_file(node)):
+            os.unlink(self.status_file(node))
         self.progress(f"{node.name}: starting overlayd ({self.backend}"
                       f"{'/' + node.vxlan_impl if self.backend == 'vxlan' else ''})")
         node.pid = self._spawn(node.netns, argv, self.log_file(node), {**self.etcd_env(), **(env or {})})
@@ -341,14 +398,21 @@ class Lab:
         except OSError:
             return "(no log)"
 
-    def stop_node(self, node: Node) -> None:
+    def stop_node(self, node: Node, sig: int = signal.SIGTERM) -> None:
         """Stop overlayd on ``node`` (SIGTERM; its lease stays, as flannel's does)."""
         if node.pid is not None:
-            self._stop_pid(node.pid)
+            self._stop_pid(node.pid, sig)
         node.pid = None
-        if os.path.exists(self.status_file(node)):
-            os.unlink(self.status_file(node))
         self.save()
+
+    def kill_node(self, node: Node) -> None:
+        """SIGKILL overlayd on ``node``: its devices, routes, status and subnet files stay as a crash leaves them."""
+        self.stop_node(node, signal.SIGKILL)
+
+    def restart_node(self, node: Node, wait: bool = True) -> None:
+        """Stop (SIGTERM) and start overlayd on ``node`` with the same flags."""
+        self.stop_node(node)
+        self.start_node(node, wait=wait)
 
     def node_status(self, node: Node) -> dict:
         """The node's status file (peers, counters) as overlayd last wrote it."""
@@ -424,18 +488,18 @@ class Lab:
 
     # -- tearing down --------------------------------------------------------------
 
-    def _stop_pid(self, pid: int) -> None:
-        """SIGTERM (then SIGKILL) ``pid`` if it is still a process this lab started."""
+    def _stop_pid(self, pid: int, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` (then SIGKILL after 10 s) to ``pid`` if it is still a process this lab
+        started, and wait until it is gone (a paused process is continued to see the signal)."""
         if not self._ours(pid):
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if _alive(pid) and self._ours(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            os.kill(pid, signal.SIGCONT)
+        if not _wait_gone(pid, 10) and self._ours(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
+            if not _wait_gone(pid, 10):
+                raise LabError(f"pid {pid} outlived SIGKILL by 10 s")
 
     def _ours(self, pid: int) -> bool:
         """Whether ``pid`` is a process of this lab: our own child, or (for a lab loaded
@@ -471,6 +535,16 @@ class Lab:
                 run(["ip", "netns", "del", name], check=False)
         self.progress(f"removed {len(self.namespaces)} namespaces")
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to end; whether it did."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _alive(pid: int | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -25,10 +26,21 @@ def lab(state_dir, prefix, *args, check=True):
     return res
 
 
+def _state(pid: int) -> str:
+    """The process state letter of ``pid`` (R, S, T stopped, Z zombie), "" when it is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    return _state(pid) not in ("", "Z")
+
+
 def leftovers(prefix: str, pids: list[int], state_dir: Path) -> list[str]:
     found = [ns for ns in os.listdir("/var/run/netns") if ns.startswith(prefix)] if os.path.isdir("/var/run/netns") else []
-    found += [f"pid {pid}" for pid in pids if os.path.exists(f"/proc/{pid}") and
-              "Z" != open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]]
+    found += [f"pid {pid}" for pid in pids if _running(pid)]
     if state_dir.exists():
         found.append(str(state_dir))
     return found
@@ -68,6 +80,70 @@ def test_up_add_node_status_exec_down(tmp_path):
         lab(state, prefix, "down")
         assert leftovers(prefix, pids, state) == []
         assert "nothing to do" in lab(state, prefix, "down").stderr
+    finally:
+        if (state / "lab.json").exists():
+            lab(state, prefix, "down", check=False)
+
+
+def _reaches(state, prefix, src_pod: str, dst_ip: str) -> bool:
+    return any(lab(state, prefix, "exec", src_pod, "--", "ping", "-c1", "-W1", "-n", dst_ip, check=False).returncode == 0
+               for _ in range(10))
+
+
+def test_restart_stop_start_kill_pause_nodes_and_etcd(tmp_path):
+    """Issue 8 point 15: the lab restarts what it runs, by the PIDs it recorded; leases survive etcd's restart."""
+    prefix = "r" + uuid.uuid4().hex[:6]
+    state = tmp_path / "lab"
+    try:
+        lab(state, prefix, "up", "--nodes", "2", "--datapath", "python", "--daemon-args", "--resync-interval 2")
+        topo = json.loads(lab(state, prefix, "status", "--json").stdout)
+        node2 = topo["nodes"][1]
+        assert node2["datapath"] == "python" and node2["extra_args"] == ["--resync-interval", "2"]
+        pod1, pod2 = topo["nodes"][0]["pods"][0], node2["pods"][0]
+        leases = sorted((l["subnet"], l["public_ip"]) for l in json.loads(
+            lab(state, prefix, "exec", "node1", "--", "overlayctl", "subnets", "--json").stdout))
+        log2 = state / "node2" / "overlayd.log"
+        assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d overlayd: ", line)
+                   for line in log2.read_text().splitlines())  # node logs carry timestamps
+
+        lab(state, prefix, "restart", "node2")
+        pid = json.loads(lab(state, prefix, "status", "--json").stdout)["nodes"][1]["pid"]
+        assert pid != node2["pid"] and not _running(node2["pid"])
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        assert b"--resync-interval" in cmdline and b"python" in cmdline  # same flags as at 'up'
+        assert log2.read_text().count("; ready") == 2
+
+        etcd_pid, etcd_port = topo["etcd"]["pid"], topo["etcd"]["port"]
+        lab(state, prefix, "stop", "etcd")
+        assert not _running(etcd_pid)
+        assert "etcd is stopped" in lab(state, prefix, "status").stdout
+        lab(state, prefix, "start", "etcd")
+        etcd = json.loads(lab(state, prefix, "status", "--json").stdout)["etcd"]
+        assert etcd["port"] == etcd_port and etcd["pid"] != etcd_pid
+        after = sorted((l["subnet"], l["public_ip"]) for l in json.loads(
+            lab(state, prefix, "exec", "node1", "--", "overlayctl", "subnets", "--json").stdout))
+        assert after == leases  # same data directory: the leases survived
+
+        lab(state, prefix, "pause", "etcd")
+        assert _state(etcd["pid"]) == "T"
+        lab(state, prefix, "resume", "etcd")
+        assert _state(etcd["pid"]) != "T"
+
+        lab(state, prefix, "kill", "node2")
+        assert not _running(pid)
+        assert (state / "node2" / "status.json").exists()  # left as a crash leaves it
+        assert json.loads(lab(state, prefix, "status", "--json").stdout)["nodes"][1]["pid"] is None
+        lab(state, prefix, "start", "node2")
+        assert _reaches(state, prefix, pod1["name"], pod2["ip"]) and _reaches(state, prefix, pod2["name"], pod1["ip"])
+
+        bad = lab(state, prefix, "stop", "node9", check=False)
+        assert bad.returncode == 1 and "no node 'node9'" in bad.stderr and "Traceback" not in bad.stderr
+        twice = lab(state, prefix, "start", "etcd", check=False)
+        assert twice.returncode == 1 and "etcd already runs" in twice.stderr
+
+        pids = [n["pid"] for n in json.loads(lab(state, prefix, "status", "--json").stdout)["nodes"]] + [etcd["pid"]]
+        lab(state, prefix, "down")
+        assert leftovers(prefix, pids, state) == []
     finally:
         if (state / "lab.json").exists():
             lab(state, prefix, "down", check=False)
