@@ -51,6 +51,7 @@ class DaemonOptions:
     lease_ttl: int = 24 * 3600
     ip_masq: bool = False
     node: NodeOptions = NodeOptions()
+    resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own
 
 
 class _Reporter:
@@ -96,13 +97,26 @@ async def retry_unavailable(fn, what: str, sleep=asyncio.sleep):
 
 async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: int,
                        ip_masq: bool) -> None:
-    """What every backend needs: forwarding, the cni0 bridge with .1, and the firewall rules."""
+    """What every backend needs: forwarding, the cni0 bridge with .1, and the firewall rules.
+
+    Idempotent, and writes only what differs (``nl.changes`` says what), so drift repair runs it again.
+    """
     sysctl.enable_forwarding()
     sysctl.set_rp_filter("all", 2)
     gateway = ipaddress.IPv4Interface(f"{lease.subnet.network_address + 1}/{lease.subnet.prefixlen}")
     await nl.ensure_bridge(BRIDGE, mtu=mtu)
     await nl.ensure_address(BRIDGE, gateway)
-    nft.apply(config.network, lease.subnet, masquerade=ip_masq)
+    repaired = await asyncio.to_thread(nft.ensure, config.network, lease.subnet, ip_masq)  # nft: a subprocess
+    if repaired:
+        nl.changes.append(repaired)
+
+
+async def repair_drift(backend: Backend, lease: Lease, ip_masq: bool) -> list[str]:
+    """Put back the kernel state this node owns where someone removed or changed it; what was repaired."""
+    async with Netlink() as nl:
+        await backend.reconcile(nl)
+        await prepare_node(nl, backend.config, lease, backend.mtu, ip_masq)
+        return nl.changes
 
 
 class Daemon:
@@ -179,6 +193,7 @@ class Daemon:
             asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),
             asyncio.create_task(backend.run(), name="dataplane"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._resync_loop(), name="resync"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -212,6 +227,21 @@ class Daemon:
         while True:
             self.write_status()
             await asyncio.sleep(STATUS_INTERVAL)
+
+    async def _resync_loop(self) -> None:
+        """Drift repair every ``resync_interval`` (flannel rechecks every 10 s): one line per
+        repair; a failed pass is logged (once per distinct error) and tried again next period."""
+        problem = _Reporter()
+        while True:
+            await asyncio.sleep(self.options.resync_interval)
+            try:
+                for change in await repair_drift(self.backend, self.lease, self.options.ip_masq):
+                    log.warning("repaired: %s", change)
+            except Exception as exc:  # this task must outlive any one failed pass, bugs included
+                problem(f"drift repair failed, retrying in {self.options.resync_interval:g}s: "
+                        f"{exc if isinstance(exc, OverlayError) else f'{type(exc).__name__}: {exc}'}")
+            else:
+                problem.last = None
 
     async def _peers_changed(self, batch) -> None:
         for lease in batch.ignored:

@@ -72,9 +72,12 @@ def _event_loop(ctx, param, value):
               help="UDP backend data path: the pure Python loop, or the C fast path (batched "
                    "recvmmsg/sendmmsg; VXLAN always uses Python). Default: c when it was built, "
                    "else python.")
+@click.option("--resync-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_envvar=True,
+              metavar="SECONDS", help="How often the kernel state overlayd owns (routes, devices, peers' "
+                                      "entries, cni0, nft table) is checked and repaired if changed.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, datapath, verbose):
+        event_loop, datapath, resync_interval, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -92,6 +95,7 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
+        resync_interval=resync_interval,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),
     )
     sys.exit(run(options))
