@@ -7,12 +7,21 @@ Why a thread for uvloop: uvloop cannot host pyroute2's netlink sockets
 keeps netlink and etcd on a standard asyncio loop and, when asked for uvloop,
 runs only the forwarding readers on a uvloop loop in a second thread. Peer
 table changes are handed to that loop with ``call_soon_threadsafe`` so the
-data plane never sees a half-applied batch.
+data plane never sees a half-applied batch. The thread reports how it ended
+through a future: a failure to start fails the data-plane task, and the loop
+ending by itself ends it (fatal to the daemon's supervisor), instead of
+leaving the daemon waiting forever.
+
+The encapsulation socket is bound in :meth:`UserspaceBackend.preflight`,
+before a lease is taken: a port held by something else (a kernel VXLAN
+device on 8472, another overlayd) stops the daemon before it leases a
+subnet or tells systemd it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -22,6 +31,7 @@ from ..dataplane.loop import DataPlane, Sender
 from ..dataplane.sockets import open_udp
 from ..encap.drops import Counters
 from ..encap.table import Peer, PeerTable
+from ..errors import PlumbingError
 from ..lease.watcher import Batch
 from .base import Backend
 
@@ -78,14 +88,19 @@ class UserspaceBackend(Backend):
     def stats(self) -> dict:
         return {"peers": len(self.table), **self.counters.snapshot()}
 
+    async def preflight(self) -> None:
+        """Bind the encapsulation socket (kept for :meth:`run`): a port in use fails here."""
+        if self.sock is None:
+            self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
+
     def _dataplane(self) -> DataPlane:
-        self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
         sender = Sender(self.sock, self.config.backend.port, self.counters)
         # only the UDP backend has a C twin; VXLAN stays on the Python loop
         cls = FastUdpDataPlane if self.options.datapath == "c" and self.type_name == "udp" else DataPlane
         return cls(self.dev_fd, self.sock, self.codec, sender, self.counters)
 
     async def run(self) -> None:
+        """Forward between the device (from :meth:`setup`) and the socket (from :meth:`preflight`)."""
         dp = self._dataplane()
         log.info("data plane: %s <-> udp %s:%d (%s data path, %s loop)", self.device,
                  self.underlay.public_ip, self.config.backend.port,
@@ -101,27 +116,37 @@ class UserspaceBackend(Backend):
         await self._run_on_uvloop(dp)
 
     async def _run_on_uvloop(self, dp: DataPlane) -> None:
+        """Run ``dp`` on a uvloop loop in its own thread until cancelled, or until the thread ends
+        (a failure there, e.g. ``dp.start`` raising, is raised here as a :class:`PlumbingError`)."""
         import uvloop
         loop = uvloop.new_event_loop()
         self._dp_loop = loop
-        ready = threading.Event()
+        ended: concurrent.futures.Future = concurrent.futures.Future()
 
         def thread_main():
-            asyncio.set_event_loop(loop)
-            dp.start(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            dp.stop()
-            loop.close()
+            try:
+                asyncio.set_event_loop(loop)
+                dp.start(loop)
+                try:
+                    loop.run_forever()
+                finally:
+                    dp.stop()
+            except Exception as exc:  # reported to the task below, which fails the daemon
+                ended.set_exception(exc)
+            else:
+                ended.set_result(None)
 
         thread = threading.Thread(target=thread_main, name="overlayd-dataplane", daemon=True)
         thread.start()
         try:
-            await asyncio.to_thread(ready.wait)
-            await asyncio.Future()
+            await asyncio.wrap_future(ended)
+        except Exception as exc:
+            raise PlumbingError(f"uvloop data-plane thread failed: {type(exc).__name__}: {exc}") from exc
         finally:
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, 5)
+            if not thread.is_alive():
+                loop.close()
             self._dp_loop = None
 
     async def close(self) -> None:

@@ -100,6 +100,30 @@ def subnets(obj, as_json):
     click.echo(render_table(rows, ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]))
 
 
+EXIT_NOT_RUNNING = 3  # overlayctl status: the daemon stopped (cleanly or on an error)
+EXIT_STALE = 4  # overlayctl status: the file says running but was not refreshed (killed, crashed, hung)
+STALE_INTERVALS = 5  # a running daemon's status older than this many refresh intervals is stale
+
+
+def status_verdict(data: dict, now: float) -> tuple[str, int]:
+    """The first line of ``overlayctl status`` for a status file's ``data``, and the exit status."""
+    updated, interval = data.get("updated"), data.get("interval", 2.0)
+    if not all(isinstance(x, (int, float)) and x >= 0 for x in (updated, interval)):
+        raise OverlayError("no valid 'updated' time or refresh 'interval'")
+    age = f"{max(now - updated, 0):.0f}s ago"
+    state = data.get("state", "running")  # files from before "state" existed were written while running
+    if state == "stopped":
+        return f"overlayd STOPPED {age} (clean stop); the figures below are from then", EXIT_NOT_RUNNING
+    if state == "failed":
+        return f"overlayd FAILED {age}: {data.get('error', '?')}", EXIT_NOT_RUNNING
+    if state != "running":
+        raise OverlayError(f"unknown state {state!r} in the status file")
+    if now - updated > STALE_INTERVALS * interval:
+        return (f"overlayd NOT RESPONDING: status last updated {age} (it is refreshed every "
+                f"{interval}s): killed, crashed or hung; the figures below are from then"), EXIT_STALE
+    return f"overlayd running, updated {age}", 0
+
+
 @cli.command()
 @click.option("--status-file", default="/run/overlayd/status.json", show_default=True,
               envvar="OVERLAYD_STATUS_FILE", type=click.Path(dir_okay=False),
@@ -107,7 +131,13 @@ def subnets(obj, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @one_line_errors(PROG)
 def status(status_file, as_json):
-    """Show the local node's lease, reachable peers and data-plane counters."""
+    """Show the local node's lease, reachable peers and data-plane counters.
+
+    Exit status: 0 running; 1 no readable status file; 3 overlayd stopped
+    (cleanly or on an error, which is shown); 4 the file says running but
+    has not been refreshed for 5 of its intervals (killed, crashed or hung).
+    With --json the exit status is the same.
+    """
     try:
         with open(status_file, encoding="utf-8") as f:
             data = json.load(f)
@@ -117,15 +147,20 @@ def status(status_file, as_json):
         raise OverlayError(f"cannot read {status_file}: {exc}") from None
     if not isinstance(data, dict) or not {"subnet", "public_ip", "backend", "mtu", "peers"} <= data.keys():
         raise OverlayError(f"{status_file} is not an overlayd status file")
+    try:
+        verdict, code = status_verdict(data, time.time())
+    except OverlayError as exc:
+        raise OverlayError(f"{status_file}: {exc}") from None
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return
-    age = time.time() - data.get("updated", 0)
-    click.echo(f"subnet {data['subnet']} on {data['public_ip']}, backend {data['backend']} "
-               f"({data.get('device') or 'kernel'}, MTU {data['mtu']}), updated {age:.0f}s ago")
-    click.echo(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}")
-    for name, value in sorted(data.get("stats", {}).items()):
-        click.echo(f"  {name:<28} {value}")
+    else:
+        click.echo(verdict)
+        click.echo(f"subnet {data['subnet']} on {data['public_ip']}, backend {data['backend']} "
+                   f"({data.get('device') or 'kernel'}, MTU {data['mtu']})")
+        click.echo(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}")
+        for name, value in sorted(data.get("stats", {}).items()):
+            click.echo(f"  {name:<28} {value}")
+    sys.exit(code)
 
 
 @cli.group()

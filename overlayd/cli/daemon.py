@@ -84,6 +84,11 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     and the route to the pod network, writes SUBNET_FILE, and forwards pod
     traffic to the other nodes until stopped. Every flag can also be given as
     an OVERLAYD_* environment variable (e.g. OVERLAYD_ETCD_ENDPOINTS).
+
+    Signals: SIGTERM or SIGINT stops cleanly (exit status 0; the lease is
+    kept for the next start); a second one while stopping exits at once
+    (status 143 or 130); SIGHUP is logged and ignored. Exit status 1: a
+    fatal error, logged as one line.
     """
     try:
         parse_endpoints(etcd_endpoints)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 from ..errors import PlumbingError
@@ -18,11 +20,13 @@ def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
     ``no_check`` sets SO_NO_CHECK so datagrams leave with UDP checksum 0, as
     the design asks (the inner packet has its own checksums). Note the kernel
     then refuses UDP GSO on this socket (EINVAL), so batching must use
-    sendmmsg rather than UDP_SEGMENT.
+    sendmmsg rather than UDP_SEGMENT. No SO_REUSEADDR: UDP has no TIME_WAIT
+    to skip, and with it a second overlayd (or anything else asking for
+    reuse) could silently share the port. A port in use is a
+    :class:`PlumbingError` naming what holds it, when that can be found.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if no_check:
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
@@ -34,6 +38,52 @@ def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        hint = " (a kernel VXLAN device on this node may hold it)" if exc.errno == 98 else ""
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = f" (held by {udp_port_holder(port)}; stop it or pick another Backend.Port)"
         raise PlumbingError(f"cannot open UDP {bind_ip}:{port}: {exc.strerror}{hint}") from None
     return sock
+
+
+def udp_port_holder(port: int) -> str:
+    """Who holds IPv4 UDP ``port`` in this network namespace, as words for an error message.
+
+    Reads ``/proc/net/udp`` and ``udp6`` (a dual-stack socket on ``[::]``
+    holds the IPv4 port too) for the port's socket inodes, then looks for a
+    process with one of them open. A socket no process holds belongs to the
+    kernel: on an overlay node, most likely a VXLAN device on that port.
+    """
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except (OSError, IndexError, ValueError):
+            continue
+    if not inodes:
+        return "something this process cannot see"
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        if any(_readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in _listdir(f"/proc/{pid}/fd")):
+            try:
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+                    return f"process {pid} ({f.read().strip()})"
+            except OSError:
+                return f"process {pid}"
+    return "the kernel, not a process: a VXLAN device on that port? ('ip -d link show type vxlan')"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:  # the process is gone, or not ours to read
+        return []
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile (our own listdir's fd, for one)
+        return ""

@@ -1,6 +1,7 @@
 """The CLIs through click's CliRunner: no daemon, no root; etcd is unreachable on purpose."""
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -85,18 +86,22 @@ def test_help_explains(cmd, words):
         assert w in result.output
 
 
+STATUS = {
+    "state": "running", "subnet": "10.244.3.0/24", "public_ip": "198.18.0.11", "backend": "udp",
+    "device": "tun0", "mtu": 1472, "peers": ["10.244.7.0/24"],
+    "stats": {"drop_no_lease": 3, "tx_packets": 10}, "interval": 2.0}
+
+
 def test_overlayctl_status_reads_the_daemon_status_file(tmp_path):
     path = tmp_path / "status.json"
     runner = CliRunner()
     missing = runner.invoke(ctl, ["status", "--status-file", str(path)])
     assert missing.exit_code == 1 and "is overlayd running" in missing.output
     assert "Traceback" not in missing.output
-    path.write_text(json.dumps({
-        "subnet": "10.244.3.0/24", "public_ip": "198.18.0.11", "backend": "udp", "device": "tun0",
-        "mtu": 1472, "peers": ["10.244.7.0/24"], "stats": {"drop_no_lease": 3, "tx_packets": 10},
-        "updated": 0}))
+    path.write_text(json.dumps({**STATUS, "updated": time.time()}))
     shown = runner.invoke(ctl, ["status", "--status-file", str(path)])
     assert shown.exit_code == 0
+    assert shown.output.startswith("overlayd running, updated ")
     assert "subnet 10.244.3.0/24 on 198.18.0.11, backend udp (tun0, MTU 1472)" in shown.output
     assert "peers (1): 10.244.7.0/24" in shown.output and "drop_no_lease" in shown.output
     as_json = runner.invoke(ctl, ["status", "--json"], env={"OVERLAYD_STATUS_FILE": str(path)})
@@ -107,3 +112,27 @@ def test_overlayctl_status_reads_the_daemon_status_file(tmp_path):
     path.write_text("{broken")
     broken = runner.invoke(ctl, ["status", "--status-file", str(path)])
     assert broken.exit_code == 1 and "cannot read" in broken.output
+
+
+@pytest.mark.parametrize("age, change, code, first_line", [
+    (60, {"state": "stopped"}, 3, "overlayd STOPPED 60s ago (clean stop)"),
+    (0, {"state": "failed", "error": "cannot open UDP 198.18.0.11:8472: Address already in use"}, 3,
+     "overlayd FAILED 0s ago: cannot open UDP 198.18.0.11:8472"),
+    (11, {}, 4, "overlayd NOT RESPONDING: status last updated 11s ago"),  # SIGKILL: no longer refreshed
+    (8, {}, 0, "overlayd running, updated 8s ago"),  # within 5 refresh intervals
+    (0, {"state": None}, 1, "unknown state None"),
+    (0, {"updated": "yesterday"}, 1, "no valid 'updated' time"),
+])
+def test_overlayctl_status_tells_stopped_and_stale_from_running(tmp_path, age, change, code, first_line):
+    path = tmp_path / "status.json"
+    path.write_text(json.dumps({**STATUS, "updated": time.time() - age - 0.2, **change}))
+    shown = CliRunner().invoke(ctl, ["status", "--status-file", str(path)])
+    assert shown.exit_code == code, shown.output
+    assert first_line in shown.output.splitlines()[0], shown.output
+    as_json = CliRunner().invoke(ctl, ["status", "--json", "--status-file", str(path)])
+    assert as_json.exit_code == code, as_json.output  # scripts get the same verdict
+
+
+def test_overlayctl_status_help_documents_exit_codes():
+    result = run(ctl, ["status", "--help"])
+    assert "3 overlayd stopped" in result.output and "4 the file says running" in result.output
