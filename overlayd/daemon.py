@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import signal
 import time
 
@@ -36,6 +37,7 @@ log = logging.getLogger("overlayd")
 
 BRIDGE = "cni0"
 STATUS_INTERVAL = 2.0  # seconds between status-file refreshes (also written on every peer change)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,34 +132,58 @@ class Daemon:
         self._status_problem = _Reporter()
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1)."""
+        """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
+
+        A second SIGTERM/SIGINT while stopping exits at once with 128 + its
+        number (143, 130), skipping the rest of the cleanup. SIGHUP is logged
+        and ignored: there is no config file to reload and logs go to stderr.
+        On the way out the status file (if this run wrote one) says
+        ``stopped`` or ``failed``, so ``overlayctl status`` stops reporting
+        the node as running.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._stop_requested, sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: nothing to reload "
+                                "(the network config lives in etcd, logs go to stderr)")
         main = asyncio.create_task(self._main())
         stopper = asyncio.create_task(stop.wait())
+        error = None
         try:
             await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if main.done():
                 main.result()  # raises the failure
                 return 0
-            log.info("stopping (the lease is kept for the next start)")
             sdnotify.notify("STOPPING=1")
             return 0
         except OverlayError as exc:
-            log.error("%s", exc)
+            error = str(exc)
+            log.error("%s", error)
             return 1
         except Exception as exc:  # a bug, not a user mistake: one line, the traceback with -v
-            log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            log.error("%s", error, exc_info=log.isEnabledFor(logging.DEBUG))
             return 1
         finally:
             for task in (main, stopper):
                 task.cancel()
             await asyncio.gather(main, stopper, return_exceptions=True)
+            if self.lease is not None:  # this run has a status file: say it no longer runs
+                self.write_status("failed" if error else "stopped", error)
             if self.backend is not None:
                 await self.backend.close()
             await self.store.close()
+            for sig in (*STOP_SIGNALS, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _stop_requested(self, sig: signal.Signals, stop: asyncio.Event) -> None:
+        """The first SIGTERM/SIGINT: stop cleanly; from now on the next one exits at once."""
+        held = f"the lease on {self.lease.subnet} is kept for the next start" if self.lease else "no lease is held"
+        log.info("%s: stopping; %s (%s again exits at once)", sig.name, held, sig.name)
+        stop.set()
+        for each in STOP_SIGNALS:  # a plain handler: runs even while the loop is blocked in cleanup
+            signal.signal(each, _exit_now)
 
     async def _main(self) -> None:
         opts = self.options
@@ -207,15 +233,22 @@ class Daemon:
     def _renewed(self, lease: Lease) -> None:
         self.lease = lease
 
-    def write_status(self) -> None:
-        """Write the node's view (lease, reachable peers, data-plane counters) as JSON."""
+    def write_status(self, state: str = "running", error: str | None = None) -> None:
+        """Write the node's view (lease, reachable peers, data-plane counters) as JSON.
+
+        ``state`` is ``running`` (refreshed every ``interval`` seconds: an
+        older ``updated`` means the daemon died or hangs), ``stopped`` or
+        ``failed`` (with ``error``), written once on the way out.
+        """
         backend, lease = self.backend, self.lease
         status = {
-            "subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
+            "state": state, "subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
             "backend": backend.type_name, "device": getattr(backend, "device", None),
             "mtu": backend.mtu, "peers": backend.peer_subnets(), "stats": backend.stats(),
-            "updated": time.time(),
+            "updated": time.time(), "interval": STATUS_INTERVAL,
         }
+        if error is not None:
+            status["error"] = error
         try:
             write_atomic(self.options.status_file, json.dumps(status, indent=2) + "\n")
         except OSError as exc:
@@ -253,6 +286,12 @@ class Daemon:
             log.info("peer: %s on %s (%s)", lease.subnet, lease.public_ip, lease.attrs.backend_type)
         await self.backend.apply(batch)
         self.write_status()
+
+
+def _exit_now(signum: int, _frame) -> None:
+    """A second SIGTERM/SIGINT while stopping: exit at once with 128 + the signal's number."""
+    log.warning("%s again while stopping: exiting now (status %d)", signal.Signals(signum).name, 128 + signum)
+    os._exit(128 + signum)
 
 
 def run(options: DaemonOptions) -> int:
