@@ -167,13 +167,12 @@ def _addr_field(obj: dict, key: str) -> ipaddress.IPv4Address | None:
     if key not in obj:
         return None
     value = obj[key]
-    try:
-        if not isinstance(value, str):
-            raise TypeError(key)
-        return ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{key}: not an IPv4 address string such as \"10.244.1.0\": {_show(value)}") from None
+    if isinstance(value, str):  # ipaddress would also take an int or 4 bytes
+        try:
+            return ipaddress.IPv4Address(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: not an IPv4 address string such as \"10.244.1.0\": {_show(value)}")
 
 
 def _network_field(value: Any) -> ipaddress.IPv4Network:
