@@ -19,14 +19,16 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 
 from . import sdnotify, subnetenv
 from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
-from .errors import ConfigError, OverlayError, StoreUnavailable
+from .errors import ConfigError, OverlayError, StoreUnavailable, TaskDied
+from .lease.connectivity import Backoff, Connectivity
 from .lease.etcd import EtcdStore
-from .lease.manager import Backoff, LeaseManager, follow_peers
+from .lease.manager import LeaseManager, follow_peers
 from .lease.model import Lease, config_key
 from .lease.watcher import LeaseWatcher
 from .netconf import NetworkConfig, parse_config
@@ -121,12 +123,40 @@ async def repair_drift(backend: Backend, lease: Lease, ip_masq: bool) -> list[st
         return nl.changes
 
 
+async def supervise(jobs: dict[str, Awaitable[None]]) -> None:
+    """Run the daemon's long-lived loops until one of them ends, which is fatal.
+
+    Every loop is meant to run until the daemon stops: one that returns, is
+    cancelled by something other than our own shutdown, or raises, takes the
+    daemon down with a one-line error naming it, so systemd restarts the
+    daemon instead of leaving a node whose renewals or watch died silently.
+    """
+    tasks = {asyncio.create_task(job, name=name): name for name, job in jobs.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        task = next(iter(done))
+        name = tasks[task]
+        if task.cancelled():
+            raise TaskDied(f"{name} task was cancelled unexpectedly")
+        exc = task.exception()
+        if isinstance(exc, OverlayError):
+            raise exc
+        if exc is not None:
+            raise TaskDied(f"{name} task failed: {type(exc).__name__}: {exc}") from exc
+        raise TaskDied(f"{name} task ended unexpectedly")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Daemon:
     """One overlayd process on one node."""
 
     def __init__(self, options: DaemonOptions):
         self.options = options
         self.store = EtcdStore(options.etcd_endpoints, options.etcd_prefix)
+        self.connectivity = Connectivity(self.store.probe)
         self.backend: Backend | None = None
         self.lease: Lease | None = None
         self._status_problem = _Reporter()
@@ -214,21 +244,15 @@ class Daemon:
         sdnotify.notify(f"READY=1\nSTATUS=leased {lease.subnet}")
 
         watcher = LeaseWatcher(own_subnet=lease.subnet, config=config)
-        tasks = [
-            asyncio.create_task(manager.keep_renewed(lease, self._renewed), name="renew"),
-            asyncio.create_task(follow_peers(self.store, watcher, self._peers_changed), name="watch"),
-            asyncio.create_task(backend.run(), name="dataplane"),
-            asyncio.create_task(self._status_loop(), name="status"),
-            asyncio.create_task(self._resync_loop(), name="resync"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await supervise({
+            "etcd probe": self.connectivity.run(),
+            "lease renewal": manager.keep_renewed(lease, self.connectivity, self._renewed),
+            "peer watch": follow_peers(self.store, watcher, self._peers_changed, self.connectivity,
+                                       on_own=manager.own_key_seen),
+            "data plane": backend.run(),
+            "status file": self._status_loop(),
+            "resync": self._resync_loop(),
+        })
 
     def _renewed(self, lease: Lease) -> None:
         self.lease = lease

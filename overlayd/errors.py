@@ -30,6 +30,10 @@ class WatchReset(StoreError):
     """A watch cannot be resumed from its revision: re-list and start over."""
 
 
+class TaskDied(OverlayError):
+    """One of the daemon's long-running loops ended: the daemon exits for a restart."""
+
+
 class PlumbingError(OverlayError):
     """A netlink, tun/tap or sysctl operation failed."""
 

@@ -10,6 +10,7 @@ plane, if it has one (``run``), and puts back what an operator removed
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 import ipaddress
 from typing import TYPE_CHECKING
@@ -77,7 +78,9 @@ class Backend(abc.ABC):
         """Peers appeared, changed or left."""
 
     async def run(self) -> None:
-        """The data plane, until cancelled. Kernel-only backends have none."""
+        """The data plane, until cancelled. Kernel-only backends have none: they idle
+        here, since the daemon treats any of its loops ending as fatal."""
+        await asyncio.Future()
 
     async def reconcile(self, nl: "Netlink") -> None:
         """Drift repair, called every resync period after :meth:`setup`: put back the kernel

@@ -12,6 +12,7 @@ import click
 
 from ..errors import ConfigError, OverlayError
 from ..lease.etcd import EtcdStore
+from ..lease.model import LeaseAttrs
 from ..netconf import parse_config
 from .common import etcd_options, one_line_errors
 
@@ -87,6 +88,7 @@ def subnets(obj, as_json):
             "vtep_mac": data.get("VtepMAC"),
             "vni": data.get("VNI"),
             "ttl_seconds": None if lease.expiration is None else int(lease.time_left(now)),
+            "reserved": lease.handle == 0,
             "local": lease.public_ip in mine,
         })
     if as_json:
@@ -96,7 +98,8 @@ def subnets(obj, as_json):
         click.echo("no subnet leases")
         return
     rows = [[r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
-             _fmt_ttl(r["ttl_seconds"]), "*" if r["local"] else ""] for r in records]
+             "reserved" if r["reserved"] else _fmt_ttl(r["ttl_seconds"]), "*" if r["local"] else ""]
+            for r in records]
     click.echo(render_table(rows, ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]))
 
 
@@ -193,6 +196,72 @@ def config_set(obj, source):
     _run(lambda s: s.put_config(raw), obj)
     click.echo(f"config stored: Network {cfg.network}, /{cfg.subnet_len} subnets "
                f"{cfg.subnet_min} - {cfg.subnet_max}, backend {cfg.backend.type}", err=True)
+
+
+def _subnet(ctx, param, value):
+    try:
+        return ipaddress.IPv4Network(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
+
+
+def _address(ctx, param, value):
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+
+
+@cli.group()
+def lease():
+    """Reserve or release subnet leases.
+
+    A reservation is a lease without a TTL: the subnet stays with the node
+    whose public IP it names (that node reuses it on every start, without a
+    TTL), and no other node is ever given it, even while that node is down.
+    """
+
+
+@lease.command("reserve")
+@click.argument("subnet", callback=_subnet)
+@click.option("--public-ip", required=True, metavar="IP", callback=_address,
+              help="The public IP of the node the subnet is reserved for.")
+@click.pass_obj
+@one_line_errors(PROG)
+def lease_reserve(obj, subnet, public_ip):
+    """Reserve SUBNET for the node with --public-ip.
+
+    SUBNET is one the network config hands out, like 10.244.3.0/24. A live
+    lease of that node is converted in place (the node keeps running); a
+    subnet leased by another node is refused.
+    """
+    async def reserve(store):
+        raw = await store.get_config()
+        if raw is None:
+            raise ConfigError(f"no network config at {obj['prefix']}/config (write one first)")
+        cfg = parse_config(raw)
+        if not cfg.contains_subnet(subnet):
+            raise ConfigError(f"{subnet} is not a /{cfg.subnet_len} between SubnetMin {cfg.subnet_min} "
+                              f"and SubnetMax {cfg.subnet_max}")
+        return await store.reserve(subnet, LeaseAttrs(public_ip, cfg.backend.type))
+    _run(reserve, obj)
+    click.echo(f"reserved {subnet} for {public_ip} (no TTL)", err=True)
+
+
+@lease.command("release")
+@click.argument("subnet", callback=_subnet)
+@click.option("--ttl", type=click.IntRange(2, 7 * 24 * 3600), default=24 * 3600, show_default=True,
+              help="Seconds the lease lives on unless its node renews it.")
+@click.pass_obj
+@one_line_errors(PROG)
+def lease_release(obj, subnet, ttl):
+    """Turn the reservation of SUBNET back into an ordinary lease with a TTL.
+
+    A running node takes it over and renews it; if the node is gone, the
+    subnet becomes free when the TTL runs out.
+    """
+    released = _run(lambda s: s.release(subnet, ttl), obj)
+    click.echo(f"released {subnet} ({released.public_ip}): an ordinary lease again, TTL {ttl}s", err=True)
 
 
 def main() -> None:

@@ -1,12 +1,23 @@
-"""Lease policy: acquire a subnet, keep it renewed, follow the peers.
+"""Lease policy: acquire a subnet, keep it renewed and ours, follow the peers.
 
 Separated from the stores (flannel's manager/registry split) so that the same
 policy runs against etcd and against the in-memory store in unit tests. Time
 enters only through the ``clock`` and ``sleep`` callables.
 
-Acquisition order (flannel's): a lease that already carries our public IP,
-then the subnet recorded in our subnet file, then a random free subnet. A lost
-create race re-lists and tries again (flannel gives up there: a known bug).
+Acquisition order (flannel's): a lease that already carries our public IP (a
+reservation first: a key an operator wrote without a TTL), then the subnet
+recorded in our subnet file if nothing overlaps it, then a random free
+subnet. A lost create race re-lists and tries again (flannel gives up there:
+a known bug).
+
+Keeping the lease: the renew loop sleeps until the renewal is due, but wakes
+at once when the peer watch sees our own key deleted or rewritten (flannel's
+MonitorLease) and when etcd answers again after an outage (etcd may have
+restarted and be counting our TTL down). Each wake-up renews and checks that
+the key is still bound to our etcd lease; if it is not, the node re-acquires
+*its own* subnet, and only that one: a node whose subnet went to another node
+must restart (its pods are numbered from it), and it never takes a second
+subnet on the way.
 """
 
 from __future__ import annotations
@@ -18,9 +29,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ..errors import LeaseError, StoreUnavailable, WatchReset
+from ..errors import LeaseError, StoreError, StoreUnavailable, WatchReset
 from ..netconf import NetworkConfig
-from .allocator import choose_subnet
+from .allocator import choose_subnet, is_free
+from .connectivity import Backoff, Connectivity, sleep_or
 from .model import Lease, LeaseAttrs
 from .store import Store
 from .watcher import Batch, LeaseWatcher
@@ -29,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600
 MAX_RENEW_MARGIN = 3600
+RESERVATION_CHECK = 600  # seconds between checks that a reservation (no TTL) is still ours
 
 
 def renew_margin(ttl: float) -> float:
@@ -36,23 +49,8 @@ def renew_margin(ttl: float) -> float:
     return min(MAX_RENEW_MARGIN, ttl / 3)
 
 
-class Backoff:
-    """Exponential backoff with a cap: 0.5 s, 1 s, 2 s ... ``cap``; ``reset()`` after success."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0):
-        self.first, self.cap = first, cap
-        self._next = first
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
 class LeaseManager:
-    """Acquires and renews this node's lease in a :class:`Store`."""
+    """Acquires, renews and guards this node's lease in a :class:`Store`."""
 
     def __init__(self, store: Store, config: NetworkConfig, attrs: LeaseAttrs,
                  ttl: int = DEFAULT_TTL, hint: ipaddress.IPv4Network | None = None,
@@ -67,29 +65,41 @@ class LeaseManager:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.lease: Lease | None = None  # the lease we hold, once acquired
+        self.wake = asyncio.Event()  # set: verify the lease now (own key changed, etcd back)
 
-    async def acquire(self) -> Lease:
+    async def acquire(self, only: ipaddress.IPv4Network | None = None) -> Lease:
         """Lease a subnet: ours from before if we have one, else a free one.
 
-        Raises :class:`NetworkFullError` when no subnet is free, and
-        :class:`StoreUnavailable` when etcd cannot be reached.
+        With ``only``, take that subnet or nothing: :class:`LeaseError` when
+        another node holds it. Raises :class:`NetworkFullError` when no
+        subnet is free, and :class:`StoreUnavailable` when etcd cannot be
+        reached.
         """
         attempts = 0
         lost: set[ipaddress.IPv4Network] = set()  # subnets whose create lost: taken, listed or not
         while True:
             attempts += 1
             leases, _ = await self.store.list_leases()
-            lease, tried = await self._try_once(leases, lost)
+            lease, tried = await self._try_once(leases, lost, only)
             if lease is not None:
                 if attempts > 1:
                     log.info("acquired %s after %d attempts (lost races)", lease.subnet, attempts)
+                self.lease = lease
                 return lease
             lost.add(tried)
             log.debug("lease attempt %d on %s lost a race; re-listing", attempts, tried)
             if attempts > 3:  # many nodes racing: spread them out
                 await self.sleep(min(1.0, 0.05 * attempts) * self.rng.random())
 
-    async def _try_once(self, leases: list[Lease], lost: set[ipaddress.IPv4Network]
+    def _mine(self, leases: list[Lease]) -> list[Lease]:
+        """Leases that carry our public IP, reservations first."""
+        mine = [l for l in leases
+                if l.public_ip == self.attrs.public_ip and self.config.contains_subnet(l.subnet)]
+        return sorted(mine, key=lambda l: l.handle != 0)
+
+    async def _try_once(self, leases: list[Lease], lost: set[ipaddress.IPv4Network],
+                        only: ipaddress.IPv4Network | None
                         ) -> tuple[Lease | None, ipaddress.IPv4Network]:
         """One attempt: (the lease, or None if the create lost a race; the subnet tried).
 
@@ -97,77 +107,101 @@ class LeaseManager:
         the listing does not show it (a key whose value does not decode), so
         we never retry it forever.
         """
-        mine = [l for l in leases
-                if l.public_ip == self.attrs.public_ip and self.config.contains_subnet(l.subnet)]
-        mine = [l for l in mine if l.subnet not in lost]
+        mine = [l for l in self._mine(leases) if l.subnet not in lost]
+        if only is not None:
+            mine = [l for l in mine if l.subnet == only]
         if mine:
-            log.info("reusing our lease on %s", mine[0].subnet)
-            return await self.store.update_lease(mine[0], self.attrs, self.ttl), mine[0].subnet
-        taken = {l.subnet for l in leases} | lost
-        if self.hint is not None and self.config.contains_subnet(self.hint) and self.hint not in taken:
+            lease = mine[0]
+            kind = "reservation" if lease.handle == 0 else "lease"
+            log.info("reusing our %s on %s", kind, lease.subnet)
+            return await self.store.update_lease(lease, self.attrs, self.ttl), lease.subnet
+        taken = [l.subnet for l in leases] + list(lost)
+        if only is not None:
+            if not is_free(self.config, taken, only):
+                holder = next((str(l.public_ip) for l in leases if l.subnet.overlaps(only)), "another node")
+                raise LeaseError(f"subnet {only} is now held by {holder}")
+            # our own key overwritten with garbage is still ours to take back
+            return await self.store.create_lease(only, self.attrs, self.ttl, reclaim_invalid=True), only
+        if self.hint is not None and is_free(self.config, taken, self.hint):
             log.info("reclaiming %s from the subnet file", self.hint)
             return await self.store.create_lease(self.hint, self.attrs, self.ttl), self.hint
         subnet = choose_subnet(self.config, taken, self.rng)
         return await self.store.create_lease(subnet, self.attrs, self.ttl), subnet
 
     def renew_delay(self, lease: Lease) -> float:
-        """Seconds to wait before renewing ``lease``."""
+        """Seconds to wait before renewing ``lease`` (checking it, for a reservation)."""
         if lease.expiration is None:
-            return float(self.ttl)
+            return float(min(self.ttl, RESERVATION_CHECK))
         return max(0.0, lease.expiration - renew_margin(self.ttl) - self.clock())
 
-    async def keep_renewed(self, lease: Lease, on_renew: Callable[[Lease], None] | None = None) -> None:
-        """Renew ``lease`` before it expires, forever.
+    def own_key_seen(self, seen: Lease | None) -> None:
+        """The peer watch saw our key (``None``: absent or not a lease): check it at once
+        unless it is exactly the lease we hold."""
+        held = self.lease
+        if held is None:
+            return
+        if seen is None or seen.handle != held.handle or seen.attrs != held.attrs:
+            self.wake.set()
 
-        If etcd is unreachable it retries with backoff until the lease would
-        have expired. If the lease is gone (expired, or deleted by an
-        operator) it re-acquires, insisting on the same subnet; a node that
-        cannot get its own subnet back raises :class:`LeaseError` (the data
-        plane is configured for it: the daemon must restart).
+    async def keep_renewed(self, lease: Lease, connectivity: Connectivity,
+                           on_renew: Callable[[Lease], None] | None = None) -> None:
+        """Renew ``lease`` before it expires, forever; see the module note.
+
+        While etcd is unreachable it waits for ``connectivity`` (whose
+        ``run()`` must be running) and renews the moment etcd answers. A node
+        that cannot get its own subnet back raises :class:`LeaseError` (the
+        data plane is configured for it: the daemon must restart).
         """
-        backoff = Backoff()
+        self.lease = lease
+        connectivity.notify_on_return(self.wake)
         while True:
-            await self.sleep(self.renew_delay(lease))
+            woken = await sleep_or(self.wake, self.renew_delay(lease), self.sleep)
+            self.wake.clear()
             try:
-                lease = await self.store.renew_lease(lease)
-                backoff.reset()
-                log.debug("renewed %s, expires in %.0fs", lease.subnet, lease.expiration - self.clock())
+                renewed = await self.store.renew_lease(lease)
             except StoreUnavailable as exc:
-                log.warning("cannot renew lease on %s: %s", lease.subnet, exc)
-                await self.sleep(backoff.next())
+                connectivity.failed(exc)
+                await connectivity.wait_up()
+                self.wake.set()  # renew the moment etcd answers
                 continue
             except LeaseError as exc:
                 log.warning("%s; re-acquiring %s", exc, lease.subnet)
-                lease = await self._reacquire(lease.subnet)
+                renewed = await self._reacquire(lease.subnet, connectivity)
+                log.warning("lease on %s is ours again", renewed.subnet)
+            if woken and renewed.expiration is not None:
+                log.debug("renewed %s early (woken), expires in %.0fs", renewed.subnet,
+                          renewed.expiration - self.clock())
+            lease = self.lease = renewed
             if on_renew is not None:
                 on_renew(lease)
 
-    async def _reacquire(self, subnet: ipaddress.IPv4Network) -> Lease:
-        self.hint = subnet
-        backoff = Backoff()
+    async def _reacquire(self, subnet: ipaddress.IPv4Network, connectivity: Connectivity) -> Lease:
         while True:  # etcd tends to flap exactly when leases expire: outlast it
             try:
-                lease = await self.acquire()
-                break
+                return await self.acquire(only=subnet)
             except StoreUnavailable as exc:
-                log.warning("cannot re-acquire %s: %s", subnet, exc)
-                await self.sleep(backoff.next())
-        if lease.subnet != subnet:
-            raise LeaseError(f"lost subnet {subnet} to another node (got {lease.subnet}); restarting")
-        return lease
+                connectivity.failed(exc)
+                await connectivity.wait_up()
+            except LeaseError as exc:
+                raise LeaseError(f"lost subnet {subnet}: {exc}; restarting") from None
 
 
 async def follow_peers(store: Store, watcher: LeaseWatcher,
                        on_batch: Callable[[Batch], Awaitable[None] | None],
+                       connectivity: Connectivity,
+                       on_own: Callable[[Lease | None], None] | None = None,
                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Keep ``watcher``'s peer table in step with the store, forever.
 
     List, apply the difference, watch from the listing's revision; when the
     watch breaks (etcd restart, compaction, an etcd restored from an older
-    data dir whose revision went backwards), list again and apply only the
-    difference, so no peer is lost or reported twice.
+    data dir whose revision went backwards), wait until etcd answers, list
+    again and apply only the difference, so no peer is lost or reported
+    twice. ``on_own`` gets our own key whenever a listing or an event shows
+    it (None when it is absent or no longer decodes).
     """
-    backoff = Backoff()
+    own = watcher.own_subnet
+    backoff = Backoff(first=0.1, cap=5.0)
     while True:
         try:
             leases, revision = await store.list_leases()
@@ -175,13 +209,23 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
                 log.warning("etcd revision went backwards (%d -> %d): etcd restored from "
                             "an older state? resynchronising the peer table",
                             watcher.revision, revision)
+            if on_own is not None:
+                on_own(next((l for l in leases if l.subnet == own), None))
             await _deliver(on_batch, watcher.reset(leases, revision))
             backoff.reset()
             async for events in store.watch_leases(revision):
+                if on_own is not None:
+                    for ev in events:
+                        if ev.subnet == own:
+                            on_own(ev.lease)
                 await _deliver(on_batch, watcher.apply(events))
-        except (StoreUnavailable, WatchReset) as exc:
+        except StoreUnavailable as exc:
+            connectivity.failed(exc)
+            await connectivity.wait_up()
+            log.info("peer watch resumes (%s)", exc)
+        except (WatchReset, StoreError) as exc:
             delay = backoff.next()
-            log.warning("peer watch interrupted (%s); re-listing in %.1fs", exc, delay)
+            log.warning("peer watch reset (%s); re-listing in %.1fs", exc, delay)
             await sleep(delay)
 
 

@@ -41,6 +41,9 @@ class MemoryStore:
         async with self._changed:
             self._changed.notify_all()
 
+    async def probe(self) -> None:
+        self._check()
+
     async def get_config(self) -> bytes | None:
         self._check()
         return self._config
@@ -54,17 +57,21 @@ class MemoryStore:
         self._check()
         return sorted(self._leases.values(), key=lambda l: l.subnet), self.revision
 
-    async def _put(self, subnet, attrs: LeaseAttrs, ttl: int) -> Lease:
+    async def _put(self, subnet, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        """Write a lease; ``ttl`` None writes a reservation (no TTL, handle 0)."""
         self.revision += 1
-        handle = next(self._ids)
-        self._ttls[handle] = ttl
-        lease = Lease(subnet, attrs, self._clock() + ttl, handle, self.revision)
+        if ttl is None:
+            lease = Lease(subnet, attrs, None, 0, self.revision)
+        else:
+            handle = next(self._ids)
+            self._ttls[handle] = ttl
+            lease = Lease(subnet, attrs, self._clock() + ttl, handle, self.revision)
         self._leases[subnet] = lease
         await self._record(LeaseEvent(subnet, lease, self.revision))
         return lease
 
-    async def create_lease(self, subnet, attrs, ttl):
-        self._check()
+    async def create_lease(self, subnet, attrs, ttl, reclaim_invalid=False):
+        self._check()  # (nothing here is ever garbled: reclaim_invalid has nothing to do)
         if subnet in self._leases:
             return None
         return await self._put(subnet, attrs, ttl)
@@ -74,15 +81,22 @@ class MemoryStore:
         current = self._leases.get(lease.subnet)
         if current is None or current.revision != lease.revision:
             return None
-        return await self._put(lease.subnet, attrs, ttl)
+        return await self._put(lease.subnet, attrs, None if lease.handle == 0 else ttl)
+
+    async def reserve(self, subnet, attrs: LeaseAttrs) -> Lease:
+        """Write a reservation (a lease key without TTL), as an operator would."""
+        self._check()
+        return await self._put(subnet, attrs, None)
 
     async def renew_lease(self, lease):
         self._check()
         current = self._leases.get(lease.subnet)
         if current is None:
             raise LeaseError(f"lease on {lease.subnet} has expired or was deleted")
-        if current.handle != lease.handle:
+        if current.handle != lease.handle or current.public_ip != lease.public_ip:
             raise LeaseError(f"lease key for {lease.subnet} was rewritten by someone else")
+        if lease.handle == 0:
+            return current  # a reservation: nothing to extend
         renewed = Lease(
             current.subnet, current.attrs, self._clock() + self._ttls[lease.handle],
             current.handle, current.revision,

@@ -19,6 +19,9 @@ from .watcher import LeaseEvent
 class Store(Protocol):
     """Async access to the network config and the subnet leases."""
 
+    async def probe(self) -> None:
+        """One cheap request; :class:`StoreUnavailable` if the store does not answer."""
+
     async def get_config(self) -> bytes | None:
         """The raw config JSON, or None when no config has been written."""
 
@@ -29,18 +32,29 @@ class Store(Protocol):
         """Every lease that decodes, and the store revision of the listing."""
 
     async def create_lease(
-        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+        reclaim_invalid: bool = False,
     ) -> Lease | None:
-        """Create the lease atomically if nobody holds ``subnet``; None if somebody does."""
+        """Create the lease atomically if nobody holds ``subnet``; None if somebody does.
+
+        ``ttl`` None creates a reservation (no TTL). Retrying after a lost
+        reply must not create a second lease. With ``reclaim_invalid`` a key
+        whose value is not a lease is overwritten (our own key, garbled).
+        """
 
     async def update_lease(self, lease: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         """Rewrite ``lease`` with ``attrs`` and a fresh TTL if it is unchanged since listed.
 
-        Returns None when the key was modified or deleted meanwhile.
+        A reservation (``lease.handle == 0``) stays one: no TTL. Returns None
+        when the key was modified or deleted meanwhile.
         """
 
     async def renew_lease(self, lease: Lease) -> Lease:
-        """Extend the lease's TTL; :class:`LeaseError` if it has already expired."""
+        """Extend the lease's TTL and check the key is still bound to it.
+
+        :class:`LeaseError` if it has expired, was deleted or was rewritten.
+        A reservation is only checked.
+        """
 
     async def delete_lease(self, subnet: ipaddress.IPv4Network) -> bool:
         """Delete a lease; True if it existed."""
@@ -49,7 +63,9 @@ class Store(Protocol):
         """Lease changes after ``revision``, in batches.
 
         Ends by raising :class:`StoreUnavailable` or :class:`WatchReset`
-        when the watch breaks; the caller re-lists and watches again.
+        when the watch breaks (also at creation, for a compacted revision);
+        the caller re-lists and watches again. A key whose value no longer
+        decodes is reported as deleted.
         """
 
     async def close(self) -> None:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
+import os
 import shutil
+import signal
+import subprocess
 import time
 
 import pytest
 
-from overlayd.errors import LeaseError, StoreUnavailable
+import aetcd
+import aetcd.exceptions as aex
+
+from overlayd.errors import LeaseError, StoreError, StoreUnavailable, WatchReset
 from overlayd.lab.etcd import EtcdServer
+from overlayd.lease.connectivity import Connectivity
 from overlayd.lease.etcd import EtcdStore
 from overlayd.lease.manager import LeaseManager, follow_peers
 from overlayd.lease.model import LeaseAttrs
@@ -24,6 +33,18 @@ CFG = parse_config({"Network": "10.244.0.0/16"})
 
 def attrs(n: int) -> LeaseAttrs:
     return LeaseAttrs(ipaddress.IPv4Address(f"198.18.{n // 250}.{n % 250 + 1}"), "udp")
+
+
+@contextlib.asynccontextmanager
+async def probing(store, interval: float = 0.5):
+    """A running :class:`Connectivity` for ``store`` (the daemon always runs one)."""
+    conn = Connectivity(store.probe, interval=interval)
+    task = asyncio.create_task(conn.run())
+    try:
+        yield conn
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_config_round_trip(etcd_server, etcd_prefix):
@@ -69,8 +90,9 @@ async def test_ttl_expiry_removes_lease_and_renewal_keeps_it(etcd_server, etcd_p
         doomed = await store.create_lease(ipaddress.IPv4Network("10.244.1.0/24"), attrs(1), 2)
         kept_mgr = LeaseManager(store, CFG, attrs(2), ttl=2, hint=ipaddress.IPv4Network("10.244.2.0/24"))
         kept = await kept_mgr.acquire()
-        renewer = asyncio.create_task(kept_mgr.keep_renewed(kept))
-        await asyncio.sleep(4.5)
+        async with probing(store) as conn:
+            renewer = asyncio.create_task(kept_mgr.keep_renewed(kept, conn))
+            await asyncio.sleep(4.5)
         listed, _ = await store.list_leases(with_ttl=True)
         assert [l.subnet for l in listed] == [kept.subnet]
         assert 0 < listed[0].time_left(time.time()) <= 2
@@ -92,11 +114,12 @@ async def test_a_deleted_or_rewritten_key_is_noticed_and_the_subnet_taken_back(e
         with pytest.raises(LeaseError, match="deleted"):
             await store.renew_lease(lease)
         renewed = []
-        renewer = asyncio.create_task(manager.keep_renewed(lease, renewed.append))
-        for _ in range(50):
-            if renewed:
-                break
-            await asyncio.sleep(0.1)
+        async with probing(store) as conn:
+            renewer = asyncio.create_task(manager.keep_renewed(lease, conn, renewed.append))
+            for _ in range(50):
+                if renewed:
+                    break
+                await asyncio.sleep(0.1)
         listed, _ = await store.list_leases()
         assert [l.subnet for l in listed] == [lease.subnet]  # re-created, same subnet
         assert renewed and renewed[-1].handle != lease.handle
@@ -169,7 +192,8 @@ async def test_watch_follows_adds_updates_expiries(own_etcd, etcd_prefix):
     store = EtcdStore(own_etcd.endpoint, etcd_prefix)
     other = EtcdStore(own_etcd.endpoint, etcd_prefix)
     watcher = LeaseWatcher(own_subnet=ipaddress.IPv4Network("10.244.1.0/24"))
-    task = asyncio.create_task(follow_peers(store, watcher, lambda b: None))
+    conn = Connectivity(store.probe, interval=0.5)
+    task = asyncio.gather(conn.run(), follow_peers(store, watcher, lambda b: None, conn))
     try:
         a = await other.create_lease(ipaddress.IPv4Network("10.244.2.0/24"), attrs(2), 2)
         await _wait_for(lambda: a.subnet in watcher.peers)
@@ -189,7 +213,8 @@ async def test_watch_survives_etcd_restart_and_data_loss(own_etcd, etcd_prefix):
     store = EtcdStore(own_etcd.endpoint, etcd_prefix, timeout=2)
     watcher = LeaseWatcher()
     batches = []
-    task = asyncio.create_task(follow_peers(store, watcher, batches.append))
+    conn = Connectivity(store.probe, interval=0.5)
+    task = asyncio.gather(conn.run(), follow_peers(store, watcher, batches.append, conn))
     n2, n3, n4 = (ipaddress.IPv4Network(f"10.244.{i}.0/24") for i in (2, 3, 4))
     try:
         writer = EtcdStore(own_etcd.endpoint, etcd_prefix)
@@ -225,4 +250,265 @@ async def test_watch_survives_etcd_restart_and_data_loss(own_etcd, etcd_prefix):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+# -- issue 8: faults -------------------------------------------------------------------
+
+
+def etcd_leases(server: EtcdServer) -> int:
+    """How many etcd leases (grants) exist, as etcdctl counts them."""
+    out = subprocess.run(["etcdctl", "--endpoints", server.endpoint, "lease", "list"], check=True,
+                         capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3")).stdout
+    return int(out.split()[1])  # "found N leases"
+
+
+async def test_renewal_and_watch_outlive_an_etcd_pause_longer_than_the_ttl(own_etcd, etcd_prefix):
+    """etcd frozen (SIGSTOP) for longer than the TTL: when it thaws, the lease is ours
+    again within seconds and neither loop died (point 1: the renew task used to be
+    found cancelled, silently)."""
+    store = EtcdStore(own_etcd.endpoint, etcd_prefix, timeout=1)
+    manager = LeaseManager(store, CFG, attrs(3), ttl=4)
+    lease = await manager.acquire()
+    conn = Connectivity(store.probe, interval=0.5)
+    watcher = LeaseWatcher(own_subnet=lease.subnet, config=CFG)
+    tasks = [asyncio.create_task(conn.run()),
+             asyncio.create_task(manager.keep_renewed(lease, conn)),
+             asyncio.create_task(follow_peers(store, watcher, lambda b: None, conn,
+                                              on_own=manager.own_key_seen))]
+    peer_store = EtcdStore(own_etcd.endpoint, etcd_prefix)
+    try:
+        await asyncio.sleep(1)
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        await asyncio.sleep(8)
+        assert not conn.up
+        os.kill(own_etcd.pid, signal.SIGCONT)
+        await _wait_for(lambda: conn.up, timeout=10)
+        peer = await peer_store.create_lease(ipaddress.IPv4Network("10.244.9.0/24"), attrs(9), 300)
+
+        async def ours():
+            listed, _ = await peer_store.list_leases()
+            return any(l.subnet == lease.subnet and l.public_ip == lease.public_ip for l in listed)
+
+        for _ in range(100):
+            if await ours() and peer.subnet in watcher.peers:
+                break
+            await asyncio.sleep(0.1)
+        assert await ours(), "the lease did not come back after etcd thawed"
+        assert peer.subnet in watcher.peers, "the peer watch did not resume"
+        await asyncio.sleep(6)  # longer than the TTL: renewals go on
+        assert await ours()
+        assert [t for t in tasks if t.done()] == []
+        assert (conn.outages, conn.reconnects) == (1, 1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(own_etcd.pid, signal.SIGCONT)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+        await peer_store.close()
+
+
+async def test_a_compacted_revision_at_watch_creation_resets_the_watch(etcd_server, etcd_prefix):
+    """aetcd raises RevisionCompactedError from watch() itself; it used to kill the
+    daemon (point 4). The watch loop re-lists and carries on."""
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    try:
+        _, old = await store.list_leases()
+        for i in range(3):
+            await store.put_config(f'{{"n": {i}}}'.encode())
+        _, latest = await store.list_leases()
+        await store._call(lambda c: c.compact(latest))
+        with pytest.raises(WatchReset):
+            async for _ in store.watch_leases(old):
+                break
+
+        class Stale(EtcdStore):
+            """Lists once at the compacted revision, as a slow re-list can."""
+            stale = True
+
+            async def list_leases(self, with_ttl=False):
+                leases, revision = await super().list_leases(with_ttl)
+                if self.stale:
+                    self.stale = False
+                    return leases, old
+                return leases, revision
+
+        stale = Stale(etcd_server.endpoint, etcd_prefix)
+        watcher = LeaseWatcher(config=CFG)
+        async with probing(stale) as conn:
+            task = asyncio.create_task(follow_peers(stale, watcher, lambda b: None, conn))
+            peer = await store.create_lease(ipaddress.IPv4Network("10.244.5.0/24"), attrs(5), 300)
+            try:
+                await _wait_for(lambda: peer.subnet in watcher.peers or task.done(), timeout=10)
+                assert not task.done(), task.exception()
+                assert peer.subnet in watcher.peers
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await stale.close()
+    finally:
+        await store.close()
+
+
+async def test_a_create_whose_reply_is_lost_takes_one_lease_and_leaks_no_grant(own_etcd, etcd_prefix,
+                                                                                monkeypatch):
+    """The create commits but the reply is lost; the call is retried on the next
+    endpoint. It must recognise its own lease instead of losing to itself and taking
+    a second subnet (point 5)."""
+    real = aetcd.Client.transaction
+    lose = {"replies": 1}
+
+    async def lossy(self, *args, **kwargs):
+        result = await real(self, *args, **kwargs)
+        if lose["replies"]:
+            lose["replies"] -= 1
+            raise aex.ConnectionFailedError("reply lost")
+        return result
+
+    monkeypatch.setattr(aetcd.Client, "transaction", lossy)
+    store = EtcdStore(f"{own_etcd.endpoint},{own_etcd.endpoint}", etcd_prefix)
+    try:
+        lease = await LeaseManager(store, CFG, attrs(4), ttl=300).acquire()
+        listed, _ = await store.list_leases()
+        assert [(l.subnet, l.handle) for l in listed] == [(lease.subnet, lease.handle)]
+        assert etcd_leases(own_etcd) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_grant_whose_create_never_ran_is_revoked_later(own_etcd, etcd_prefix, monkeypatch):
+    """Every endpoint fails between the grant and the transaction: the grant's fate is
+    unknown. Once etcd answers again it is revoked, since no key is bound to it."""
+    real = aetcd.Client.transaction
+    fail = {"calls": 2}
+
+    async def failing(self, *args, **kwargs):
+        if fail["calls"]:
+            fail["calls"] -= 1
+            raise aex.ConnectionFailedError("etcd went away")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(aetcd.Client, "transaction", failing)
+    store = EtcdStore(f"{own_etcd.endpoint},{own_etcd.endpoint}", etcd_prefix)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.create_lease(ipaddress.IPv4Network("10.244.6.0/24"), attrs(6), 300)
+        assert etcd_leases(own_etcd) == 1  # the orphan grant
+        await store.create_lease(ipaddress.IPv4Network("10.244.7.0/24"), attrs(7), 300)
+        assert etcd_leases(own_etcd) == 1  # the orphan revoked, the new lease's grant left
+        listed, _ = await store.list_leases()
+        assert [str(l.subnet) for l in listed] == ["10.244.7.0/24"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("error, expected", [
+    (aex.RevisionCompactedError(7), WatchReset),  # as aetcd raises it from watch() itself
+    (aex.ClientError("RESOURCE_EXHAUSTED: too many watches"), StoreError),
+])
+async def test_errors_at_watch_creation_are_store_errors_the_watch_loop_survives(
+        etcd_server, etcd_prefix, monkeypatch, error, expected):
+    """Point 4: these escaped follow_peers (which caught only StoreUnavailable and
+    WatchReset) and killed the daemon."""
+    real = aetcd.Client.watch_prefix
+    failures = {"left": 2}
+
+    async def refusing(self, *args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise error
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(aetcd.Client, "watch_prefix", refusing)
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    watcher = LeaseWatcher(config=CFG)
+    try:
+        with pytest.raises(expected):
+            async for _ in store.watch_leases(0):
+                break
+        async with probing(store) as conn:
+            task = asyncio.create_task(follow_peers(store, watcher, lambda b: None, conn))
+            peer = await store.create_lease(ipaddress.IPv4Network("10.244.5.0/24"), attrs(5), 300)
+            try:
+                await _wait_for(lambda: peer.subnet in watcher.peers or task.done(), timeout=10)
+                assert not task.done(), task.exception()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await store.close()
+
+
+async def test_a_garbled_lease_is_a_gone_peer_and_the_warning_names_the_key(etcd_server, etcd_prefix, caplog):
+    """Overwriting a peer's lease with garbage used to leave a stale peer (point 3, 8)."""
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    watcher = LeaseWatcher(config=CFG)
+    subnet = ipaddress.IPv4Network("10.244.8.0/24")
+    key = f"{etcd_prefix}/subnets/10.244.8.0-24"
+    try:
+        async with probing(store) as conn:
+            task = asyncio.create_task(follow_peers(store, watcher, lambda b: None, conn))
+            await store.create_lease(subnet, attrs(8), 300)
+            await _wait_for(lambda: subnet in watcher.peers)
+            with caplog.at_level(logging.WARNING):
+                await store._call(lambda c: c.put(key.encode(), b"garbage"))
+                await _wait_for(lambda: subnet not in watcher.peers)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert key in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_garbage_over_our_own_key_is_taken_back(etcd_server, etcd_prefix):
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    try:
+        manager = LeaseManager(store, CFG, attrs(10), ttl=300)
+        lease = await manager.acquire()
+        key = f"{etcd_prefix}/subnets/{lease.subnet.network_address}-24"
+        await store._call(lambda c: c.put(key.encode(), b"{not json"))
+        with pytest.raises(LeaseError, match="rewritten"):
+            await store.renew_lease(lease)
+        again = await manager.acquire(only=lease.subnet)
+        assert again.subnet == lease.subnet
+        listed, _ = await store.list_leases()
+        assert [(l.subnet, l.public_ip) for l in listed] == [(lease.subnet, lease.public_ip)]
+    finally:
+        await store.close()
+
+
+async def test_reservation_round_trip(own_etcd, etcd_prefix):
+    """A key without TTL is a reservation: kept without TTL by its node, never handed
+    out, and released back into an ordinary lease (point 7)."""
+    small = parse_config({"Network": "10.244.0.0/22"})  # three subnets
+    store = EtcdStore(own_etcd.endpoint, etcd_prefix)
+    reserved = ipaddress.IPv4Network("10.244.2.0/24")
+    try:
+        made = await store.reserve(reserved, attrs(1))
+        assert (made.handle, made.expiration) == (0, None)
+        others = [await LeaseManager(store, small, attrs(n), ttl=300).acquire() for n in (2, 3)]
+        assert reserved not in {l.subnet for l in others}
+        owner = LeaseManager(store, small, LeaseAttrs(attrs(1).public_ip, "udp", {"X": 1}), ttl=300)
+        lease = await owner.acquire()
+        assert (lease.subnet, lease.handle) == (reserved, 0)
+        assert (await store.renew_lease(lease)).handle == 0
+        listed, _ = await store.list_leases()
+        mine = next(l for l in listed if l.subnet == reserved)
+        assert (mine.handle, mine.attrs.backend_data) == (0, {"X": 1})
+        assert etcd_leases(own_etcd) == 2  # the two other nodes' only
+
+        with pytest.raises(LeaseError, match="leased by"):
+            await store.reserve(others[0].subnet, attrs(1))
+        released = await store.release(reserved, 60)
+        assert released.handle != 0
+        with pytest.raises(LeaseError, match="rewritten"):
+            await store.renew_lease(lease)  # the owner notices and takes it over
+        again = await owner.acquire(only=reserved)
+        assert again.handle not in (0, released.handle)
+        assert etcd_leases(own_etcd) == 3
+        with pytest.raises(LeaseError, match="not reserved"):
+            await store.release(reserved, 60)
+    finally:
         await store.close()

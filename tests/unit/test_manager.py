@@ -7,6 +7,7 @@ import random
 import pytest
 
 from overlayd.errors import LeaseError, NetworkFullError, StoreUnavailable
+from overlayd.lease.connectivity import Connectivity
 from overlayd.lease.manager import LeaseManager, follow_peers, renew_margin
 from overlayd.lease.memory import MemoryStore
 from overlayd.lease.model import LeaseAttrs
@@ -126,7 +127,7 @@ async def test_keep_renewed_reacquires_deleted_lease_same_subnet():
     lease = await m.acquire()
     renewed = []
     with pytest.raises(asyncio.CancelledError):
-        await m.keep_renewed(lease, renewed.append)
+        await m.keep_renewed(lease, Connectivity(store.probe), renewed.append)
     assert renewed and renewed[0].subnet == lease.subnet
     leases, _ = await store.list_leases()
     assert [l.subnet for l in leases] == [lease.subnet]
@@ -144,7 +145,7 @@ async def test_keep_renewed_fails_when_subnet_lost_to_another_node():
     m = manager(store, 11, clock, ttl=60, sleep=fake_sleep)
     lease = await m.acquire()
     with pytest.raises(LeaseError, match="lost subnet"):
-        await m.keep_renewed(lease)
+        await m.keep_renewed(lease, Connectivity(store.probe))
 
 
 async def test_follow_peers_survives_a_broken_watch():
@@ -159,11 +160,9 @@ async def test_follow_peers_survives_a_broken_watch():
         seen.append((sorted(str(l.subnet) for l in b.added), sorted(str(l.subnet) for l in b.removed)))
         done.set()
 
-    async def quick_sleep(d):
-        store.available = True  # "etcd is back"
-        await asyncio.sleep(0)
-
-    task = asyncio.create_task(follow_peers(store, watcher, on_batch, sleep=quick_sleep))
+    conn = Connectivity(store.probe, interval=0.01)
+    tasks = [asyncio.create_task(conn.run()),
+             asyncio.create_task(follow_peers(store, watcher, on_batch, conn))]
     try:
         peer = await manager(store, 12, clock).acquire()
         await asyncio.wait_for(done.wait(), 2)
@@ -174,13 +173,18 @@ async def test_follow_peers_survives_a_broken_watch():
         store.available = True
         await store.delete_lease(peer.subnet)
         store.available = False
+        await asyncio.sleep(0.05)
+        assert not conn.up
+        store.available = True  # etcd is back: the watch re-lists at once
         await asyncio.wait_for(done.wait(), 2)
         assert seen[-1] == ([], [str(peer.subnet)])
         assert watcher.peers == {}
         assert len(seen) == 2  # no duplicate report
+        assert conn.outages == conn.reconnects == 1
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_store_unavailable_is_raised_to_caller():
@@ -235,7 +239,153 @@ async def test_reacquire_outlasts_an_etcd_outage():
     m = manager(store, 11, clock, ttl=60, sleep=fake_sleep)
     lease = await m.acquire()
     renewed = []
-    with pytest.raises(asyncio.CancelledError):
-        await m.keep_renewed(lease, renewed.append)
+    conn = Connectivity(store.probe, interval=0.01)
+    probe = asyncio.create_task(conn.run())
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(m.keep_renewed(lease, conn, renewed.append), 5)
+    finally:
+        probe.cancel()
     assert store.failures == 0
     assert renewed and renewed[0].subnet == lease.subnet
+
+
+# -- issue 8: the lease survives etcd and operators --------------------------------------
+
+
+class Running:
+    """A node's control loops against a store: probe, renewal, peer watch (real time, short)."""
+
+    def __init__(self, store, m, lease):
+        self.conn = Connectivity(store.probe, interval=0.01)
+        self.renewed = []
+        watcher = LeaseWatcher(own_subnet=lease.subnet)
+        self.tasks = [
+            asyncio.create_task(self.conn.run()),
+            asyncio.create_task(m.keep_renewed(lease, self.conn, self.renewed.append)),
+            asyncio.create_task(follow_peers(store, watcher, lambda b: None, self.conn,
+                                             on_own=m.own_key_seen)),
+        ]
+
+    async def stop(self):
+        for task in self.tasks:
+            task.cancel()
+        return await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def wait_until(predicate, timeout=2.0):
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def test_own_key_deleted_is_taken_back_at_once_not_at_the_next_renewal():
+    """etcdctl del of a live node's lease: re-acquired within moments, though
+    renewal is an hour away (point 3)."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    m = manager(store, 11, clock, ttl=3 * 3600)
+    lease = await m.acquire()
+    node = Running(store, m, lease)
+    try:
+        await asyncio.sleep(0.05)
+        await store.delete_lease(lease.subnet)
+        assert await wait_until(lambda: node.renewed)
+        leases, _ = await store.list_leases()
+        assert [(l.subnet, l.public_ip) for l in leases] == [(lease.subnet, lease.public_ip)]
+        assert m.lease.handle == leases[0].handle != lease.handle
+    finally:
+        results = await node.stop()
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+
+
+async def test_own_key_overwritten_by_another_node_fails_loudly_without_a_second_lease():
+    clock = Clock()
+    store = MemoryStore(clock)
+    m = manager(store, 11, clock, ttl=3 * 3600)
+    lease = await m.acquire()
+    node = Running(store, m, lease)
+    try:
+        await asyncio.sleep(0.05)
+        await store.delete_lease(lease.subnet)
+        await store.create_lease(lease.subnet, attrs(77), 60)  # someone else takes it
+        assert await wait_until(lambda: node.tasks[1].done())
+        with pytest.raises(LeaseError, match="lost subnet"):
+            node.tasks[1].result()
+    finally:
+        await node.stop()
+    leases, _ = await store.list_leases()
+    assert [str(l.public_ip) for l in leases] == ["198.18.0.77"]  # nothing of ours left behind
+
+
+async def test_renews_the_moment_etcd_is_back():
+    """etcd was down; when it answers again the lease is renewed at once, not at the
+    next backoff step or renewal time (point 2)."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    m = manager(store, 11, clock, ttl=3 * 3600)
+    lease = await m.acquire()
+    node = Running(store, m, lease)
+    try:
+        await asyncio.sleep(0.05)
+        store.available = False
+        assert await wait_until(lambda: not node.conn.up)
+        clock.now += 100
+        store.available = True
+        assert await wait_until(lambda: node.renewed)
+        assert node.renewed[0].expiration == pytest.approx(clock.now + 3 * 3600)
+    finally:
+        await node.stop()
+
+
+async def test_hint_overlapping_a_lease_of_another_length_is_not_taken():
+    """An existing 10.244.2.0/23 plus a subnet.env hint of 10.244.3.0/24 (point 6)."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    cfg = parse_config({"Network": "10.244.0.0/16"})
+    await store.create_lease(N("10.244.2.0/23"), attrs(12), 60)
+    m = LeaseManager(store, cfg, attrs(11), ttl=60, hint=N("10.244.3.0/24"), clock=clock,
+                     rng=random.Random(1))
+    lease = await m.acquire()
+    assert not lease.subnet.overlaps(N("10.244.2.0/23"))
+
+
+async def test_reacquire_takes_only_its_own_subnet():
+    """Re-acquisition never creates a lease on another subnet and then gives up (point 5)."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    m = manager(store, 11, clock)
+    await store.create_lease(N("10.244.2.0/24"), attrs(12), 60)
+    with pytest.raises(LeaseError, match="held by 198.18.0.12"):
+        await m.acquire(only=N("10.244.2.0/24"))
+    leases, _ = await store.list_leases()
+    assert len(leases) == 1
+
+
+async def test_reservation_is_reused_without_ttl_and_never_handed_out():
+    """A lease key without TTL pins a subnet to a node (point 7)."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    reserved = N("10.244.3.0/24")
+    await store.reserve(reserved, LeaseAttrs(ipaddress.IPv4Address("198.18.0.11"), "udp"))
+    others = [await manager(store, n, clock).acquire() for n in (12, 13)]
+    assert reserved not in {l.subnet for l in others}
+    m = manager(store, 11, clock, ttl=60)
+    lease = await m.acquire()
+    assert (lease.subnet, lease.handle, lease.expiration) == (reserved, 0, None)
+    clock.now += 10_000
+    assert await store.expire() == [l.subnet for l in others]
+    assert await store.renew_lease(lease) == lease  # checked, nothing to extend
+    leases, _ = await store.list_leases()
+    assert [(l.subnet, l.expiration) for l in leases] == [(reserved, None)]
+
+
+def test_backoff_is_jittered_and_capped():
+    from overlayd.lease.connectivity import Backoff
+    delays = [[Backoff(first=1, cap=8, rng=random.Random(seed)).next() for _ in range(1)][0]
+              for seed in range(20)]
+    assert len(set(delays)) == 20 and all(0.5 <= d <= 1 for d in delays)
+    b = Backoff(first=1, cap=8, rng=random.Random(0))
+    assert all(4 <= d <= 8 for d in [b.next() for _ in range(10)][4:])
