@@ -2,9 +2,9 @@
  * overlayd._fastpath: the C twin of the UDP backend's data path.
  *
  * Design note. The pure Python code in overlayd/encap (ipv4.check,
- * udp.outbound, udp.inbound) is the reference and the fallback; this module
- * makes exactly the same decisions (tests/unit/test_fastpath_parity.py holds
- * it to that) and adds batching:
+ * udp.outbound, udp.inbound, receive.admit) is the reference and the fallback;
+ * this module makes exactly the same decisions (tests/unit/test_fastpath_parity.py
+ * holds it to that) and adds batching:
  *
  *   forward_out  up to BATCH non-blocking read()s from the tun, classify,
  *                ONE sendmmsg() for every accepted packet;
@@ -18,8 +18,10 @@
  * and every counter name stay in one place (overlayd/dataplane).
  *
  * The peer table is an overlayd.encap.table.PeerTable; its `mask`,
- * `_by_subnet` (int -> Peer with .node_ip) and `_senders` (node IP str ->
- * count) are read once per call, and lookups are cached for the batch.
+ * `_by_subnet` (int -> Peer with .node_ip) and `_by_sender` (node IP str ->
+ * {subnet int: Peer}, the subnets that node leases) are read once per call;
+ * both are dicts, so every lookup is one hash probe however many peers
+ * there are, and lookups by address are cached for the batch.
  * Packet buffers are per thread (a uvloop data plane runs in its own thread)
  * and only live for one call.
  */
@@ -40,13 +42,15 @@
 #define PKT_MAX 65535  /* bytes per packet: READ_SIZE in dataplane/loop.py; any UDP payload fits */
 
 enum verdict {
-    V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_NOT_OUR_SUBNET,
+    V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_WRONG_SOURCE_PORT,
+    V_NOT_OUR_SUBNET, V_TO_NETWORK_ADDRESS, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE,
     V_COUNT
 };
 
 /* The values of overlayd.encap.drops.Drop, by verdict. */
 static const char *const reason_names[V_COUNT] = {
-    NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "not_our_subnet",
+    NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "wrong_source_port",
+    "not_our_subnet", "to_network_address", "to_broadcast_address", "spoofed_source",
 };
 
 /* ---- packet checks (the twins of overlayd.encap.ipv4) -------------------- */
@@ -67,29 +71,58 @@ static int ipv4_check(const unsigned char *p, Py_ssize_t n)
     return V_OK;
 }
 
+/* The 4-byte big-endian address at a. */
+static uint32_t ipv4_addr(const unsigned char *a)
+{
+    return ((uint32_t)a[0] << 24) | ((uint32_t)a[1] << 16) | ((uint32_t)a[2] << 8) | a[3];
+}
+
 /* ipv4.dst_int, for a checked packet. */
 static uint32_t ipv4_dst(const unsigned char *p)
 {
-    return ((uint32_t)p[16] << 24) | ((uint32_t)p[17] << 16) | ((uint32_t)p[18] << 8) | p[19];
+    return ipv4_addr(p + 16);
 }
 
-/* udp.inbound after the sender check. */
-static int inbound_verdict(const unsigned char *p, Py_ssize_t n, int sender_known,
+/* receive.admit for a checked packet from a node leasing `held` ({subnet int: Peer}):
+ * V_OK or the drop, -1 on a Python error. */
+static int admit_verdict(const unsigned char *p, PyObject *held, unsigned long long subnet,
+                         unsigned long long mask)
+{
+    unsigned long long dst = ipv4_dst(p), host_bits = ~mask & 0xFFFFFFFFull;
+    if ((dst & mask) != subnet)
+        return V_NOT_OUR_SUBNET;
+    if (host_bits > 1 && dst == subnet)
+        return V_TO_NETWORK_ADDRESS;
+    if (host_bits > 1 && dst == (subnet | host_bits))
+        return V_TO_BROADCAST_ADDRESS;
+    PyObject *key = PyLong_FromUnsignedLongLong(ipv4_addr(p + 12) & mask);
+    if (key == NULL)
+        return -1;
+    int leased = PyDict_Contains(held, key);
+    Py_DECREF(key);
+    return leased < 0 ? -1 : (leased ? V_OK : V_SPOOFED_SOURCE);
+}
+
+/* udp.inbound for p[0:n] from a node leasing `held` (NULL: no lease) whose
+ * source port matched ours or not: V_OK or the drop, -1 on a Python error. */
+static int inbound_verdict(const unsigned char *p, Py_ssize_t n, PyObject *held, int port_ok,
                            unsigned long long subnet, unsigned long long mask)
 {
-    if (!sender_known)
+    if (held == NULL)
         return V_UNKNOWN_SENDER;
+    if (!port_ok)
+        return V_WRONG_SOURCE_PORT;
     int v = ipv4_check(p, n);
     if (v != V_OK)
         return v;
-    return (ipv4_dst(p) & mask) != subnet ? V_NOT_OUR_SUBNET : V_OK;
+    return admit_verdict(p, held, subnet, mask);
 }
 
 /* ---- the peer table, read from Python ------------------------------------ */
 
 typedef struct {
     PyObject *by_subnet;  /* PeerTable._by_subnet, a new reference */
-    PyObject *senders;    /* PeerTable._senders, a new reference */
+    PyObject *by_sender;  /* PeerTable._by_sender, a new reference */
     unsigned long long mask;
 } table_t;
 
@@ -115,8 +148,8 @@ static int table_open(PyObject *table, table_t *t)
     if (PyErr_Occurred())
         return -1;
     t->by_subnet = dict_attr(table, "_by_subnet");
-    t->senders = t->by_subnet ? dict_attr(table, "_senders") : NULL;
-    if (t->senders == NULL) {
+    t->by_sender = t->by_subnet ? dict_attr(table, "_by_sender") : NULL;
+    if (t->by_sender == NULL) {
         Py_CLEAR(t->by_subnet);
         return -1;
     }
@@ -126,7 +159,16 @@ static int table_open(PyObject *table, table_t *t)
 static void table_close(table_t *t)
 {
     Py_CLEAR(t->by_subnet);
-    Py_CLEAR(t->senders);
+    Py_CLEAR(t->by_sender);
+}
+
+/* PeerTable.held_by: a new reference to the subnets node `ip` (a str) leases,
+ * NULL with no error set when it leases none. */
+static PyObject *table_held_by(const table_t *t, PyObject *ip)
+{
+    PyObject *held = PyDict_GetItemWithError(t->by_sender, ip);
+    Py_XINCREF(held);
+    return held;
 }
 
 /* PeerTable.lookup: a new reference to the peer owning dst; NULL with no
@@ -190,35 +232,47 @@ static const route_t *route_for(const table_t *t, routes_t *cache, uint32_t dst,
     return r;
 }
 
-/* Inbound: sender address -> whether it holds a lease. */
+/* Inbound: sender address -> the subnets it leases. */
 typedef struct {
     uint32_t ip[BATCH];
-    int known[BATCH];
+    PyObject *held[BATCH];  /* new references (NULL: no lease), released by senders_clear */
     int n;
 } senders_t;
 
-/* PeerTable.is_node for a received address (cached for the batch); -1 on a Python error. */
-static int sender_known(const table_t *t, senders_t *cache, const struct sockaddr_in *from, socklen_t len)
+/* PeerTable.held_by for a received address (cached for the batch): 0 with *held
+ * borrowed from the cache (NULL: no lease), -1 on a Python error. */
+static int sender_held(const table_t *t, senders_t *cache, const struct sockaddr_in *from, socklen_t len,
+                       PyObject **held)
 {
+    *held = NULL;
     if (len < (socklen_t)sizeof(*from) || from->sin_family != AF_INET)
         return 0;
     uint32_t ip = from->sin_addr.s_addr;
     for (int i = 0; i < cache->n; i++)
-        if (cache->ip[i] == ip)
-            return cache->known[i];
+        if (cache->ip[i] == ip) {
+            *held = cache->held[i];
+            return 0;
+        }
     char text[INET_ADDRSTRLEN];
     if (inet_ntop(AF_INET, &from->sin_addr, text, sizeof(text)) == NULL)
         return 0;
     PyObject *key = PyUnicode_FromString(text);  /* the str Python's recvfrom() would give */
     if (key == NULL)
         return -1;
-    int known = PyDict_Contains(t->senders, key);
+    *held = table_held_by(t, key);
     Py_DECREF(key);
-    if (known < 0)
+    if (*held == NULL && PyErr_Occurred())
         return -1;
     cache->ip[cache->n] = ip;
-    cache->known[cache->n++] = known;
-    return known;
+    cache->held[cache->n++] = *held;
+    return 0;
+}
+
+static void senders_clear(senders_t *cache)
+{
+    for (int i = 0; i < cache->n; i++)
+        Py_XDECREF(cache->held[i]);
+    cache->n = 0;
 }
 
 /* ---- packet buffers, one set per thread ---------------------------------------- */
@@ -320,20 +374,24 @@ static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
 
 static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
 {
-    PyObject *dgram, *sender, *table, *result = NULL;
+    PyObject *dgram, *sender_ip, *table, *result = NULL;
+    int sender_port, port;
     unsigned long long subnet, mask;
     Py_buffer buf;
     table_t t;
-    if (!PyArg_ParseTuple(args, "OOKKO:classify_inbound", &dgram, &sender, &subnet, &mask, &table))
+    if (!PyArg_ParseTuple(args, "O(Oi)iKKO:classify_inbound", &dgram, &sender_ip, &sender_port, &port,
+                          &subnet, &mask, &table))
         return NULL;
     if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) < 0)
         return NULL;
     if (table_open(table, &t) == 0) {
-        int known = PyDict_Contains(t.senders, sender);  /* PeerTable.is_node */
-        if (known >= 0) {
-            int v = inbound_verdict(buf.buf, buf.len, known, subnet, mask);
-            result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
+        PyObject *held = table_held_by(&t, sender_ip);
+        if (held != NULL || !PyErr_Occurred()) {
+            int v = inbound_verdict(buf.buf, buf.len, held, sender_port == port, subnet, mask);
+            if (v >= 0)
+                result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
         }
+        Py_XDECREF(held);
         table_close(&t);
     }
     PyBuffer_Release(&buf);
@@ -473,7 +531,7 @@ static PyObject *py_forward_out(PyObject *self, PyObject *args)
  * Returns the number accepted, -1 on a Python error. */
 static int accept_datagrams(PyObject *table, slots_t *s, const struct mmsghdr *msgs,
                             const struct sockaddr_in *from, int got, unsigned long long subnet,
-                            unsigned long long mask, int *accept, long drops[V_COUNT])
+                            unsigned long long mask, uint16_t port, int *accept, long drops[V_COUNT])
 {
     senders_t senders = {.n = 0};
     table_t t;
@@ -481,29 +539,36 @@ static int accept_datagrams(PyObject *table, slots_t *s, const struct mmsghdr *m
     if (table_open(table, &t) < 0)
         return -1;
     for (int i = 0; i < got; i++) {
+        PyObject *held;
         s->len[i] = msgs[i].msg_len;
-        int known = sender_known(&t, &senders, &from[i], msgs[i].msg_hdr.msg_namelen);
-        if (known < 0) {
-            table_close(&t);
-            return -1;
+        int v = sender_held(&t, &senders, &from[i], msgs[i].msg_hdr.msg_namelen, &held);
+        if (v == 0)
+            v = inbound_verdict(s->data[i], (Py_ssize_t)s->len[i], held, ntohs(from[i].sin_port) == port,
+                                subnet, mask);
+        if (v < 0) {
+            naccept = -1;
+            break;
         }
-        int v = inbound_verdict(s->data[i], (Py_ssize_t)s->len[i], known, subnet, mask);
         if (v == V_OK)
             accept[naccept++] = i;
         else
             drops[v]++;
     }
+    senders_clear(&senders);
     table_close(&t);
     return naccept;
 }
 
 static PyObject *py_forward_in(PyObject *self, PyObject *args)
 {
-    int sock_fd, dev_fd, requested;
+    int sock_fd, dev_fd, port, requested;
     unsigned long long subnet, mask;
     PyObject *table;
-    if (!PyArg_ParseTuple(args, "iiOKKi:forward_in", &sock_fd, &dev_fd, &table, &subnet, &mask, &requested))
+    if (!PyArg_ParseTuple(args, "iiOKKii:forward_in", &sock_fd, &dev_fd, &table, &subnet, &mask, &port,
+                          &requested))
         return NULL;
+    if (port < 0 || port > 65535)
+        return PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
     slots_t *s = thread_slots();
     if (s == NULL)
         return NULL;
@@ -538,7 +603,7 @@ static PyObject *py_forward_in(PyObject *self, PyObject *args)
     long drops[V_COUNT] = {0};
     long long rx_bytes = 0;
     int accept[BATCH];
-    int naccept = accept_datagrams(table, s, msgs, from, got, subnet, mask, accept, drops);
+    int naccept = accept_datagrams(table, s, msgs, from, got, subnet, mask, (uint16_t)port, accept, drops);
     if (naccept < 0)
         return NULL;
     for (int i = 0; i < got; i++)
@@ -572,7 +637,7 @@ static PyMethodDef methods[] = {
      "classify_outbound(pkt, table) -> (node_ip, pkt) | reason\n\n"
      "overlayd.encap.udp.outbound in C: the owning peer's node IP and the payload, or the drop reason."},
     {"classify_inbound", py_classify_inbound, METH_VARARGS,
-     "classify_inbound(dgram, sender_ip, subnet_int, mask, table) -> dgram | reason\n\n"
+     "classify_inbound(dgram, (sender_ip, sender_port), port, subnet_int, mask, table) -> dgram | reason\n\n"
      "overlayd.encap.udp.inbound in C: the packet to write to the tun, or the drop reason."},
     {"forward_out", py_forward_out, METH_VARARGS,
      "forward_out(dev_fd, sock_fd, port, table, max_packets)\n"
@@ -581,10 +646,10 @@ static PyMethodDef methods[] = {
      "accepted ones to node_ip:port with one sendmmsg(), and return the counts, the send "
      "failures by errno (0: unusable peer address) and the dropped packets with their reason."},
     {"forward_in", py_forward_in, METH_VARARGS,
-     "forward_in(sock_fd, dev_fd, table, subnet_int, mask, max_packets)\n"
+     "forward_in(sock_fd, dev_fd, table, subnet_int, mask, port, max_packets)\n"
      "    -> (received, received_bytes, recv_errors, written, {errno: n}, {reason: n})\n\n"
      "Receive up to max_packets (at most BATCH) datagrams with one recvmmsg(MSG_DONTWAIT), "
-     "write the accepted ones to the tun fd, and return the counts, the write failures by "
+     "write the accepted ones (from peers' port `port`) to the tun fd, and return the counts, the write failures by "
      "errno and the drops by reason."},
     {NULL, NULL, 0, NULL},
 };

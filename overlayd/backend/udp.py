@@ -41,7 +41,7 @@ class UdpBackend(UserspaceBackend):
         async with Netlink() as nl:
             await self.reconcile(nl)
         sysctl.set_rp_filter(TUN, 2)
-        self.codec = UdpCodec(self.table, lease.subnet)
+        self.codec = UdpCodec(self.table, lease.subnet, self.config.backend.port)
 
     async def reconcile(self, nl: Netlink) -> None:
         await nl.ensure_mtu(TUN, self.mtu)

@@ -14,12 +14,13 @@ ICMP_BURST = 20
 
 
 class UdpCodec:
-    """IP packets in UDP: the UDP backend."""
+    """IP packets in UDP: the UDP backend. ``port`` is the backend's Port, which peers send from."""
 
-    def __init__(self, table: PeerTable, own_subnet: ipaddress.IPv4Network):
+    def __init__(self, table: PeerTable, own_subnet: ipaddress.IPv4Network, port: int):
         self.table = table
         self.subnet_int = int(own_subnet.network_address)
         self.mask = int(own_subnet.netmask)
+        self.port = port
         self.limiter = icmp.RateLimiter(ICMP_RATE, ICMP_BURST)
 
     def outbound(self, frame: bytes):
@@ -29,8 +30,8 @@ class UdpCodec:
         peer, payload = verdict
         return peer.node_ip, payload
 
-    def inbound(self, payload: bytes, sender_ip: str):
-        return udp.inbound(payload, sender_ip, self.subnet_int, self.mask, self.table)
+    def inbound(self, payload: bytes, sender: tuple[str, int]):
+        return udp.inbound(payload, sender, self.port, self.subnet_int, self.mask, self.table)
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
         """ICMP destination unreachable for a packet to a subnet nobody leases (or None)."""
@@ -62,13 +63,15 @@ class VxlanCodec:
         peer, rewritten = verdict
         return peer.node_ip, vxlan.encapsulate(rewritten, self.vni)
 
-    def inbound(self, payload: bytes, sender_ip: str):
-        if not self.table.is_node(sender_ip):
+    def inbound(self, payload: bytes, sender: tuple[str, int]):
+        """Any source port: kernel VTEPs pick one per flow (ECMP entropy)."""
+        held = self.table.held_by(sender[0])
+        if held is None:
             return Drop.UNKNOWN_SENDER
         frame = vxlan.decapsulate(payload, self.vni)
         if isinstance(frame, Drop):
             return frame
-        return ether.tap_inbound(frame, self.own_mac, self.subnet_int, self.mask)
+        return ether.tap_inbound(frame, held, self.own_mac, self.subnet_int, self.mask)
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
         """ICMP unreachable, in an Ethernet frame back to the sender's MAC."""

@@ -79,7 +79,7 @@ class FastUdpDataPlane(DataPlane):
         while done < BUDGET:
             want = min(_fastpath.BATCH, BUDGET - done)
             received, rx_bytes, recv_errors, written, write_errors, drops = _fastpath.forward_in(
-                self.sock.fileno(), self.dev_fd, codec.table, codec.subnet_int, codec.mask, want)
+                self.sock.fileno(), self.dev_fd, codec.table, codec.subnet_int, codec.mask, codec.port, want)
             _count(counters, rx_packets=received, rx_bytes=rx_bytes, sock_read_error=recv_errors,
                    dev_tx_packets=written)
             _count_errors(counters, "dev_write_error_", write_errors)

@@ -40,8 +40,8 @@ class Codec(Protocol):
     def outbound(self, frame: bytes) -> tuple[str, bytes] | Drop:
         """A frame read from the device -> (peer node IP, UDP payload), or why not."""
 
-    def inbound(self, payload: bytes, sender_ip: str) -> bytes | Drop:
-        """A UDP payload from ``sender_ip`` -> the frame to write to the device, or why not."""
+    def inbound(self, payload: bytes, sender: tuple[str, int]) -> bytes | Drop:
+        """A UDP payload from ``sender`` (address, port) -> the frame to write to the device, or why not."""
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
         """A frame to write back to the device for a dropped outbound frame (ICMP), if any."""
@@ -118,14 +118,14 @@ class DataPlane:
         codec, counters = self.codec, self.counters
         for _ in range(BUDGET):
             try:
-                payload, (src_ip, _port) = self.sock.recvfrom(READ_SIZE)
+                payload, sender = self.sock.recvfrom(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 counters.count("sock_read_error")  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 continue
             counters.rx(len(payload))
-            verdict = codec.inbound(payload, src_ip)
+            verdict = codec.inbound(payload, sender)
             if isinstance(verdict, Drop):
                 counters.drop(verdict)
                 continue

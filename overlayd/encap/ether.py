@@ -3,8 +3,10 @@
 The tap is NOARP (see :mod:`overlayd.backend.vxlan_user`): every IPv4 frame
 the kernel writes to it is addressed to the tap's own MAC, and we rewrite the
 destination to the owning peer's VTEP MAC before encapsulating. Inbound we
-accept IPv4 frames addressed to our VTEP MAC (or broadcast) whose inner
-destination is in our subnet; ARP never crosses the overlay.
+accept IPv4 frames addressed to our VTEP MAC (or broadcast), from the
+sender's VTEP MAC, that :func:`.receive.admit` allows (a host of our subnet
+as destination, a subnet the sender leases as source); ARP never crosses
+the overlay.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import re
 
 from ..errors import EncapError
-from . import ipv4
+from . import ipv4, receive
 from .drops import Drop
 from .table import Peer, PeerTable
 
@@ -75,13 +77,21 @@ def tap_outbound(frame: bytes, table: PeerTable) -> tuple[Peer, bytes] | Drop:
     return peer, peer.vtep_mac + frame[6:]
 
 
-def tap_inbound(frame: bytes, own_mac: bytes, subnet_int: int, mask: int) -> bytes | Drop:
-    """A decapsulated frame -> the frame to write to the tap, or why not."""
+def tap_inbound(frame: bytes, held: dict[int, Peer], own_mac: bytes, subnet_int: int,
+                mask: int) -> bytes | Drop:
+    """A decapsulated frame from a node leasing ``held`` -> the frame to write to the tap, or why not.
+
+    When the peer owning the inner source has a VTEP MAC, the frame's
+    Ethernet source must be it (a VTEP sends from its own MAC).
+    """
     bad = _ipv4_payload_check(frame)
     if bad is not None:
         return bad
     if frame[0:6] != own_mac and frame[0:6] != BROADCAST:
         return Drop.NOT_FOR_US
-    if ipv4.dst_int(frame[ETH_HEADER_LEN:]) & mask != subnet_int:
-        return Drop.NOT_OUR_SUBNET
+    peer = receive.admit(frame[ETH_HEADER_LEN:], held, subnet_int, mask)
+    if isinstance(peer, Drop):
+        return peer
+    if peer.vtep_mac is not None and frame[6:12] != peer.vtep_mac:
+        return Drop.WRONG_SOURCE_MAC
     return frame

@@ -40,6 +40,11 @@ def check(pkt: bytes) -> Drop | None:
     return None
 
 
+def src_int(pkt: bytes) -> int:
+    """The source address of a checked packet, as an integer."""
+    return int.from_bytes(pkt[12:16], "big")
+
+
 def dst_int(pkt: bytes) -> int:
     """The destination address of a checked packet, as an integer."""
     return int.from_bytes(pkt[16:20], "big")

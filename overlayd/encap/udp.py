@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import ipv4
+from . import ipv4, receive
 from .drops import Drop
 from .table import Peer, PeerTable
 
@@ -18,19 +18,24 @@ def outbound(pkt: bytes, table: PeerTable) -> tuple[Peer, bytes] | Drop:
     return peer, pkt
 
 
-def inbound(dgram: bytes, sender_ip: str, subnet_int: int, mask: int,
+def inbound(dgram: bytes, sender: tuple[str, int], port: int, subnet_int: int, mask: int,
             table: PeerTable) -> bytes | Drop:
-    """A datagram from ``sender_ip`` -> the packet to write to tun0, or why not.
+    """A datagram from ``sender`` (its underlay address and port) -> the packet to write to tun0, or why not.
 
-    Accepted only from lease holders and only for our own subnet: anything
-    else written to tun0 would be routed straight back out of it (a loop) or
-    let an outsider inject traffic into the pod network.
+    Accepted only from a lease holder sending from ``port`` (our nodes send
+    from the port they are bound to, the backend's Port), and only as
+    :func:`.receive.admit` allows: for a host of our subnet, from a subnet the
+    sender leases. Anything else written to tun0 would be routed straight
+    back out of it (a loop) or let a member or an outsider inject traffic
+    into our pods.
     """
-    if not table.is_node(sender_ip):
+    held = table.held_by(sender[0])
+    if held is None:
         return Drop.UNKNOWN_SENDER
+    if sender[1] != port:
+        return Drop.WRONG_SOURCE_PORT
     bad = ipv4.check(dgram)
     if bad is not None:
         return bad
-    if ipv4.dst_int(dgram) & mask != subnet_int:
-        return Drop.NOT_OUR_SUBNET
-    return dgram
+    verdict = receive.admit(dgram, held, subnet_int, mask)
+    return verdict if isinstance(verdict, Drop) else dgram

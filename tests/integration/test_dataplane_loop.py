@@ -46,7 +46,7 @@ def plane(request):
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.2", port))
     peer.settimeout(2)
-    dp = request.param(dev_ours.fileno(), sock, UdpCodec(table, OWN), Sender(sock, port, counters), counters)
+    dp = request.param(dev_ours.fileno(), sock, UdpCodec(table, OWN, port), Sender(sock, port, counters), counters)
     yield dp, dev_test, peer, counters, port, table
     dp.stop()
     for s in (dev_ours, dev_test, sock, peer):
@@ -78,6 +78,15 @@ async def test_packets_cross_both_ways_and_drops_are_counted(plane):
     rogue.bind(("127.0.0.3", 0))
     rogue.sendto(back, ("127.0.0.1", port))
     rogue.close()
+    # in, dropped: the peer, but spoofing its inner source, to our .0 and broadcast, from another port
+    for spoofed in ("10.244.3.7", "10.244.1.7", "8.8.8.8"):
+        peer.sendto(ipv4(spoofed, "10.244.1.5"), ("127.0.0.1", port))
+    peer.sendto(ipv4("10.244.2.7", "10.244.1.0"), ("127.0.0.1", port))
+    peer.sendto(ipv4("10.244.2.7", "10.244.1.255"), ("127.0.0.1", port))
+    other_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other_port.bind(("127.0.0.2", 0))
+    other_port.sendto(back, ("127.0.0.1", port))
+    other_port.close()
 
     # out, no lease: dropped and answered with ICMP unreachable from the unreachable address
     lost = ipv4("10.244.1.5", "10.244.9.9")
@@ -89,14 +98,15 @@ async def test_packets_cross_both_ways_and_drops_are_counted(plane):
 
     for _ in range(50):
         snap = counters.snapshot()
-        if snap.get("drop_" + Drop.UNKNOWN_SENDER.value, 0) >= 1:
+        if snap.get("drop_" + Drop.WRONG_SOURCE_PORT.value, 0) >= 1:
             break
         await asyncio.sleep(0.02)
     snap = counters.snapshot()
-    assert snap["drop_" + Drop.NOT_OUR_SUBNET.value] == 1
-    assert snap["drop_" + Drop.TRUNCATED.value] == 1
-    assert snap["drop_" + Drop.UNKNOWN_SENDER.value] == 1
-    assert snap["drop_" + Drop.NO_LEASE.value] == 1
+    assert {k: v for k, v in snap.items() if k.startswith("drop_")} == {"drop_" + d.value: n for d, n in (
+        (Drop.NOT_OUR_SUBNET, 1), (Drop.TRUNCATED, 1), (Drop.UNKNOWN_SENDER, 1), (Drop.NO_LEASE, 1),
+        (Drop.SPOOFED_SOURCE, 3), (Drop.TO_NETWORK_ADDRESS, 1), (Drop.TO_BROADCAST_ADDRESS, 1),
+        (Drop.WRONG_SOURCE_PORT, 1))}
+    assert snap["dev_tx_packets"] == 2  # the one accepted datagram and the ICMP answer
 
 
 async def test_a_burst_arrives_complete_and_in_order(plane):

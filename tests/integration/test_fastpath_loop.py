@@ -31,6 +31,7 @@ PEERS = {"127.0.0.2": ipaddress.IPv4Network("10.244.2.0/24"),
          "127.0.0.3": ipaddress.IPv4Network("10.244.3.0/24")}
 BROADCAST_SUBNET = ipaddress.IPv4Network("10.244.4.0/24")  # its "node" refuses datagrams (EACCES)
 ROGUE = "127.0.0.4"  # holds no lease
+OFF_PORT = "off-port"  # send_in from a peer's address but not from the backend's port
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> bytes:
@@ -59,12 +60,20 @@ class Rig:
             s.bind((ip, self.port))
             s.settimeout(2)
             self.peers[ip] = s
-        self.codec = UdpCodec(self.table, OWN)
+        self.off_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a peer's address, another port
+        self.off_port.bind(("127.0.0.2", 0))
+        self.codec = UdpCodec(self.table, OWN, self.port)
         self.plane = cls(self.dev_ours.fileno(), self.sock, self.codec,
                          Sender(self.sock, self.port, self.counters), self.counters)
 
     def send_in(self, sender: str, dgram: bytes) -> None:
-        self.peers[sender].sendto(dgram, ("127.0.0.1", self.port))
+        """Send ``dgram`` from ``sender``'s port (``OFF_PORT``: from 127.0.0.2, another port)."""
+        sock = self.off_port if sender == OFF_PORT else self.peers[sender]
+        sock.sendto(dgram, ("127.0.0.1", self.port))
+
+    def sender(self, name: str) -> tuple[str, int]:
+        """The (address, port) a datagram from ``send_in(name, ...)`` arrives from."""
+        return (self.off_port if name == OFF_PORT else self.peers[name]).getsockname()
 
     async def wait_for(self, **counts: int) -> dict:
         for _ in range(200):
@@ -76,7 +85,7 @@ class Rig:
 
     def close(self) -> None:
         self.plane.stop()
-        for s in (self.dev_ours, self.dev, self.sock, *self.peers.values()):
+        for s in (self.dev_ours, self.dev, self.sock, self.off_port, *self.peers.values()):
             s.close()
 
 
@@ -158,16 +167,20 @@ async def test_drops_are_counted_by_reason_and_no_lease_is_answered(rigs):
     rig.send_in("127.0.0.2", b"\x60" + bytes(39))                 # IPv6
     rig.send_in("127.0.0.2", b"\x45\x00\x00\x10" + back[4:])      # total length < header
     rig.send_in(ROGUE, back)                                      # no lease
+    rig.send_in(OFF_PORT, back)                                   # not from the backend's port
+    rig.send_in("127.0.0.2", ipv4("10.244.3.7", "10.244.1.5"))    # another node's pod as source
+    rig.send_in("127.0.0.2", ipv4("10.244.2.7", "10.244.1.255"))  # to our broadcast address
     lost = ipv4("10.244.1.5", "10.244.9.9", proto=6)
     rig.dev.send(lost)
     answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
     assert answer[9] == 1 and answer[20:22] == b"\x03\x01"        # ICMP host unreachable
     assert socket.inet_ntoa(answer[12:16]) == "10.244.9.9" and socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
     assert answer[28:] == lost[:28]                               # quotes its header + 8 bytes
-    snap = await rig.wait_for(rx_packets=5)
+    snap = await rig.wait_for(rx_packets=8)
     assert {k: v for k, v in snap.items() if k.startswith("drop_")} == {
         "drop_not_our_subnet": 1, "drop_truncated": 1, "drop_not_ipv4": 1, "drop_bad_ip_header": 1,
-        "drop_unknown_sender": 1, "drop_no_lease": 1}
+        "drop_unknown_sender": 1, "drop_no_lease": 1, "drop_wrong_source_port": 1,
+        "drop_spoofed_source": 1, "drop_to_broadcast_address": 1}
     assert snap["dev_tx_packets"] == 1  # the ICMP answer; nothing else reached the device
 
 
@@ -179,7 +192,11 @@ def traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
     out += [ipv4("10.244.1.5", f"10.244.{2 + i % 3}.{i}") for i in range(40)]
     inbound = [("127.0.0.2", ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.9")),
                ("127.0.0.2", ipv4("10.244.2.7", "10.244.5.5")), ("127.0.0.3", b"\x45"), ("127.0.0.2", b""),
-               (ROGUE, ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.2", b"\x46" + bytes(19))]
+               (ROGUE, ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.2", b"\x46" + bytes(19)),
+               (OFF_PORT, ipv4("10.244.2.7", "10.244.1.5")), ("127.0.0.3", ipv4("10.244.2.7", "10.244.1.5")),
+               ("127.0.0.2", ipv4("10.244.1.7", "10.244.1.5")), ("127.0.0.2", ipv4("8.8.8.8", "10.244.1.5")),
+               ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.0")), ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.255")),
+               ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.254"))]
     return out, inbound
 
 
@@ -205,7 +222,7 @@ async def test_the_c_plane_counts_exactly_like_the_python_plane(rigs, close_devi
     assert c.counters.snapshot() == python.counters.snapshot() == want == got
     assert got["tx_error_eacces"] == 1 + 40 // 3 and got["drop_no_lease"] == 1
     if close_device:
-        assert sum(n for k, n in got.items() if k.startswith("dev_write_error_")) == 2  # both accepted
+        assert sum(n for k, n in got.items() if k.startswith("dev_write_error_")) == 3  # all accepted
 
 
 async def test_batches_deliver_what_the_python_reference_accepts(rigs):
@@ -224,8 +241,9 @@ async def test_batches_deliver_what_the_python_reference_accepts(rigs):
 
     for sender, dgram in inbound:
         rig.send_in(sender, dgram)
-    want = [dgram for sender, dgram in inbound
-            if not isinstance(udp.inbound(dgram, sender, rig.codec.subnet_int, rig.codec.mask, rig.table), Drop)]
+    want = [dgram for name, dgram in inbound if not isinstance(
+        udp.inbound(dgram, rig.sender(name), rig.port, rig.codec.subnet_int, rig.codec.mask, rig.table), Drop)]
+    assert len(want) == 3
     assert [await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) for _ in want] == want
 
 

@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from overlayd.encap import ether, icmp, ipv4, udp, vxlan
+from overlayd.encap import ether, icmp, ipv4, receive, udp, vxlan
 from overlayd.encap.drops import Counters, Drop
 from overlayd.encap.table import Peer, PeerTable
 from overlayd.errors import EncapError
@@ -72,25 +72,83 @@ def test_lookup(table, dst, node):
 
 
 def test_table_replace_remove_and_senders(table):
-    assert len(table) == 2 and table.is_node("198.18.0.2")
+    net2 = int(ipaddress.IPv4Address("10.244.2.0"))
+    assert len(table) == 2 and table.held_by("198.18.0.2") == {net2: Peer("198.18.0.2", MAC_B)}
     table.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.9"))
-    assert not table.is_node("198.18.0.2") and table.is_node("198.18.0.9") and len(table) == 2
+    assert table.held_by("198.18.0.2") is None and len(table) == 2
+    assert table.held_by("198.18.0.9") == {net2: Peer("198.18.0.9")}
     table.remove(ipaddress.IPv4Network("10.244.2.0/24"))
     table.remove(ipaddress.IPv4Network("10.244.2.0/24"))  # twice is fine
-    assert not table.is_node("198.18.0.9") and len(table) == 1
+    assert table.held_by("198.18.0.9") is None and len(table) == 1
     with pytest.raises(ValueError):
         table.set(ipaddress.IPv4Network("10.244.0.0/16"), Peer("198.18.0.9"))
 
 
-def test_one_node_two_subnets_stays_a_sender_until_both_go():
+def test_one_node_two_subnets_holds_both_until_both_go():
     t = PeerTable(24)
     a, b = ipaddress.IPv4Network("10.244.5.0/24"), ipaddress.IPv4Network("10.244.6.0/24")
     t.set(a, Peer("198.18.0.5"))
     t.set(b, Peer("198.18.0.5"))
+    assert set(t.held_by("198.18.0.5")) == {int(a.network_address), int(b.network_address)}
     t.remove(a)
-    assert t.is_node("198.18.0.5")
+    assert set(t.held_by("198.18.0.5")) == {int(b.network_address)}
     t.remove(b)
-    assert not t.is_node("198.18.0.5")
+    assert t.held_by("198.18.0.5") is None
+
+
+def test_a_thousand_peers_each_hold_exactly_their_own_subnet():
+    t = PeerTable(24)
+    nets = {f"198.18.{i // 250}.{i % 250 + 1}": ipaddress.IPv4Network(f"10.{i // 256}.{i % 256}.0/24")
+            for i in range(1000)}
+    for ip, net in nets.items():
+        t.set(net, Peer(ip))
+    assert len(t) == 1000
+    for ip, net in nets.items():
+        assert list(t.held_by(ip)) == [int(net.network_address)]
+        assert t.lookup(net.network_address.packed).node_ip == ip
+
+
+# --- what a node accepts (anti-spoofing) --------------------------------------
+
+HELD_2 = {int(ipaddress.IPv4Address("10.244.2.0")): Peer("198.18.0.2", MAC_B)}
+HELD_2_AND_5 = {**HELD_2, int(ipaddress.IPv4Address("10.244.5.0")): Peer("198.18.0.2", MAC_B)}
+
+
+@pytest.mark.parametrize("src, dst, held, expected", [
+    ("10.244.2.7", "10.244.1.5", HELD_2, "peer"),
+    ("10.244.2.0", "10.244.1.1", HELD_2, "peer"),                       # the sender's own .0 (its host)
+    ("10.244.2.255", "10.244.1.254", HELD_2, "peer"),
+    ("10.244.5.7", "10.244.1.5", HELD_2_AND_5, "peer"),                 # its second lease
+    ("10.244.5.7", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),          # (a) another node's subnet
+    ("10.244.1.9", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),          # (b) our own subnet
+    ("8.8.8.8", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),             # (c) outside the Network
+    ("0.0.0.0", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),
+    ("10.244.2.7", "10.244.1.0", HELD_2, Drop.TO_NETWORK_ADDRESS),      # (e) tun0's .0
+    ("10.244.2.7", "10.244.1.255", HELD_2, Drop.TO_BROADCAST_ADDRESS),  # (e) the subnet's broadcast
+    ("10.244.2.7", "10.244.3.5", HELD_2, Drop.NOT_OUR_SUBNET),
+    ("10.244.2.7", "255.255.255.255", HELD_2, Drop.NOT_OUR_SUBNET),
+    ("8.8.8.8", "10.244.1.0", HELD_2, Drop.TO_NETWORK_ADDRESS),         # destination first
+    ("10.244.2.7", "10.244.1.5", {}, Drop.SPOOFED_SOURCE),
+])
+def test_admit(src, dst, held, expected):
+    want = held[int(ipaddress.IPv4Address(src)) & MASK] if expected == "peer" else expected
+    assert receive.admit(pkt(src=src, dst=dst), held, SUBNET_INT, MASK) == want
+
+
+@pytest.mark.parametrize("own, dst, expected", [
+    ("10.244.1.0/31", "10.244.1.0", "peer"),   # RFC 3021: both addresses of a /31 are hosts
+    ("10.244.1.0/31", "10.244.1.1", "peer"),
+    ("10.244.1.4/32", "10.244.1.4", "peer"),
+    ("10.244.1.0/30", "10.244.1.0", Drop.TO_NETWORK_ADDRESS),
+    ("10.244.1.0/30", "10.244.1.3", Drop.TO_BROADCAST_ADDRESS),
+    ("10.244.0.0/16", "10.244.255.255", Drop.TO_BROADCAST_ADDRESS),
+    ("10.244.0.0/16", "10.244.1.255", "peer"),  # a host address inside a /16
+])
+def test_admit_on_other_subnet_lengths(own, dst, expected):
+    net = ipaddress.IPv4Network(own)
+    held = {int(ipaddress.IPv4Address("10.244.2.7")) & int(net.netmask): Peer("198.18.0.2")}
+    verdict = receive.admit(pkt(src="10.244.2.7", dst=dst), held, int(net.network_address), int(net.netmask))
+    assert verdict == (Peer("198.18.0.2") if expected == "peer" else expected)
 
 
 # --- UDP framing -----------------------------------------------------------
@@ -112,16 +170,29 @@ def test_udp_outbound(table, data, expected):
         assert peer.node_ip == expected and payload == data  # the packet is the payload, unchanged
 
 
+PORT = 8472
+
+
 @pytest.mark.parametrize("data, sender, expected", [
-    (pkt(src="10.244.2.7", dst="10.244.1.5"), "198.18.0.2", "ok"),
-    (pkt(src="10.244.2.7", dst="10.244.1.5"), "198.18.0.66", Drop.UNKNOWN_SENDER),
-    (pkt(src="10.244.2.7", dst="10.244.3.5"), "198.18.0.2", Drop.NOT_OUR_SUBNET),
-    (pkt(src="10.244.2.7", dst="1.1.1.1"), "198.18.0.2", Drop.NOT_OUR_SUBNET),
-    (b"\x45\x00\x00", "198.18.0.2", Drop.TRUNCATED),
-    (b"garbage-garbage-garbage", "198.18.0.2", Drop.NOT_IPV4),
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), ("198.18.0.2", PORT), "ok"),
+    (pkt(src="10.244.3.7", dst="10.244.1.5"), ("198.18.0.3", PORT), "ok"),
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), ("198.18.0.66", PORT), Drop.UNKNOWN_SENDER),
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), ("198.18.0.2", 8285), Drop.WRONG_SOURCE_PORT),
+    (pkt(src="10.244.2.7", dst="10.244.1.5"), ("198.18.0.2", 40123), Drop.WRONG_SOURCE_PORT),
+    (b"\x45\x00\x00", ("198.18.0.2", 40123), Drop.WRONG_SOURCE_PORT),     # outer checks first
+    (b"\x45\x00\x00", ("198.18.0.66", 40123), Drop.UNKNOWN_SENDER),
+    (pkt(src="10.244.2.7", dst="10.244.3.5"), ("198.18.0.2", PORT), Drop.NOT_OUR_SUBNET),
+    (pkt(src="10.244.2.7", dst="1.1.1.1"), ("198.18.0.2", PORT), Drop.NOT_OUR_SUBNET),
+    (pkt(src="10.244.3.7", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
+    (pkt(src="10.244.1.7", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
+    (pkt(src="8.8.8.8", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
+    (pkt(src="10.244.2.7", dst="10.244.1.0"), ("198.18.0.2", PORT), Drop.TO_NETWORK_ADDRESS),
+    (pkt(src="10.244.2.7", dst="10.244.1.255"), ("198.18.0.2", PORT), Drop.TO_BROADCAST_ADDRESS),
+    (b"\x45\x00\x00", ("198.18.0.2", PORT), Drop.TRUNCATED),
+    (b"garbage-garbage-garbage", ("198.18.0.2", PORT), Drop.NOT_IPV4),
 ])
 def test_udp_inbound(table, data, sender, expected):
-    verdict = udp.inbound(data, sender, SUBNET_INT, MASK, table)
+    verdict = udp.inbound(data, sender, PORT, SUBNET_INT, MASK, table)
     assert verdict == (data if expected == "ok" else expected)
 
 
@@ -242,15 +313,29 @@ def test_tap_outbound_drops(table, frame, expected):
     assert ether.tap_outbound(frame, table) is expected
 
 
-@pytest.mark.parametrize("frame, expected", [
-    (FRAME, "ok"),
-    (bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(dst="10.244.1.5")), "ok"),
-    (bytes(Ether(dst="0a:00:00:00:00:99") / IP(dst="10.244.1.5")), Drop.NOT_FOR_US),
-    (bytes(Ether(dst="0a:00:00:00:00:01") / IP(dst="10.244.2.5")), Drop.NOT_OUR_SUBNET),
-    (bytes(Ether(dst="0a:00:00:00:00:01") / ARP()), Drop.NOT_IPV4),
+def inbound_frame(src_ip="10.244.2.7", dst_ip="10.244.1.5", src_mac="0a:00:00:00:00:02",
+                  dst_mac="0a:00:00:00:00:01") -> bytes:
+    return bytes(Ether(dst=dst_mac, src=src_mac) / IP(src=src_ip, dst=dst_ip) / UDP())
+
+
+@pytest.mark.parametrize("frame, held, expected", [
+    (FRAME, HELD_2, "ok"),
+    (inbound_frame(dst_mac="ff:ff:ff:ff:ff:ff"), HELD_2, "ok"),
+    (inbound_frame(src_ip="10.244.3.1"), {int(ipaddress.IPv4Address("10.244.3.0")): Peer("198.18.0.2")},
+     "ok"),                                                                    # no VtepMAC: any source MAC
+    (inbound_frame(dst_mac="0a:00:00:00:00:99"), HELD_2, Drop.NOT_FOR_US),
+    (inbound_frame(dst_ip="10.244.2.5"), HELD_2, Drop.NOT_OUR_SUBNET),
+    (inbound_frame(dst_ip="10.244.1.0"), HELD_2, Drop.TO_NETWORK_ADDRESS),
+    (inbound_frame(dst_ip="10.244.1.255", dst_mac="ff:ff:ff:ff:ff:ff"), HELD_2, Drop.TO_BROADCAST_ADDRESS),
+    (inbound_frame(src_ip="10.244.3.7"), HELD_2, Drop.SPOOFED_SOURCE),
+    (inbound_frame(src_ip="10.244.1.7"), HELD_2, Drop.SPOOFED_SOURCE),
+    (inbound_frame(src_ip="8.8.8.8"), HELD_2, Drop.SPOOFED_SOURCE),
+    (inbound_frame(src_mac="0a:00:00:00:00:66"), HELD_2, Drop.WRONG_SOURCE_MAC),
+    (inbound_frame(src_mac="0a:00:00:00:00:01"), HELD_2, Drop.WRONG_SOURCE_MAC),  # our own MAC
+    (bytes(Ether(dst="0a:00:00:00:00:01") / ARP()), HELD_2, Drop.NOT_IPV4),
 ])
-def test_tap_inbound(frame, expected):
-    verdict = ether.tap_inbound(frame, MAC_A, SUBNET_INT, MASK)
+def test_tap_inbound(frame, held, expected):
+    verdict = ether.tap_inbound(frame, held, MAC_A, SUBNET_INT, MASK)
     assert verdict == (frame if expected == "ok" else expected)
 
 

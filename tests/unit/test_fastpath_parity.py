@@ -1,6 +1,8 @@
 """The C fast path decides exactly as the pure Python reference (overlayd.encap.udp):
 a table of vectors, then seeded random bytes, random IPv4-looking headers and
-mutations of valid packets, both directions."""
+mutations of valid packets, both directions; inbound from every kind of
+sender (several leases, one, none, not an address) and source port, so each
+anti-spoofing refusal is compared too."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ fastpath = pytest.importorskip("overlayd._fastpath", reason="the C fast path is 
 
 OWN = ipaddress.IPv4Network("10.244.1.0/24")
 SUBNET_INT, MASK = int(OWN.network_address), int(OWN.netmask)
+PORT = 8472
 
 
 def ipv4(src, dst, payload=b"x" * 12, ihl=5, total=None, version=4):
@@ -35,6 +38,7 @@ def table():
     t = PeerTable(24)
     t.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.12"))
     t.set(ipaddress.IPv4Network("10.244.3.0/24"), Peer("198.18.0.13"))
+    t.set(ipaddress.IPv4Network("10.244.5.0/24"), Peer("198.18.0.13"))  # a second lease, same node
     return t
 
 
@@ -44,8 +48,12 @@ def python_out(pkt, table):
 
 
 def python_in(dgram, sender, table):
-    v = udp.inbound(dgram, sender, SUBNET_INT, MASK, table)
+    v = udp.inbound(dgram, sender, PORT, SUBNET_INT, MASK, table)
     return v.value if isinstance(v, Drop) else v
+
+
+def c_in(dgram, sender, table):
+    return fastpath.classify_inbound(dgram, sender, PORT, SUBNET_INT, MASK, table)
 
 
 VALID = [
@@ -53,6 +61,14 @@ VALID = [
     ipv4("10.244.1.5", "10.244.3.255"),                # out: to the other peer
     ipv4("10.244.1.5", "10.244.9.9"),                  # out: nobody leases it
     ipv4("10.244.2.7", "10.244.1.5"),                  # in: for our subnet
+    ipv4("10.244.3.7", "10.244.1.5"),                  # in: from 198.18.0.13's first lease
+    ipv4("10.244.5.7", "10.244.1.254"),                # in: from its second lease
+    ipv4("10.244.2.0", "10.244.1.1"),                  # in: from a node's own .0
+    ipv4("10.244.1.7", "10.244.1.5"),                  # in: spoofed, our own subnet
+    ipv4("8.8.8.8", "10.244.1.5"),                     # in: spoofed, outside the Network
+    ipv4("10.244.9.7", "10.244.1.5"),                  # in: spoofed, nobody's subnet
+    ipv4("10.244.2.7", "10.244.1.0"),                  # in: to our network address
+    ipv4("10.244.2.7", "10.244.1.255"),                # in: to our broadcast address
     ipv4("10.244.2.7", "8.8.8.8"),                     # in: outside our subnet
     ipv4("10.244.1.5", "10.244.2.7", ihl=6),           # options
     ipv4("10.244.1.5", "10.244.2.7", payload=b""),     # header only
@@ -70,7 +86,8 @@ VECTORS = VALID + [
     b"", b"\x45", b"\x60", b"\x60" + b"\0" * 39,       # empty, short, IPv6
     b"garbage" * 5, b"\xff" * 20,
 ]
-SENDERS = ["198.18.0.12", "198.18.0.13", "198.18.0.99", "127.0.0.1", "not-an-ip", ""]
+SENDERS = [(ip, port) for ip in ("198.18.0.12", "198.18.0.13", "198.18.0.99", "127.0.0.1", "not-an-ip", "")
+           for port in (PORT, 8285, 0, 65535)]
 
 
 @pytest.mark.parametrize("pkt", VECTORS)
@@ -81,7 +98,7 @@ def test_outbound_vectors(table, pkt):
 @pytest.mark.parametrize("sender", SENDERS)
 @pytest.mark.parametrize("pkt", VECTORS)
 def test_inbound_vectors(table, pkt, sender):
-    assert fastpath.classify_inbound(pkt, sender, SUBNET_INT, MASK, table) == python_in(pkt, sender, table)
+    assert c_in(pkt, sender, table) == python_in(pkt, sender, table)
 
 
 def samples(rng: random.Random) -> list[bytes]:
@@ -95,6 +112,9 @@ def samples(rng: random.Random) -> list[bytes]:
             pkt[2:4] = rng.randrange(0, 100).to_bytes(2, "big")
         if len(pkt) >= 20 and rng.random() < 0.5:
             pkt[16:19] = bytes([10, 244, rng.choice([1, 2, 3, 9])])
+            pkt[19] = rng.choice([0, 1, 254, 255, rng.randrange(256)])
+        if len(pkt) >= 20 and rng.random() < 0.5:
+            pkt[12:15] = bytes([10, 244, rng.choice([1, 2, 3, 5, 9])])
         out.append(bytes(pkt))
     for _ in range(700):
         pkt = bytearray(rng.choice(VALID))
@@ -109,15 +129,14 @@ def test_random_and_mutated_packets_agree(table):
     for pkt in samples(rng):
         assert fastpath.classify_outbound(pkt, table) == python_out(pkt, table), pkt.hex()
         sender = rng.choice(SENDERS)
-        assert fastpath.classify_inbound(pkt, sender, SUBNET_INT, MASK, table) == \
-            python_in(pkt, sender, table), (pkt.hex(), sender)
+        assert c_in(pkt, sender, table) == python_in(pkt, sender, table), (pkt.hex(), sender)
 
 
 def test_any_buffer_is_accepted(table):
     pkt = ipv4("10.244.1.5", "10.244.2.7")
     assert fastpath.classify_outbound(bytearray(pkt), table) == ("198.18.0.12", bytearray(pkt))
-    assert fastpath.classify_inbound(memoryview(ipv4("10.244.2.7", "10.244.1.9")), "198.18.0.12",
-                                     SUBNET_INT, MASK, table) == ipv4("10.244.2.7", "10.244.1.9")
+    assert c_in(memoryview(ipv4("10.244.2.7", "10.244.1.9")), ("198.18.0.12", PORT), table) == \
+        ipv4("10.244.2.7", "10.244.1.9")
 
 
 def test_table_changes_are_seen_at_once():
@@ -125,9 +144,40 @@ def test_table_changes_are_seen_at_once():
     pkt = ipv4("10.244.1.5", "10.244.4.1")
     back = ipv4("10.244.4.1", "10.244.1.2")
     assert fastpath.classify_outbound(pkt, t) == "no_lease"
-    assert fastpath.classify_inbound(back, "198.18.0.14", SUBNET_INT, MASK, t) == "unknown_sender"
+    assert c_in(back, ("198.18.0.14", PORT), t) == "unknown_sender"
     t.set(ipaddress.IPv4Network("10.244.4.0/24"), Peer("198.18.0.14"))
     assert fastpath.classify_outbound(pkt, t) == ("198.18.0.14", pkt)
-    assert fastpath.classify_inbound(back, "198.18.0.14", SUBNET_INT, MASK, t) == back
+    assert c_in(back, ("198.18.0.14", PORT), t) == back
+    t.set(ipaddress.IPv4Network("10.244.4.0/24"), Peer("198.18.0.15"))  # the subnet changes hands
+    assert c_in(back, ("198.18.0.14", PORT), t) == "unknown_sender"
+    assert c_in(back, ("198.18.0.15", PORT), t) == back
+    t.set(ipaddress.IPv4Network("10.244.6.0/24"), Peer("198.18.0.16"))
+    assert c_in(back, ("198.18.0.16", PORT), t) == "spoofed_source"
     t.remove(ipaddress.IPv4Network("10.244.4.0/24"))
     assert fastpath.classify_outbound(pkt, t) == "no_lease"
+    assert c_in(back, ("198.18.0.15", PORT), t) == "unknown_sender"
+
+
+def test_a_thousand_peers_each_send_only_their_own_pods():
+    t = PeerTable(24)
+    nodes = {f"198.18.{i // 250}.{i % 250 + 1}": f"10.{i // 256}.{i % 256}" for i in range(1000)}
+    for ip, prefix in nodes.items():
+        t.set(ipaddress.IPv4Network(f"{prefix}.0/24"), Peer(ip))
+    rng = random.Random(1000)
+    for ip, prefix in rng.sample(sorted(nodes.items()), 200):
+        other = nodes[rng.choice(sorted(set(nodes) - {ip}))]
+        for src in (f"{prefix}.7", f"{other}.7"):
+            dgram = ipv4(src, "10.244.1.5")
+            assert c_in(dgram, (ip, PORT), t) == python_in(dgram, (ip, PORT), t)
+        assert c_in(ipv4(f"{prefix}.7", "10.244.1.5"), (ip, PORT), t) != "spoofed_source"
+        assert c_in(ipv4(f"{other}.7", "10.244.1.5"), (ip, PORT), t) == "spoofed_source"
+
+
+def test_every_c_reason_is_a_drop():
+    table = PeerTable(24)
+    table.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.12"))
+    verdicts = (c_in(pkt, sender, table) for pkt in VECTORS for sender in SENDERS)
+    reasons = {v for v in verdicts if isinstance(v, str)}  # accepted datagrams come back as bytes
+    assert reasons <= {d.value for d in Drop}
+    assert {"unknown_sender", "wrong_source_port", "spoofed_source", "to_network_address",
+            "to_broadcast_address", "not_our_subnet"} <= reasons

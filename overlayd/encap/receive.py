@@ -1,0 +1,47 @@
+"""What a node accepts from the underlay: anti-spoofing for decapsulated packets.
+
+Design note (issue 9). Knowing that the outer source is a lease holder is not
+enough: any process on a member node, or anyone who can forge a member's
+underlay address, could otherwise inject packets into our pods claiming to
+come from another node's pod, from our own pods, or from the Internet. So a
+decapsulated IPv4 packet is accepted only when
+
+* its destination is a host of our subnet: inside it (else it would be
+  routed straight back out of the overlay device, a loop), and neither the
+  subnet's network address (the overlay device's own ``.0``) nor its
+  broadcast address (a directed broadcast into our pods). Subnets of /31 and
+  /32 have no such addresses (RFC 3021);
+* its source lies inside a subnet leased by the node that sent it (the
+  outer source address; a node may hold more than one lease).
+
+The outer checks (which node sent it, from which port, the VXLAN header and
+MAC) belong to the backends' framing (:mod:`.udp`, :mod:`.ether`); this is
+the inner part they share. The C fast path has the twin of
+:func:`admit` (``admit_verdict`` in ``overlayd/_fastpath.c``).
+"""
+
+from __future__ import annotations
+
+from . import ipv4
+from .drops import Drop
+from .table import Peer
+
+
+def admit(pkt: bytes, held: dict[int, Peer], subnet_int: int, mask: int) -> Peer | Drop:
+    """The sender's :class:`Peer` owning ``pkt``'s source, or why ``pkt`` is refused.
+
+    ``pkt`` is a checked IPv4 packet (:func:`.ipv4.check`) from a node that
+    leases ``held`` (:meth:`.table.PeerTable.held_by`); ``subnet_int`` and
+    ``mask`` are our own subnet, whose length every lease shares.
+    """
+    dst = ipv4.dst_int(pkt)
+    if dst & mask != subnet_int:
+        return Drop.NOT_OUR_SUBNET
+    host_bits = ~mask & 0xFFFFFFFF
+    if host_bits > 1:
+        if dst == subnet_int:
+            return Drop.TO_NETWORK_ADDRESS
+        if dst == subnet_int | host_bits:
+            return Drop.TO_BROADCAST_ADDRESS
+    peer = held.get(ipv4.src_int(pkt) & mask)
+    return Drop.SPOOFED_SOURCE if peer is None else peer
