@@ -105,7 +105,8 @@ class Connectivity:
             self.outages += 1
             self._down_since = self.clock()
             self._up_event.clear()
-            log.warning("etcd unreachable: %s", exc)
+            detail = str(exc).removeprefix("etcd unreachable").strip(" :")
+            log.warning("etcd unreachable: %s", detail or type(exc).__name__)
         self._kick.set()
 
     def answered(self) -> None:
