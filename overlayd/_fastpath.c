@@ -43,14 +43,14 @@
 
 enum verdict {
     V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_WRONG_SOURCE_PORT,
-    V_NOT_OUR_SUBNET, V_TO_NETWORK_ADDRESS, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE,
+    V_NOT_OUR_SUBNET, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE,
     V_COUNT
 };
 
 /* The values of overlayd.encap.drops.Drop, by verdict. */
 static const char *const reason_names[V_COUNT] = {
     NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "wrong_source_port",
-    "not_our_subnet", "to_network_address", "to_broadcast_address", "spoofed_source",
+    "not_our_subnet", "to_broadcast_address", "spoofed_source",
 };
 
 /* ---- packet checks (the twins of overlayd.encap.ipv4) -------------------- */
@@ -91,8 +91,6 @@ static int admit_verdict(const unsigned char *p, PyObject *held, unsigned long l
     unsigned long long dst = ipv4_dst(p), host_bits = ~mask & 0xFFFFFFFFull;
     if ((dst & mask) != subnet)
         return V_NOT_OUR_SUBNET;
-    if (host_bits > 1 && dst == subnet)
-        return V_TO_NETWORK_ADDRESS;
     if (host_bits > 1 && dst == (subnet | host_bits))
         return V_TO_BROADCAST_ADDRESS;
     PyObject *key = PyLong_FromUnsignedLongLong(ipv4_addr(p + 12) & mask);

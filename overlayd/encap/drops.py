@@ -20,7 +20,6 @@ class Drop(enum.Enum):
     UNKNOWN_SENDER = "unknown_sender"    # inbound: the sender holds no lease
     WRONG_SOURCE_PORT = "wrong_source_port"  # inbound (UDP backend): outer source port is not our Port
     NOT_OUR_SUBNET = "not_our_subnet"    # inbound: inner destination outside our subnet
-    TO_NETWORK_ADDRESS = "to_network_address"      # inbound: inner destination is our subnet's .0
     TO_BROADCAST_ADDRESS = "to_broadcast_address"  # inbound: inner destination is our subnet's broadcast
     SPOOFED_SOURCE = "spoofed_source"    # inbound: inner source outside every subnet the sender leases
     WRONG_SOURCE_MAC = "wrong_source_mac"  # inbound VXLAN: inner Ethernet source is not the sender's VtepMAC

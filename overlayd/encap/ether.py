@@ -4,8 +4,8 @@ The tap is NOARP (see :mod:`overlayd.backend.vxlan_user`): every IPv4 frame
 the kernel writes to it is addressed to the tap's own MAC, and we rewrite the
 destination to the owning peer's VTEP MAC before encapsulating. Inbound we
 accept IPv4 frames addressed to our VTEP MAC (or broadcast), from the
-sender's VTEP MAC, that :func:`.receive.admit` allows (a host of our subnet
-as destination, a subnet the sender leases as source); ARP never crosses
+sender's VTEP MAC, that :func:`.receive.admit` allows (our subnet but not its
+broadcast address as destination, a subnet the sender leases as source); ARP never crosses
 the overlay.
 """
 

@@ -6,13 +6,22 @@ underlay address, could otherwise inject packets into our pods claiming to
 come from another node's pod, from our own pods, or from the Internet. So a
 decapsulated IPv4 packet is accepted only when
 
-* its destination is a host of our subnet: inside it (else it would be
-  routed straight back out of the overlay device, a loop), and neither the
-  subnet's network address (the overlay device's own ``.0``) nor its
-  broadcast address (a directed broadcast into our pods). Subnets of /31 and
-  /32 have no such addresses (RFC 3021);
+* its destination is in our subnet (else it would be routed straight back
+  out of the overlay device, a loop) and is not the subnet's broadcast
+  address (a directed broadcast into our pods; /31 and /32 subnets have
+  none, RFC 3021);
 * its source lies inside a subnet leased by the node that sent it (the
   outer source address; a node may hold more than one lease).
+
+The subnet's network address (the overlay device's own ``.0``) stays
+accepted, although issue 9 asked to refuse it too: it is the source of
+everything the node itself sends into the overlay, and of all pod traffic
+the bridge plugin masquerades (the default, without ``--ip-masq``), so the
+replies to that traffic come back to ``.0``. Refusing it broke pod-to-pod
+traffic in the lab (measured: every reply dropped). A packet to ``.0``
+reaches the node's own stack, which the sender can reach over the underlay
+anyway. Refusing it needs the node to source its overlay traffic from
+another address first.
 
 The outer checks (which node sent it, from which port, the VXLAN header and
 MAC) belong to the backends' framing (:mod:`.udp`, :mod:`.ether`); this is
@@ -38,10 +47,7 @@ def admit(pkt: bytes, held: dict[int, Peer], subnet_int: int, mask: int) -> Peer
     if dst & mask != subnet_int:
         return Drop.NOT_OUR_SUBNET
     host_bits = ~mask & 0xFFFFFFFF
-    if host_bits > 1:
-        if dst == subnet_int:
-            return Drop.TO_NETWORK_ADDRESS
-        if dst == subnet_int | host_bits:
-            return Drop.TO_BROADCAST_ADDRESS
+    if host_bits > 1 and dst == subnet_int | host_bits:
+        return Drop.TO_BROADCAST_ADDRESS
     peer = held.get(ipv4.src_int(pkt) & mask)
     return Drop.SPOOFED_SOURCE if peer is None else peer

@@ -24,8 +24,8 @@ def inbound(dgram: bytes, sender: tuple[str, int], port: int, subnet_int: int, m
 
     Accepted only from a lease holder sending from ``port`` (our nodes send
     from the port they are bound to, the backend's Port), and only as
-    :func:`.receive.admit` allows: for a host of our subnet, from a subnet the
-    sender leases. Anything else written to tun0 would be routed straight
+    :func:`.receive.admit` allows: for our subnet but not its broadcast
+    address, from a subnet the sender leases. Anything else written to tun0 would be routed straight
     back out of it (a loop) or let a member or an outsider inject traffic
     into our pods.
     """

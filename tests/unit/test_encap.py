@@ -123,11 +123,11 @@ HELD_2_AND_5 = {**HELD_2, int(ipaddress.IPv4Address("10.244.5.0")): Peer("198.18
     ("10.244.1.9", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),          # (b) our own subnet
     ("8.8.8.8", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),             # (c) outside the Network
     ("0.0.0.0", "10.244.1.5", HELD_2, Drop.SPOOFED_SOURCE),
-    ("10.244.2.7", "10.244.1.0", HELD_2, Drop.TO_NETWORK_ADDRESS),      # (e) tun0's .0
+    ("10.244.2.7", "10.244.1.0", HELD_2, "peer"),   # tun0's .0: replies to masqueraded traffic
     ("10.244.2.7", "10.244.1.255", HELD_2, Drop.TO_BROADCAST_ADDRESS),  # (e) the subnet's broadcast
     ("10.244.2.7", "10.244.3.5", HELD_2, Drop.NOT_OUR_SUBNET),
     ("10.244.2.7", "255.255.255.255", HELD_2, Drop.NOT_OUR_SUBNET),
-    ("8.8.8.8", "10.244.1.0", HELD_2, Drop.TO_NETWORK_ADDRESS),         # destination first
+    ("8.8.8.8", "10.244.1.255", HELD_2, Drop.TO_BROADCAST_ADDRESS),     # destination first
     ("10.244.2.7", "10.244.1.5", {}, Drop.SPOOFED_SOURCE),
 ])
 def test_admit(src, dst, held, expected):
@@ -139,7 +139,7 @@ def test_admit(src, dst, held, expected):
     ("10.244.1.0/31", "10.244.1.0", "peer"),   # RFC 3021: both addresses of a /31 are hosts
     ("10.244.1.0/31", "10.244.1.1", "peer"),
     ("10.244.1.4/32", "10.244.1.4", "peer"),
-    ("10.244.1.0/30", "10.244.1.0", Drop.TO_NETWORK_ADDRESS),
+    ("10.244.1.0/30", "10.244.1.0", "peer"),
     ("10.244.1.0/30", "10.244.1.3", Drop.TO_BROADCAST_ADDRESS),
     ("10.244.0.0/16", "10.244.255.255", Drop.TO_BROADCAST_ADDRESS),
     ("10.244.0.0/16", "10.244.1.255", "peer"),  # a host address inside a /16
@@ -186,7 +186,7 @@ PORT = 8472
     (pkt(src="10.244.3.7", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
     (pkt(src="10.244.1.7", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
     (pkt(src="8.8.8.8", dst="10.244.1.5"), ("198.18.0.2", PORT), Drop.SPOOFED_SOURCE),
-    (pkt(src="10.244.2.7", dst="10.244.1.0"), ("198.18.0.2", PORT), Drop.TO_NETWORK_ADDRESS),
+    (pkt(src="10.244.2.7", dst="10.244.1.0"), ("198.18.0.2", PORT), "ok"),
     (pkt(src="10.244.2.7", dst="10.244.1.255"), ("198.18.0.2", PORT), Drop.TO_BROADCAST_ADDRESS),
     (b"\x45\x00\x00", ("198.18.0.2", PORT), Drop.TRUNCATED),
     (b"garbage-garbage-garbage", ("198.18.0.2", PORT), Drop.NOT_IPV4),
@@ -325,7 +325,7 @@ def inbound_frame(src_ip="10.244.2.7", dst_ip="10.244.1.5", src_mac="0a:00:00:00
      "ok"),                                                                    # no VtepMAC: any source MAC
     (inbound_frame(dst_mac="0a:00:00:00:00:99"), HELD_2, Drop.NOT_FOR_US),
     (inbound_frame(dst_ip="10.244.2.5"), HELD_2, Drop.NOT_OUR_SUBNET),
-    (inbound_frame(dst_ip="10.244.1.0"), HELD_2, Drop.TO_NETWORK_ADDRESS),
+    (inbound_frame(dst_ip="10.244.1.0"), HELD_2, "ok"),
     (inbound_frame(dst_ip="10.244.1.255", dst_mac="ff:ff:ff:ff:ff:ff"), HELD_2, Drop.TO_BROADCAST_ADDRESS),
     (inbound_frame(src_ip="10.244.3.7"), HELD_2, Drop.SPOOFED_SOURCE),
     (inbound_frame(src_ip="10.244.1.7"), HELD_2, Drop.SPOOFED_SOURCE),

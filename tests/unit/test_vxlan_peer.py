@@ -68,7 +68,7 @@ def vxlan_dgram(src="10.244.5.7", dst="10.244.1.5", src_mac=PEER_MAC, vni=1) -> 
     (vxlan_dgram(src="10.244.6.7"), ("198.18.0.15", 8472), Drop.SPOOFED_SOURCE),
     (vxlan_dgram(src="10.244.1.7"), ("198.18.0.15", 8472), Drop.SPOOFED_SOURCE),
     (vxlan_dgram(src="8.8.8.8"), ("198.18.0.15", 8472), Drop.SPOOFED_SOURCE),
-    (vxlan_dgram(dst="10.244.1.0"), ("198.18.0.15", 8472), Drop.TO_NETWORK_ADDRESS),
+    (vxlan_dgram(dst="10.244.1.0"), ("198.18.0.15", 8472), "ok"),
     (vxlan_dgram(dst="10.244.1.255"), ("198.18.0.15", 8472), Drop.TO_BROADCAST_ADDRESS),
     (vxlan_dgram(src_mac="0e:00:00:00:00:66"), ("198.18.0.15", 8472), Drop.WRONG_SOURCE_MAC),
 ])
