@@ -1,17 +1,41 @@
 """The cluster network config: flannel's JSON, parsed and validated.
 
-Stored in etcd at ``<prefix>/config``, for example::
+Stored in etcd at ``<prefix>/config``, for example kube-flannel's own::
 
-    {"Network": "10.244.0.0/16", "SubnetLen": 24,
-     "Backend": {"Type": "udp", "Port": 8472}}
+    {"Network": "10.244.0.0/16", "EnableNFTables": false,
+     "Backend": {"Type": "vxlan"}}
 
-Defaults follow flannel's ``pkg/subnet/config.go``: SubnetLen is 24 when the
-Network is a /22 or shorter, otherwise Network prefix + 2 (so that at least
-four subnets fit); SubnetMin is the network plus one subnet (the first subnet
-is never handed out); SubnetMax is the last subnet. Unlike flannel we reject
-unknown keys and host bits in ``Network`` instead of silently ignoring them,
-and every error is one line naming the field it is about (also for JSON
-nested too deeply to parse).
+Every field of flannel's config (Documentation/configuration.md and
+backends.md, ``pkg/subnet/config.go``) is known here. The ones overlayd
+implements behave as in flannel; the others are accepted when they ask for
+nothing overlayd lacks and refused with one line naming the field when they
+do (see :data:`UNSUPPORTED`, :data:`FLANNEL_ONLY_BACKENDS`):
+
+* ``EnableIPv4`` true (the default) is accepted; false (IPv6 only) is refused.
+* ``EnableIPv6`` true is refused (overlayd carries IPv4 only); without it the
+  ``IPv6*`` fields are ignored, as flannel ignores them.
+* ``EnableNFTables`` is accepted either way: overlayd always uses nftables.
+* vxlan's ``GBP``, ``Learning`` and ``DirectRouting`` are accepted when false
+  and refused when true; ``MacPrefix`` and ``Name`` are Windows-only in flannel
+  and ignored. Fields accepted without effect are listed in
+  :attr:`NetworkConfig.notes` so tools can say so.
+* As Go's ``encoding/json``, which flannel reads the config with, field names
+  match case-insensitively (``"network"``, ``"vni"``); a field given twice in
+  different cases is refused. As with Go's zero values, ``SubnetLen: 0``,
+  ``"SubnetMin": "0.0.0.0"``, ``Port: 0`` and ``MTU: 0`` mean the default.
+* ``Backend.MTU`` is, as in flannel, the MTU of the encapsulated packets (the
+  underlay's MTU when absent); the overlay gets it minus the encapsulation
+  overhead.
+
+Defaults follow flannel's ``pkg/subnet/config.go``: no ``Backend`` means udp;
+SubnetLen is 24 when the Network is a /22 or shorter, otherwise Network
+prefix + 2 (so that at least four subnets fit); SubnetMin is the network plus
+one subnet (the first subnet is never handed out); SubnetMax is the last
+subnet. One deliberate difference: the udp backend's default port is 8472
+(flannel's is 8285, see the README). Unlike flannel we reject unknown keys and
+host bits in ``Network`` instead of silently ignoring them, and every error is
+one line naming the field it is about (also for JSON nested too deeply to
+parse).
 
 Stricter than flannel, because these configs are accepted by flannel and then
 fail in the data plane or the allocator:
@@ -40,11 +64,15 @@ from typing import Any
 from .errors import ConfigError
 
 BACKEND_TYPES = ("udp", "vxlan", "host-gw")
+# Backends flannel has (or had) and overlayd does not: refused by name.
+FLANNEL_ONLY_BACKENDS = ("wireguard", "ipip", "ipsec", "alloc", "extension", "tencent-vpc",
+                         "ali-vpc", "aws-vpc", "gce")
 DEFAULT_PORT = 8472
 DEFAULT_VNI = 1
 MAX_VNI = (1 << 24) - 1
+ZERO = ipaddress.IPv4Address(0)
 
-# Encapsulation overhead per backend, subtracted from the underlay MTU:
+# Encapsulation overhead per backend, subtracted from the underlay MTU (or Backend.MTU):
 # udp = outer IPv4 (20) + UDP (8); vxlan = 20 + 8 + VXLAN (8) + inner Ethernet (14).
 OVERHEAD = {"udp": 28, "vxlan": 50, "host-gw": 0}
 
@@ -67,11 +95,26 @@ SPECIAL_RANGES = tuple((ipaddress.IPv4Network(net), what) for net, what in (
 # (4,194,303 subnets) is. Flannel sets no limit.
 MAX_SUBNETS = 1 << 16
 
-_TOP_KEYS = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend"}
+_IPV6_KEYS = ("IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")
+_TOP_KEYS = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
+             "EnableIPv4", "EnableIPv6", "EnableNFTables", *_IPV6_KEYS}
 _BACKEND_KEYS = {
     "udp": {"Type", "Port", "MTU"},
-    "vxlan": {"Type", "Port", "VNI", "MTU"},
+    "vxlan": {"Type", "Port", "VNI", "MTU", "GBP", "Learning", "DirectRouting", "MacPrefix", "Name"},
     "host-gw": {"Type"},
+}
+_ALL_BACKEND_KEYS = set().union(*_BACKEND_KEYS.values())
+
+# flannel's switches overlayd does not implement: (where, field) -> the value that asks
+# for nothing (accepted), and why the other value is refused.
+UNSUPPORTED = {
+    ("", "EnableIPv4"): (True, "it carries IPv4 only, so an IPv6-only network cannot work"),
+    ("", "EnableIPv6"): (False, "it carries IPv4 only (remove the field or set it false)"),
+    ("Backend.", "GBP"): (False, "no VXLAN Group Based Policy (set it false)"),
+    ("Backend.", "Learning"): (False, "peers' FDB entries come from their leases, "
+                                      "not from MAC learning (set it false)"),
+    ("Backend.", "DirectRouting"): (False, "not implemented yet, every peer is encapsulated "
+                                           "(set it false, or use host-gw if all nodes share a segment)"),
 }
 
 
@@ -82,15 +125,16 @@ class BackendConfig:
     type: str = "udp"
     port: int = DEFAULT_PORT
     vni: int = DEFAULT_VNI
-    mtu: int | None = None  # overlay MTU override; None: underlay MTU - overhead
+    mtu: int | None = None  # MTU of the encapsulated packets (flannel's); None: the underlay's
+    direct_routing: bool = False  # vxlan: host-gw routes to peers on our segment (refused for now)
 
     def overlay_mtu(self, underlay_mtu: int) -> int:
-        """The MTU pods and the overlay device get, per flannel's rules."""
-        if self.mtu is not None:
-            return self.mtu
-        return underlay_mtu - OVERHEAD[self.type]
+        """The MTU pods and the overlay device get, per flannel's rules: the outgoing MTU
+        (``Backend.MTU``, else the underlay's) minus the encapsulation overhead."""
+        return (self.mtu or underlay_mtu) - OVERHEAD[self.type]
 
     def to_json(self) -> dict[str, Any]:
+        """The ``Backend`` object as flannel's JSON, defaults written out."""
         out: dict[str, Any] = {"Type": self.type}
         if self.type in ("udp", "vxlan"):
             out["Port"] = self.port
@@ -98,6 +142,8 @@ class BackendConfig:
             out["VNI"] = self.vni
         if self.mtu is not None:
             out["MTU"] = self.mtu
+        if self.direct_routing:
+            out["DirectRouting"] = True
         return out
 
 
@@ -110,6 +156,8 @@ class NetworkConfig:
     subnet_min: ipaddress.IPv4Address
     subnet_max: ipaddress.IPv4Address
     backend: BackendConfig
+    # fields accepted without effect, one line each (e.g. for 'overlayctl config set' to show)
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def subnet_size(self) -> int:
@@ -152,15 +200,54 @@ def _show(value: Any) -> str:
         return type(value).__name__
 
 
+def _canonical(obj: dict, known: set[str], where: str) -> dict:
+    """``obj`` with its keys spelled as in ``known`` when they match ignoring case (as Go's
+    ``encoding/json`` matches them); unknown keys are kept as they are, for the caller."""
+    spelled = {k.lower(): k for k in known}
+    out: dict = {}
+    for key, value in obj.items():
+        name = spelled.get(key.lower(), key) if isinstance(key, str) else key
+        if name in out:
+            raise ConfigError(f"{where}{name}: given twice (the names of fields ignore case)")
+        out[name] = value
+    return out
+
+
 def _int_field(obj: dict, key: str, where: str, lo: int, hi: int, default: int | None):
+    """``obj[key]``, an integer in ``lo..hi``; ``default`` when absent or 0 (Go's zero value)
+    and 0 is outside ``lo..hi``."""
     if key not in obj:
         return default
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}{key}: must be an integer, got {_show(value)}")
+    if value == 0 and lo > 0:
+        return default
     if not lo <= value <= hi:
         raise ConfigError(f"{where}{key}: must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _bool_field(obj: dict, key: str, where: str) -> bool | None:
+    """``obj[key]``, a JSON boolean, or None when absent."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{where}{key}: must be true or false, got {_show(value)}")
+    return value
+
+
+def _switches(obj: dict, where: str) -> dict[str, bool]:
+    """The :data:`UNSUPPORTED` switches present in ``obj``; refuses the values that ask for
+    a feature overlayd lacks."""
+    found = {}
+    for (place, key), (harmless, why) in UNSUPPORTED.items():
+        value = _bool_field(obj, key, where) if place == where else None
+        if value is None:
+            continue
+        if value != harmless:
+            raise ConfigError(f"{where}{key}: {json.dumps(value)} is not supported by overlayd: {why}")
+        found[key] = value
+    return found
 
 
 def _addr_field(obj: dict, key: str) -> ipaddress.IPv4Address | None:
@@ -192,25 +279,37 @@ def _network_field(value: Any) -> ipaddress.IPv4Network:
     return network
 
 
-def parse_backend(raw: Any) -> BackendConfig:
-    """Validate the ``Backend`` object (absent means UDP on the default port)."""
+def _parse_backend(raw: Any, notes: list[str]) -> BackendConfig:
+    """Validate the ``Backend`` object (absent means UDP on the default port); fields
+    accepted without effect are added to ``notes``."""
     if raw is None:
         return BackendConfig()
     if not isinstance(raw, dict):
         raise ConfigError("Backend: must be a JSON object")
+    raw = _canonical(raw, _ALL_BACKEND_KEYS, "Backend.")
     btype = raw.get("Type", "udp")
+    if btype in FLANNEL_ONLY_BACKENDS:
+        raise ConfigError(f"Backend.Type: {btype} is a flannel backend not supported by overlayd "
+                          f"(use one of: {', '.join(BACKEND_TYPES)})")
     if btype not in BACKEND_TYPES:
         raise ConfigError(
             f"Backend.Type: unknown backend {_show(btype)} "
             f"(expected one of: {', '.join(BACKEND_TYPES)})"
         )
-    unknown = sorted(set(raw) - _BACKEND_KEYS[btype])
+    unknown = sorted(set(raw) - _BACKEND_KEYS[btype], key=str)
     if unknown:
-        raise ConfigError(f"Backend.{unknown[0]}: not a setting of the {btype} backend")
+        raise ConfigError(f"Backend.{_clip(str(unknown[0]))}: not a setting of the {btype} backend")
+    switches = _switches(raw, "Backend.")
+    for key in ("MacPrefix", "Name"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"Backend.{key}: must be a string, got {_show(raw[key])}")
+            notes.append(f"Backend.{key}: ignored (Windows only in flannel)")
     port = _int_field(raw, "Port", "Backend.", 1, 65535, DEFAULT_PORT)
     vni = _int_field(raw, "VNI", "Backend.", 0, MAX_VNI, DEFAULT_VNI)
     mtu = _int_field(raw, "MTU", "Backend.", 576, 65535, None)
-    return BackendConfig(type=btype, port=port, vni=vni, mtu=mtu)
+    return BackendConfig(type=btype, port=port, vni=vni, mtu=mtu,
+                         direct_routing=switches.get("DirectRouting", False))
 
 
 def parse_config(data: str | bytes | dict) -> NetworkConfig:
@@ -229,9 +328,17 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
         raw = data
     if not isinstance(raw, dict):
         raise ConfigError("config must be a JSON object")
-    unknown = sorted(set(raw) - _TOP_KEYS)
+    raw = _canonical(raw, _TOP_KEYS, "")
+    unknown = sorted(set(raw) - _TOP_KEYS, key=str)
     if unknown:
         raise ConfigError(f"{_clip(str(unknown[0]))}: unknown field")
+    _switches(raw, "")
+    notes: list[str] = []
+    ipv6 = [key for key in _IPV6_KEYS if key in raw]
+    if ipv6:
+        notes.append(f"{', '.join(ipv6)}: ignored without EnableIPv6 (as flannel does)")
+    if _bool_field(raw, "EnableNFTables", "") is False:
+        notes.append("EnableNFTables: false: overlayd always uses nftables, never iptables")
 
     if "Network" not in raw:
         raise ConfigError("Network: missing (e.g. \"10.244.0.0/16\")")
@@ -255,7 +362,7 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
     bounds = {}
     for key, default in (("SubnetMin", net_first + size), ("SubnetMax", net_last_subnet)):
         addr = _addr_field(raw, key)
-        if addr is None:
+        if addr is None or addr == ZERO:  # 0.0.0.0: Go's zero value, the default for flannel
             bounds[key] = ipaddress.IPv4Address(default)
             continue
         if addr not in network:
@@ -273,7 +380,8 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
         subnet_len=subnet_len,
         subnet_min=bounds["SubnetMin"],
         subnet_max=bounds["SubnetMax"],
-        backend=parse_backend(raw.get("Backend")),
+        backend=_parse_backend(raw.get("Backend"), notes),
+        notes=tuple(notes),
     )
     if config.subnet_count > MAX_SUBNETS:
         raise ConfigError(

@@ -7,6 +7,34 @@ from overlayd.netconf import parse_config
 
 A = ipaddress.IPv4Address
 
+# net-conf.json exactly as flannel's Documentation/kube-flannel.yml ships it (v0.28)
+KUBE_FLANNEL_NET_CONF = """\
+{
+  "Network": "10.244.0.0/16",
+  "EnableNFTables": false,
+  "Backend": {
+    "Type": "vxlan"
+  }
+}
+"""
+
+# what the Helm chart (chart/kube-flannel/templates/config.yaml) renders with every vxlan option
+CHART_VXLAN_ALL_OPTIONS = """\
+{
+  "Network": "10.244.0.0/16",
+  "EnableNFTables": true,
+  "Backend": {
+    "Port": 4789,
+    "VNI": 4096,
+    "GBP": false,
+    "DirectRouting": false,
+    "MTU": 1500,
+    "MacPrefix": "0E-2A",
+    "Type": "vxlan"
+  }
+}
+"""
+
 
 @pytest.mark.parametrize("raw, subnet_len, smin, smax, btype, port", [
     ({"Network": "10.244.0.0/16"}, 24, "10.244.1.0", "10.244.255.0", "udp", 8472),
@@ -59,7 +87,7 @@ def test_json_text_and_round_trip():
     ({"Network": "10.244.0.0/16", "Bogus": 1}, "Bogus: unknown field"),
     ({"Network": "10.244.0.0/16", "Backend": "udp"}, "Backend: must be a JSON object"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "gre"}}, "Backend.Type"),
-    ({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 0}}, "Backend.Port"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": -1}}, "Backend.Port"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 70000}}, "Backend.Port"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "VNI": 1}}, "Backend.VNI: not a setting of the udp"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI"),
@@ -133,8 +161,105 @@ def test_contains_subnet_from_min_to_max():
     ({"Type": "vxlan"}, 1500, 1450),
     ({"Type": "host-gw"}, 1500, 1500),
     ({"Type": "udp"}, 9000, 8972),
-    ({"Type": "vxlan", "MTU": 1400}, 1500, 1400),
+    # Backend.MTU is flannel's: the MTU of the encapsulated packets, the overlay gets less
+    ({"Type": "vxlan", "MTU": 1400}, 1500, 1350),
+    ({"Type": "vxlan", "MTU": 9000}, 1500, 8950),
+    ({"Type": "udp", "MTU": 1400}, 9000, 1372),
+    ({"Type": "vxlan", "MTU": 0}, 1500, 1450),  # Go's zero value: not set
 ])
 def test_overlay_mtu(backend, underlay, mtu):
     cfg = parse_config({"Network": "10.244.0.0/16", "Backend": backend})
     assert cfg.backend.overlay_mtu(underlay) == mtu
+
+
+@pytest.mark.parametrize("raw, backend, notes", [
+    # kube-flannel's manifest and the Helm chart, as shipped
+    (KUBE_FLANNEL_NET_CONF, {"type": "vxlan", "port": 8472, "vni": 1, "mtu": None},
+     ["EnableNFTables: false: overlayd always uses nftables"]),
+    (CHART_VXLAN_ALL_OPTIONS, {"type": "vxlan", "port": 4789, "vni": 4096, "mtu": 1500, "direct_routing": False},
+     ["Backend.MacPrefix: ignored (Windows only in flannel)"]),
+    ('{"Network": "10.244.0.0/16", "Backend": {"Port": 8285, "Type": "udp"}}', {"type": "udp", "port": 8285}, []),
+    ('{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}', {"type": "host-gw"}, []),
+    # switches that ask for nothing overlayd lacks
+    ({"Network": "10.244.0.0/16", "EnableIPv4": True, "EnableIPv6": False, "EnableNFTables": True}, {"type": "udp"}, []),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": False, "Learning": False,
+                                              "DirectRouting": False, "Name": "flannel.4096"}},
+     {"type": "vxlan", "direct_routing": False}, ["Backend.Name: ignored (Windows only in flannel)"]),
+    # flannel ignores the IPv6 fields unless EnableIPv6 is true
+    ({"Network": "10.244.0.0/16", "IPv6Network": "fd00::/56", "IPv6SubnetLen": 64, "EnableIPv6": False},
+     {"type": "udp"}, ["IPv6Network, IPv6SubnetLen: ignored without EnableIPv6"]),
+    # Go's encoding/json matches field names ignoring case
+    ({"network": "10.244.0.0/16", "subnetlen": 25, "backend": {"type": "vxlan", "vni": 7, "port": 4789}},
+     {"type": "vxlan", "vni": 7, "port": 4789}, []),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "directRouting": False, "Vni": 2}},
+     {"type": "vxlan", "vni": 2}, []),
+    # Go's zero values mean "not set": the defaults
+    ({"Network": "10.244.0.0/16", "SubnetLen": 0, "SubnetMin": "0.0.0.0", "SubnetMax": "0.0.0.0",
+      "Backend": {"Type": "vxlan", "Port": 0, "MTU": 0}}, {"type": "vxlan", "port": 8472, "mtu": None}, []),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}, {"type": "vxlan", "vni": 0}, []),
+])
+def test_flannel_configs_as_shipped_are_accepted(raw, backend, notes):
+    cfg = parse_config(raw)
+    assert cfg.network == ipaddress.IPv4Network("10.244.0.0/16")
+    for name, value in backend.items():
+        assert getattr(cfg.backend, name) == value, name
+    assert len(cfg.notes) == len(notes)
+    for note, prefix in zip(cfg.notes, notes):
+        assert note.startswith(prefix) and "\n" not in note
+    assert parse_config(cfg.to_json()) == cfg
+
+
+def test_zero_values_are_the_defaults():
+    zeros = parse_config({"Network": "10.244.0.0/16", "SubnetLen": 0, "SubnetMin": "0.0.0.0",
+                          "Backend": {"Type": "udp", "Port": 0}})
+    assert zeros == parse_config({"Network": "10.244.0.0/16"})
+
+
+@pytest.mark.parametrize("raw, message", [
+    # asks for what overlayd lacks: one line naming the field and why
+    ({"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00::/56"},
+     "EnableIPv6: true is not supported by overlayd: it carries IPv4 only"),
+    ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00::/56"},
+     "EnableIPv4: false is not supported by overlayd: it carries IPv4 only"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": True}},
+     "Backend.GBP: true is not supported by overlayd: no VXLAN Group Based Policy"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Learning": True}},
+     "Backend.Learning: true is not supported by overlayd"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": True}},
+     "Backend.DirectRouting: true is not supported by overlayd: not implemented yet"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "directrouting": True}},
+     "Backend.DirectRouting: true is not supported"),
+    # wrong types
+    ({"Network": "10.244.0.0/16", "EnableIPv6": "false"}, 'EnableIPv6: must be true or false, got "false"'),
+    ({"Network": "10.244.0.0/16", "EnableNFTables": 1}, "EnableNFTables: must be true or false, got 1"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": "no"}}, "Backend.GBP: must be true or false"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "MacPrefix": 14}}, "Backend.MacPrefix: must be a string"),
+    # vxlan settings are not the udp or host-gw backend's
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "DirectRouting": False}},
+     "Backend.DirectRouting: not a setting of the udp backend"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "MTU": 1400}}, "Backend.MTU: not a setting of the host-gw"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "ListenPort": 51820}},
+     "Backend.ListenPort: not a setting of the vxlan backend"),
+    # one field given twice in different cases
+    ({"Network": "10.244.0.0/16", "network": "10.245.0.0/16"}, "Network: given twice"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "type": "udp"}}, "Backend.Type: given twice"),
+    # the zero value of an address is the default, other addresses outside Network are not
+    ({"Network": "10.244.0.0/16", "SubnetMin": "0.0.0.1"}, "SubnetMin: 0.0.0.1 is not inside"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "MTU": 500}}, "Backend.MTU: must be between 576"),
+])
+def test_flannel_fields_overlayd_lacks_are_refused_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200
+
+
+# every backend flannel registers (pkg/backend/*) or registered (the retired cloud ones) but ours
+@pytest.mark.parametrize("btype", ["wireguard", "ipip", "ipsec", "alloc", "extension", "tencent-vpc",
+                                   "ali-vpc", "aws-vpc", "gce"])
+def test_flannel_backends_overlayd_lacks_are_named(btype):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": btype}})
+    assert str(err.value) == (f"Backend.Type: {btype} is a flannel backend not supported by overlayd "
+                              "(use one of: udp, vxlan, host-gw)")
+
