@@ -25,14 +25,14 @@ from . import sdnotify, subnetenv
 from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
-from .errors import ConfigError, OverlayError, StoreUnavailable, TaskDied
+from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreUnavailable, TaskDied
 from .lease.connectivity import Backoff, Connectivity
 from .lease.etcd import EtcdStore
 from .lease.manager import LeaseManager, follow_peers
 from .lease.model import Lease, config_key
 from .lease.watcher import LeaseWatcher
 from .netconf import NetworkConfig, parse_config
-from .plumbing import nft, sysctl
+from .plumbing import guard, nft, sysctl
 from .plumbing.netlink import Netlink
 
 log = logging.getLogger("overlayd")
@@ -56,6 +56,13 @@ class DaemonOptions:
     ip_masq: bool = False
     node: NodeOptions = NodeOptions()
     resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own
+    cleanup_on_exit: bool = False  # a clean stop revokes the lease and removes all we made
+
+    @property
+    def sysctl_journal(self) -> str:
+        """Where the host-wide sysctl values we changed are noted (next to the status file)."""
+        return os.path.join(os.path.dirname(self.status_file), "sysctl-journal.json")
+
 
 
 class _Reporter:
@@ -100,15 +107,18 @@ async def retry_unavailable(fn, what: str, sleep=asyncio.sleep):
 
 
 async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: int,
-                       ip_masq: bool) -> None:
-    """What every backend needs: forwarding, the cni0 bridge with .1, and the firewall rules.
+                       ip_masq: bool, sysctl_journal: str | None = None) -> None:
+    """What every backend needs: forwarding, the Network's guard route (no pod traffic leaves
+    unencapsulated while overlayd is down, see :mod:`overlayd.plumbing.guard`), the cni0 bridge
+    with .1 and loose rp_filter, and the firewall rules. The host's own rp_filter is left alone.
 
     Idempotent, and writes only what differs (``nl.changes`` says what), so drift repair runs it again.
     """
-    sysctl.enable_forwarding()
-    sysctl.set_rp_filter("all", 2)
+    sysctl.enable_forwarding(sysctl_journal)
+    await guard.ensure(nl, config.network)
     gateway = ipaddress.IPv4Interface(f"{lease.subnet.network_address + 1}/{lease.subnet.prefixlen}")
     await nl.ensure_bridge(BRIDGE, mtu=mtu)
+    sysctl.set_rp_filter(BRIDGE, 2)
     await nl.ensure_address(BRIDGE, gateway)
     repaired = await asyncio.to_thread(nft.ensure, config.network, lease.subnet, ip_masq)  # nft: a subprocess
     if repaired:
@@ -186,6 +196,10 @@ class Daemon:
                 main.result()  # raises the failure
                 return 0
             sdnotify.notify("STOPPING=1")
+            if self.options.cleanup_on_exit:
+                main.cancel()
+                await asyncio.gather(main, return_exceptions=True)
+                await self.clean_up()
             return 0
         except OverlayError as exc:
             error = str(exc)
@@ -209,7 +223,11 @@ class Daemon:
 
     def _stop_requested(self, sig: signal.Signals, stop: asyncio.Event) -> None:
         """The first SIGTERM/SIGINT: stop cleanly; from now on the next one exits at once."""
-        held = f"the lease on {self.lease.subnet} is kept for the next start" if self.lease else "no lease is held"
+        held = "no lease is held"
+        if self.lease and self.options.cleanup_on_exit:
+            held = f"--cleanup-on-exit: the lease on {self.lease.subnet} is revoked and this node's setup removed"
+        elif self.lease:
+            held = f"the lease on {self.lease.subnet} is kept for the next start"
         log.info("%s: stopping; %s (%s again exits at once)", sig.name, held, sig.name)
         stop.set()
         for each in STOP_SIGNALS:  # a plain handler: runs even while the loop is blocked in cleanup
@@ -234,7 +252,7 @@ class Daemon:
 
         await backend.setup(lease)
         async with Netlink() as nl:
-            await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq)
+            await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq, opts.sysctl_journal)
         try:
             subnetenv.write(opts.subnet_file, subnetenv.SubnetEnv(
                 config.network, lease.subnet, backend.mtu, opts.ip_masq))
@@ -253,6 +271,43 @@ class Daemon:
             "status file": self._status_loop(),
             "resync": self._resync_loop(),
         })
+
+    async def clean_up(self) -> None:
+        """``--cleanup-on-exit``, after a clean stop: revoke the lease first (peers drop this node
+        at once instead of routing to it until the TTL runs out), then remove the backend's
+        device or routes, the guard route, cni0 (pods still attached lose their network: drain
+        the node first), the nft table, the sysctl values we changed and subnet.env.
+
+        Every step is tried; the first failure is raised afterwards.
+        """
+        failures: list[OverlayError] = []
+        if self.lease is not None:
+            try:
+                await self.store.delete_lease(self.lease.subnet)
+                log.info("revoked the lease on %s", self.lease.subnet)
+            except StoreError as exc:
+                failures.append(StoreError(f"cannot revoke the lease on {self.lease.subnet}: {exc}"))
+        async with Netlink() as nl:
+            steps = [nl.delete_link(BRIDGE), asyncio.to_thread(nft.remove),
+                     asyncio.to_thread(sysctl.restore, self.options.sysctl_journal)]
+            if self.backend is not None:
+                steps = [self.backend.teardown(nl), guard.remove(nl, self.backend.config.network), *steps]
+            for step in steps:
+                try:
+                    await step
+                except OverlayError as exc:
+                    failures.append(exc)
+        try:
+            os.unlink(self.options.subnet_file)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append(PlumbingError(f"cannot remove {self.options.subnet_file}: {exc.strerror}"))
+        for exc in failures[1:]:
+            log.error("%s", exc)
+        if failures:
+            raise failures[0]
+        log.info("cleaned up: no device, route, nft table, sysctl change or subnet file of ours is left")
 
     def _renewed(self, lease: Lease) -> None:
         self.lease = lease

@@ -46,6 +46,8 @@ class Backend(abc.ABC):
 
     #: the ``BackendType`` published in leases
     type_name: str = ""
+    #: the overlay device this backend makes ("" if none, as host-gw)
+    device: str = ""
 
     def __init__(self, config: NetworkConfig, underlay: Underlay, options: NodeOptions):
         self.config = config
@@ -86,6 +88,14 @@ class Backend(abc.ABC):
         """Drift repair, called every resync period after :meth:`setup`: put back the kernel
         state this backend owns (device, address, routes, peers' entries) where it is
         missing or wrong, and write nothing where it is right (``nl.changes`` says what was done)."""
+
+    async def teardown(self, nl: "Netlink") -> None:
+        """``--cleanup-on-exit``: release (:meth:`close`) and remove the kernel state this backend
+        made. Here: delete :attr:`device`, which takes its addresses, routes, neighbours and FDB
+        entries along; backends with state elsewhere extend it."""
+        await self.close()
+        if self.device:
+            await nl.delete_link(self.device)
 
     def stats(self) -> dict:
         """Counters for status output."""

@@ -12,14 +12,24 @@ For each peer: a route ``<subnet> via <subnet>.0 dev flannel.N onlink``, a
 permanent neighbour ``<subnet>.0 -> VtepMAC`` and an FDB entry ``VtepMAC ->
 public IP``; all three go when the lease goes. Our userspace VXLAN backend
 publishes the same BackendData, so nodes of either kind are peers.
+
+Port check: the device opens its UDP socket (on every address) only when it
+is set up, after the lease. :meth:`KernelVxlanBackend.preflight` therefore
+binds the port once, before any lease, and refuses when a process or a
+non-VXLAN kernel socket holds it. A VXLAN device already up on the port (our
+own ``flannel.<VNI>`` from before a restart, or another VNI's) is no
+conflict: the kernel shares one socket per port among VXLAN devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 
+from ..dataplane.sockets import udp_port_holder
 from ..encap.ether import mac_to_bytes, mac_to_str, stable_mac
 from ..errors import EncapError, PlumbingError
 from ..lease.model import Lease
@@ -75,6 +85,22 @@ class KernelVxlanBackend(Backend):
     def backend_data(self) -> dict:
         return {"VNI": self.vni, "VtepMAC": self.mac}
 
+    async def preflight(self) -> None:
+        """Refuse a UDP port held by anything but a VXLAN device (see the module's port check)."""
+        port = self.config.backend.port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # where the device's socket will bind
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise PlumbingError(f"cannot probe UDP port {port}: {exc.strerror}") from None
+        async with Netlink() as nl:
+            if await nl.vxlan_devices(port):
+                return
+        raise PlumbingError(f"cannot open UDP {self.underlay.public_ip}:{port} for {self.device}: port in use "
+                            f"(held by {udp_port_holder(port)}; stop it or pick another Backend.Port)")
+
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
         async with Netlink() as nl:
@@ -90,6 +116,7 @@ class KernelVxlanBackend(Backend):
         await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
         await nl.ensure_link_up(self.device)
         sysctl.disable_ipv6(self.device)
+        sysctl.set_rp_filter(self.device, 2)
         ethtool.set_tx_checksum_offload(self.device, False)  # see overlayd.plumbing.ethtool
 
     async def reconcile(self, nl: Netlink) -> None:

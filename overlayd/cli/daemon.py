@@ -75,9 +75,13 @@ def _event_loop(ctx, param, value):
 @click.option("--resync-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_envvar=True,
               metavar="SECONDS", help="How often the kernel state overlayd owns (routes, devices, peers' "
                                       "entries, cni0, nft table) is checked and repaired if changed.")
+@click.option("--cleanup-on-exit", is_flag=True, show_envvar=True,
+              help="Decommission on a clean stop (SIGTERM/SIGINT): revoke the lease so peers drop this "
+                   "node at once, and remove every device, route, neighbour, FDB entry, cni0, the nft "
+                   "table, the sysctl values overlayd changed and SUBNET_FILE. Not on SIGKILL or a crash.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, datapath, resync_interval, verbose):
+        event_loop, datapath, resync_interval, cleanup_on_exit, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -86,9 +90,9 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     an OVERLAYD_* environment variable (e.g. OVERLAYD_ETCD_ENDPOINTS).
 
     Signals: SIGTERM or SIGINT stops cleanly (exit status 0; the lease is
-    kept for the next start); a second one while stopping exits at once
-    (status 143 or 130); SIGHUP is logged and ignored. Exit status 1: a
-    fatal error, logged as one line.
+    kept for the next start, unless --cleanup-on-exit); a second one while
+    stopping exits at once (status 143 or 130); SIGHUP is logged and
+    ignored. Exit status 1: a fatal error, logged as one line.
     """
     try:
         parse_endpoints(etcd_endpoints)
@@ -100,7 +104,7 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
-        resync_interval=resync_interval,
+        resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),
     )
     sys.exit(run(options))

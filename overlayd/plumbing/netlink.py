@@ -27,6 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, PlumbingError
 
+RTN_UNREACHABLE = 7
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -122,6 +123,12 @@ class Netlink:
             if route["dst_len"] == 0 and route.get("table") == 254 and route.get("oif"):
                 return (await self.ipr.link("get", index=route.get("oif")))[0].get("ifname")
         raise ConfigError("no default route to pick the underlay interface from; pass --iface")
+
+    async def vxlan_devices(self, port: int) -> list[str]:
+        """The VXLAN devices that are up on UDP ``port`` (the kernel shares one socket among them)."""
+        return [link.get("ifname") async for link in await self.ipr.link("dump")
+                if link.get(("linkinfo", "kind")) == "vxlan" and link["flags"] & IFF_UP
+                and link.get(("linkinfo", "data")).get("vxlan_port") == port]
 
     async def is_ethernet(self, name: str) -> bool:
         """Whether ``name`` has an Ethernet link layer (host-gw needs one)."""
@@ -243,8 +250,7 @@ class Netlink:
         index = await self.index(dev)
         want = (index, str(gateway) if gateway is not None else None, onlink)
         have = [(r.get("oif"), r.get("gateway"), bool(r["flags"] & RTNH_F_ONLINK))
-                async for r in await self.ipr.route("dump", family=socket.AF_INET, table=254, dst=str(dst))
-                if not r.get("priority")]  # the metric-0 route, the one "replace" writes
+                for r in await self._main_routes(dst, 0)]  # the metric-0 route, the one "replace" writes
         if have == [want]:
             return
         kwargs = {"dst": str(dst), "oif": index}
@@ -259,6 +265,22 @@ class Netlink:
         route = f"route {dst}{f' via {gateway}' if gateway else ''} dev {dev}{' onlink' if onlink else ''}"
         self.changes.append(f"{route} was {'different' if have else 'missing'}")
 
+    async def _main_routes(self, dst: ipaddress.IPv4Network, metric: int) -> list:
+        """The main table's IPv4 routes to exactly ``dst`` at ``metric``."""
+        return [r async for r in await self.ipr.route("dump", family=socket.AF_INET, table=254, dst=str(dst))
+                if (r.get("priority") or 0) == metric]
+
+    async def ensure_unreachable(self, dst: ipaddress.IPv4Network, metric: int) -> None:
+        """An ``unreachable`` route to ``dst`` at ``metric``; routes to ``dst`` at other metrics stay."""
+        have = [r["type"] for r in await self._main_routes(dst, metric)]
+        if have == [RTN_UNREACHABLE]:
+            return
+        try:
+            await self.ipr.route("replace", dst=str(dst), type="unreachable", priority=metric)
+        except NetlinkError as exc:
+            raise _fail(f"cannot add route unreachable {dst} metric {metric}", exc) from None
+        self.changes.append(f"route unreachable {dst} metric {metric} was {'different' if have else 'missing'}")
+
     async def delete_route(self, dst: ipaddress.IPv4Network, dev: str | None = None) -> None:
         """Delete the route to ``dst`` (through ``dev``) if there is one."""
         kwargs = {"dst": str(dst)}
@@ -267,11 +289,18 @@ class Netlink:
             if link is None:
                 return
             kwargs["oif"] = link["index"]
+        await self._delete_route(kwargs)
+
+    async def delete_unreachable(self, dst: ipaddress.IPv4Network, metric: int) -> None:
+        """Delete the ``unreachable`` route to ``dst`` at ``metric`` if there is one."""
+        await self._delete_route({"dst": str(dst), "type": "unreachable", "priority": metric})
+
+    async def _delete_route(self, kwargs: dict) -> None:
         try:
             await self.ipr.route("del", **kwargs)
         except NetlinkError as exc:
             if exc.code not in (errno.ESRCH, errno.ENOENT):
-                raise _fail(f"cannot delete route {dst}", exc) from None
+                raise _fail(f"cannot delete route {kwargs['dst']}", exc) from None
 
     async def routes(self, dev: str) -> list[ipaddress.IPv4Network]:
         """Destinations of the main-table IPv4 routes through ``dev``."""
