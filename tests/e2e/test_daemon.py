@@ -92,9 +92,7 @@ HOLD_PORT = ("import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK
     ("udp", "user", "process"),
     ("udp", "user", "kernel vxlan device"),
     ("vxlan", "user", "process"),
-    pytest.param("vxlan", "kernel", "process", marks=pytest.mark.xfail(
-        strict=True, reason="the kernel VXLAN device opens its socket at link up, after the lease: "
-                            "backend/vxlan.py needs a preflight (issue 8 point 12, not done yet)")),
+    ("vxlan", "kernel", "process"),
 ])
 def test_port_in_use_fails_before_a_lease_and_before_ready(make_lab, tmp_path, backend, vxlan_impl, holder):
     """Issue 8 point 12: UDP 8472 taken -> exit 1 naming the port and its holder, no lease, no READY."""
