@@ -15,8 +15,8 @@ import pytest
 pytestmark = pytest.mark.root
 
 SCRIPT = textwrap.dedent('''
-    import asyncio, ipaddress, json, os, subprocess
-    from overlayd.plumbing import ethtool, nft, sysctl
+    import asyncio, ipaddress, json, os, subprocess, tempfile
+    from overlayd.plumbing import ethtool, guard, nft, sysctl
     from overlayd.plumbing.netlink import Netlink
     from overlayd.plumbing.tuntap import open_tun, open_tap
 
@@ -52,7 +52,11 @@ SCRIPT = textwrap.dedent('''
             seen["tun_routes"] = [str(r) for r in await nl.routes("tun0")]
             seen["tun0"] = sh("ip", "-j", "link", "show", "tun0")
             seen["tun0_ipv6_off"] = open("/proc/sys/net/ipv6/conf/tun0/disable_ipv6").read().strip()
-            os.close(fd)
+            for _ in range(2):
+                await guard.ensure(nl, net)
+            seen["with_guard"] = sh("ip", "route", "show", str(net))
+            os.close(fd)  # the device and its route go: the guard is what is left
+            seen["guard_only"] = sh("ip", "route", "show", str(net))
             fd = open_tap("overlay0", "0e:11:22:33:44:55", 1450)
             await nl.ensure_noarp("overlay0")
             seen["tap"] = sh("ip", "-j", "link", "show", "overlay0")
@@ -72,6 +76,7 @@ SCRIPT = textwrap.dedent('''
                 await nl.ensure_fdb("0e:00:00:00:00:05", ipaddress.IPv4Address("198.18.0.15"), "flannel.1")
                 await nl.ensure_neighbour(peer_gw, "0e:00:00:00:00:05", "flannel.1")
                 await nl.ensure_route(ipaddress.IPv4Network("10.244.5.0/24"), "flannel.1", gateway=peer_gw, onlink=True)
+            seen["vxlan_on_8472"] = await nl.vxlan_devices(8472)
             seen["fdb"] = sh("bridge", "fdb", "show", "dev", "flannel.1")
             seen["neigh"] = sh("ip", "neigh", "show", "dev", "flannel.1")
             seen["route5"] = sh("ip", "route", "show", "10.244.5.0/24")
@@ -84,9 +89,21 @@ SCRIPT = textwrap.dedent('''
             await nl.delete_link("flannel.1")
             await nl.delete_link("flannel.1")
             seen["vxlan_gone"] = not await nl.exists("flannel.1")
+            for _ in range(2):
+                await guard.remove(nl, net)
+            seen["guard_removed"] = sh("ip", "route", "show", str(net))
+
+        journal = os.path.join(tempfile.mkdtemp(), "sysctl-journal.json")
+        seen["forwarding_before"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+        sysctl.enable_forwarding(journal)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=0")
+        sysctl.enable_forwarding(journal)  # an operator's 0 put back: the first note stays
+        seen["journal"] = json.load(open(journal))
+        seen["restored"] = sysctl.restore(journal)
+        seen["forwarding_after"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+        seen["journal_gone"] = not os.path.exists(journal)
 
         sysctl.enable_forwarding()
-        sysctl.set_rp_filter("all", 2)
         seen["forwarding"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
         subnet = ipaddress.IPv4Network("10.244.3.0/24")
         for _ in range(2):
@@ -121,6 +138,10 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
     cni0 = json.loads(seen["cni0"])[0]
     assert cni0["mtu"] == 1450 and "UP" in cni0["flags"]
     assert seen["tun_routes"] == ["10.244.0.0/16"]  # one route, not two
+    assert seen["with_guard"].splitlines() == [  # one guard, behind the device's route
+        "10.244.0.0/16 dev tun0 proto static ", "unreachable 10.244.0.0/16 proto static metric 4294967295 "]
+    assert seen["guard_only"].splitlines() == ["unreachable 10.244.0.0/16 proto static metric 4294967295 "]
+    assert seen["guard_removed"] == ""
     tun0 = json.loads(seen["tun0"])[0]
     assert tun0["mtu"] == 1472 and "UP" in tun0["flags"] and tun0["link_type"] == "none"
     assert tun0["txqlen"] == 5000
@@ -139,7 +160,11 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
     assert seen["neigh"].count("10.244.5.0 lladdr 0e:00:00:00:00:05") == 1 and "PERMANENT" in seen["neigh"]
     assert "via 10.244.5.0" in seen["route5"] and "onlink" in seen["route5"]
     assert seen["after_delete"].strip() == ""
+    assert seen["vxlan_on_8472"] == ["flannel.1"]
     assert seen["vxlan_gone"] is True
+    assert seen["forwarding_before"] == "0" and seen["journal"] == {"/proc/sys/net/ipv4/ip_forward": "0"}
+    assert seen["restored"] == ["/proc/sys/net/ipv4/ip_forward=0"]
+    assert seen["forwarding_after"] == "0" and seen["journal_gone"]
 
     assert seen["forwarding"] == "1"
     assert seen["nft"].count("masquerade") == 2 and seen["nft"].count("table ip overlayd") == 1
@@ -150,7 +175,7 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
 DRIFT_SCRIPT = textwrap.dedent('''
     import asyncio, ipaddress, json, subprocess, time
     from pyroute2 import AsyncIPRoute
-    from overlayd.plumbing import nft, sysctl
+    from overlayd.plumbing import guard, nft, sysctl
     from overlayd.plumbing.netlink import Netlink
     from overlayd.plumbing.tuntap import open_tun
 
@@ -182,6 +207,7 @@ DRIFT_SCRIPT = textwrap.dedent('''
             await nl.ensure_address("tun0", ipaddress.IPv4Interface("10.244.3.0/32"))
             await nl.ensure_link_up("tun0")
             await nl.ensure_route(NET, "tun0")
+            await guard.ensure(nl, NET)
             await nl.ensure_vxlan("flannel.1", vni=1, port=4789, local=ipaddress.IPv4Address("198.18.0.11"),
                                   underlay_dev="eth0", mac="0e:00:00:00:00:01", mtu=1450)
             await nl.ensure_link_up("flannel.1")
@@ -217,6 +243,7 @@ DRIFT_SCRIPT = textwrap.dedent('''
         seen["events"] = "".join(m.communicate(timeout=10)[0] for m in monitors)
 
         sh("ip", "route", "del", "10.244.0.0/16", "dev", "tun0")
+        sh("ip", "route", "del", "unreachable", "10.244.0.0/16", "metric", str(guard.METRIC))
         sh("ip", "route", "del", "10.244.5.0/24", "dev", "flannel.1")
         sh("ip", "route", "del", "10.244.7.0/24")
         sh("ip", "neigh", "del", "10.244.5.0", "dev", "flannel.1")
@@ -248,6 +275,7 @@ def test_ensure_writes_nothing_over_right_state_and_reports_each_repair(netns):
     changes, nft_change = seen["repaired"]
     assert sorted(changes) == sorted([
         "route 10.244.0.0/16 dev tun0 was missing",
+        "route unreachable 10.244.0.0/16 metric 4294967295 was missing",
         "route 10.244.5.0/24 via 10.244.5.0 dev flannel.1 onlink was missing",
         "route 10.244.7.0/24 via 198.18.0.17 dev eth0 was missing",
         "neighbour 10.244.5.0 lladdr 0e:00:00:00:00:05 dev flannel.1 was missing",
