@@ -108,7 +108,8 @@ class EtcdStore:
         self.timeout = timeout
         self._current = 0
         self._clients: dict[str, aetcd.Client] = {}  # "kv" and "watch": one channel each
-        self._unsettled: set[int] = set()  # lease IDs granted whose create we never saw finish
+        self._unsettled: set[int] = set()  # lease IDs of creates that failed with no known outcome
+        self._decoded: dict[bytes, tuple[int, Lease | None]] = {}  # key -> (mod revision, lease)
 
     def _endpoint_str(self, index: int) -> str:
         host, port = self.endpoints[index]
@@ -180,12 +181,22 @@ class EtcdStore:
         """
         async def op(c):
             res = await c.get_prefix(subnets_prefix(self.prefix).encode())
-            leases = []
+            leases, decoded = [], {}
             for kv in res:
-                try:
-                    lease = self._decode(kv.key, kv.value, kv.lease, kv.mod_revision)
-                except LeaseError as exc:
-                    log.warning("ignoring %s: %s", kv.key.decode(errors="replace"), exc)
+                # a key's mod revision names its value: decode only what changed since the
+                # last listing (at 1000 nodes every acquisition lists 1000 leases), and warn
+                # about a bad value once, not on every listing
+                cached = self._decoded.get(kv.key)
+                if cached is not None and cached[0] == kv.mod_revision:
+                    lease = cached[1]
+                else:
+                    try:
+                        lease = self._decode(kv.key, kv.value, kv.lease, kv.mod_revision)
+                    except LeaseError as exc:
+                        log.warning("ignoring %s: %s", kv.key.decode(errors="replace"), exc)
+                        lease = None
+                decoded[kv.key] = (kv.mod_revision, lease)
+                if lease is None:
                     continue
                 if with_ttl and kv.lease:
                     info = await c.get_lease_info(kv.lease, keys=False)
@@ -193,6 +204,7 @@ class EtcdStore:
                         lease = Lease(lease.subnet, lease.attrs, time.time() + info.TTL,
                                       lease.handle, lease.revision)
                 leases.append(lease)
+            self._decoded = decoded
             return leases, res.header.revision
         return await self._call(op)
 
@@ -215,7 +227,7 @@ class EtcdStore:
         lease_id = _new_lease_id() if ttl is not None else 0
 
         async def op(c):
-            if self._unsettled - {lease_id}:
+            if self._unsettled:
                 await self._settle(c)
             if lease_id:
                 try:
@@ -252,11 +264,12 @@ class EtcdStore:
             expiration = None if ttl is None else time.time() + ttl
             return Lease(subnet, attrs, expiration, lease_id, revision)
 
-        if lease_id:
-            self._unsettled.add(lease_id)
-        result = await self._call(op)
-        self._unsettled.discard(lease_id)
-        return result
+        try:
+            return await self._call(op)
+        except StoreUnavailable:
+            if lease_id:  # granted or not, bound or not: settled once etcd answers again
+                self._unsettled.add(lease_id)
+            raise
 
     async def create_lease(self, subnet, attrs, ttl, reclaim_invalid: bool = False):
         """Create the lease if the key is free (or, with ``reclaim_invalid``, holds garbage)."""

@@ -66,6 +66,7 @@ class LeaseManager:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.lease: Lease | None = None  # the lease we hold, once acquired
+        self.attempts = 0  # list-and-create rounds the last acquisition took (1: no lost race)
         self.wake = asyncio.Event()  # set: verify the lease now (own key changed, etcd back)
 
     async def acquire(self, only: ipaddress.IPv4Network | None = None) -> Lease:
@@ -76,21 +77,21 @@ class LeaseManager:
         subnet is free, and :class:`StoreUnavailable` when etcd cannot be
         reached.
         """
-        attempts = 0
+        self.attempts = 0
         lost: set[ipaddress.IPv4Network] = set()  # subnets whose create lost: taken, listed or not
         while True:
-            attempts += 1
+            self.attempts += 1
             leases, _ = await self.store.list_leases()
             lease, tried = await self._try_once(leases, lost, only)
             if lease is not None:
-                if attempts > 1:
-                    log.info("acquired %s after %d attempts (lost races)", lease.subnet, attempts)
+                if self.attempts > 1:
+                    log.info("acquired %s after %d attempts (lost races)", lease.subnet, self.attempts)
                 self.lease = lease
                 return lease
             lost.add(tried)
-            log.debug("lease attempt %d on %s lost a race; re-listing", attempts, tried)
-            if attempts > 3:  # many nodes racing: spread them out
-                await self.sleep(min(1.0, 0.05 * attempts) * self.rng.random())
+            log.debug("lease attempt %d on %s lost a race; re-listing", self.attempts, tried)
+            if self.attempts > 3:  # many nodes racing: spread them out
+                await self.sleep(min(1.0, 0.05 * self.attempts) * self.rng.random())
 
     def _mine(self, leases: list[Lease]) -> list[Lease]:
         """Leases that carry our public IP, reservations first."""
