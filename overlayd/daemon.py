@@ -170,6 +170,7 @@ class Daemon:
         self.backend: Backend | None = None
         self.lease: Lease | None = None
         self._status_problem = _Reporter()
+        self.peers_seen: dict[ipaddress.IPv4Network, tuple[Lease, float]] = {}  # lease, first seen
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
@@ -313,17 +314,19 @@ class Daemon:
         self.lease = lease
 
     def write_status(self, state: str = "running", error: str | None = None) -> None:
-        """Write the node's view (lease, reachable peers, data-plane counters) as JSON.
+        """Write the node's view (lease, reachable peers, :func:`peer_table`, counters) as JSON.
 
         ``state`` is ``running`` (refreshed every ``interval`` seconds: an
         older ``updated`` means the daemon died or hangs), ``stopped`` or
         ``failed`` (with ``error``), written once on the way out.
         """
         backend, lease = self.backend, self.lease
+        routed = backend.peer_subnets()
         status = {
             "state": state, "subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
             "backend": backend.type_name, "device": getattr(backend, "device", None),
-            "mtu": backend.mtu, "peers": backend.peer_subnets(), "stats": backend.stats(),
+            "mtu": backend.mtu, "peers": routed, "stats": backend.stats(),
+            "peer_table": peer_table(self.peers_seen, routed),
             "updated": time.time(), "interval": STATUS_INTERVAL,
         }
         if error is not None:
@@ -361,10 +364,25 @@ class Daemon:
                         self.backend.config.subnet_len, self.backend.config.network)
         for lease in batch.removed:
             log.info("peer gone: %s on %s", lease.subnet, lease.public_ip)
+            self.peers_seen.pop(lease.subnet, None)
         for lease in batch.added:
             log.info("peer: %s on %s (%s)", lease.subnet, lease.public_ip, lease.attrs.backend_type)
+            first = self.peers_seen.get(lease.subnet)
+            since = first[1] if first and first[0].public_ip == lease.public_ip else time.time()
+            self.peers_seen[lease.subnet] = (lease, since)
         await self.backend.apply(batch)
         self.write_status()
+
+
+def peer_table(seen: dict[ipaddress.IPv4Network, tuple[Lease, float]], routed: list[str]) -> list[dict]:
+    """The status file's ``peer_table`` (read by ``overlayctl peers``): for every peer lease,
+    its subnet, node IP, backend, VTEP MAC (vxlan, else None), ``since`` (epoch seconds: when
+    this daemon first saw that node on that subnet) and ``routed`` (the backend reaches it;
+    host-gw skips peers off our segment)."""
+    return [{"subnet": str(subnet), "public_ip": str(lease.public_ip), "backend": lease.attrs.backend_type,
+             "vtep_mac": (lease.attrs.backend_data or {}).get("VtepMAC"), "since": since,
+             "routed": str(subnet) in routed}
+            for subnet, (lease, since) in sorted(seen.items())]
 
 
 def _exit_now(signum: int, _frame) -> None:

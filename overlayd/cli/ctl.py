@@ -1,4 +1,18 @@
-"""``overlayctl``: the operator's view of the cluster network in etcd."""
+"""``overlayctl``: the operator's view of the cluster network in etcd and of the local daemon.
+
+Output conventions, for every command:
+
+* human output fits :data:`WIDTH` (80) columns: tables shrink their widest
+  column and cut its long cells with ``~``; non-printable characters show as ``?``;
+* ``--json`` prints JSON on stdout: queries print their data (``subnets`` and
+  ``peers`` a list of records, ``status`` the daemon's status file, ``config
+  get`` the stored and the effective config); the ``lease`` commands print the
+  record of the lease they acted on (the same keys as ``subnets --json``),
+  ``config set`` the effective config it stored; ``subnets --watch --json``
+  prints one object per line (JSON Lines);
+* errors are one line, ``overlayctl: error: ...``, with exit status 1 (2 for
+  a bad flag, as click does).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +24,18 @@ import time
 
 import click
 
-from ..errors import ConfigError, OverlayError
+from ..errors import ConfigError, LeaseError, OverlayError
+from ..lease.connectivity import Connectivity
 from ..lease.etcd import EtcdStore
-from ..lease.model import LeaseAttrs
+from ..lease.manager import follow_peers
+from ..lease.model import Lease, LeaseAttrs
+from ..lease.watcher import Batch, LeaseWatcher
 from ..netconf import parse_config
-from .common import etcd_options, one_line_errors
+from .common import etcd_options, one_line_errors, setup_logging
 
 PROG = "overlayctl"
+WIDTH = 80  # columns of human output
+CUT = "~"  # ends a cell cut to fit WIDTH
 
 
 def _run(coro_fn, obj):
@@ -39,20 +58,66 @@ def local_addresses() -> set[ipaddress.IPv4Address]:
         return set()
 
 
-def _fmt_ttl(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None) -> str:
+    """``3d04h``, ``2h03m``, ``5m02s`` (``-`` for None): at most 6 characters below 100 days."""
     if seconds is None:
         return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
+    seconds = max(int(seconds), 0)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def render_table(rows: list[list[str]], headers: list[str]) -> str:
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
-    return "\n".join(lines)
+def _printable(value: object) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``~`` when cut."""
+    return text if len(text) <= width else text[:max(width - 1, 0)] + CUT
+
+
+def render_table(rows: list[list[object]], headers: list[str], width: int = WIDTH) -> str:
+    """Left-aligned columns two spaces apart, no line longer than ``width``.
+
+    Columns are given their width narrowest first, each at most an equal
+    share of what is left (never less than its header): short columns such as
+    addresses stay whole, and only outsized values (a garbled backend name or
+    MAC from etcd) are cut, ending in ``~``.
+    """
+    cells = [[_printable(v) for v in row] for row in [headers, *rows]]
+    widths = [max(len(c) for c in col) for col in zip(*cells)]
+    left = width - 2 * (len(widths) - 1)
+    for done, i in enumerate(sorted(range(len(widths)), key=widths.__getitem__)):
+        widths[i] = min(widths[i], max(left // (len(widths) - done), len(headers[i])))
+        left -= widths[i]
+    return "\n".join("  ".join(fit(c, w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def lease_record(lease: Lease, now: float, mine: set[ipaddress.IPv4Address]) -> dict:
+    """One lease as ``subnets --json`` and the ``lease`` commands print it."""
+    data = lease.attrs.backend_data or {}
+    left = lease.time_left(now)
+    return {
+        "subnet": str(lease.subnet),
+        "public_ip": str(lease.public_ip),
+        "backend": lease.attrs.backend_type,
+        "vtep_mac": data.get("VtepMAC"),
+        "vni": data.get("VNI"),
+        "ttl_seconds": None if left is None else int(left),
+        "reserved": lease.handle == 0,
+        "local": lease.public_ip in mine,
+    }
+
+
+def _echo_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def json_option(help_text: str = "Print JSON for scripts (see 'overlayctl --help')."):
+    """The ``--json`` flag every command has (the command receives ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,43 +129,97 @@ def cli(ctx, etcd_endpoints, etcd_prefix, timeout):
     """Inspect and configure an overlayd cluster network.
 
     Reads the same etcd flags (and OVERLAYD_ETCD_* environment variables)
-    as the daemon.
+    as the daemon; 'status' and 'peers' read the local daemon's status file
+    instead. Human output fits 80 columns; every command takes --json;
+    errors are one line with exit status 1.
     """
     ctx.obj = {"endpoints": etcd_endpoints, "prefix": etcd_prefix, "timeout": timeout}
 
 
+SUBNET_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]
+
+
+def _subnet_row(r: dict) -> list[str]:
+    return [r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
+            "reserved" if r["reserved"] else fmt_duration(r["ttl_seconds"]), "*" if r["local"] else ""]
+
+
+def watch_line(event: str, record: dict, when: float) -> str:
+    """One human line of ``subnets --watch``: local time, event, subnet, node, backend, MAC."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(when))
+    line = (f"{stamp} {event:<7} {record['subnet']:<18} {record['public_ip']:<15} "
+            f"{_printable(record['backend'])} {_printable(record['vtep_mac'] or '')}")
+    return fit(line.rstrip(), WIDTH)
+
+
+async def _watch(store, as_json: bool) -> None:
+    """List the leases, then print every change the etcd watch reports, until cancelled."""
+    mine = await asyncio.to_thread(local_addresses)  # pyroute2's IPRoute runs a loop of its own
+    leases, revision = await store.list_leases(with_ttl=True)
+    now = time.time()
+    records = [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
+    if as_json:
+        for r in records:
+            click.echo(json.dumps({"time": now, "event": "listed", **r}))
+    else:
+        click.echo(render_table([_subnet_row(r) for r in records], SUBNET_HEADERS) if records
+                   else "no subnet leases")
+        click.echo("watching for changes (Ctrl-C to stop)", err=True)
+    watcher = LeaseWatcher()
+    watcher.reset(leases, revision)
+    known = {l.subnet for l in leases}
+
+    def changed(batch: Batch) -> None:
+        when = time.time()
+        events = [("removed", l) for l in batch.removed]
+        events += [("changed" if l.subnet in known else "added", l) for l in batch.added]
+        for event, lease in events:
+            (known.discard if event == "removed" else known.add)(lease.subnet)
+            record = lease_record(lease, when, mine)
+            click.echo(json.dumps({"time": when, "event": event, **record}) if as_json
+                       else watch_line(event, record, when))
+
+    connectivity = Connectivity(store.probe)
+    probe = asyncio.create_task(connectivity.run())  # follow_peers waits on it while etcd is away
+    try:
+        await follow_peers(store, watcher, changed, connectivity)
+    finally:
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+
+
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", is_flag=True,
+              help="After the list, print one line per change (added, changed, removed) with its "
+                   "time, until Ctrl-C (exit 0). With --json: one JSON object per line.")
+@json_option("Print a JSON list of records (with --watch: one JSON object per line).")
 @click.pass_obj
 @one_line_errors(PROG)
-def subnets(obj, as_json):
-    """List the subnet leases: subnet, node IP, backend, time left, and the local node."""
+def subnets(obj, watch, as_json):
+    """List the subnet leases: subnet, node IP, backend, time left, and the local node.
+
+    A reserved lease (overlayctl lease reserve) shows 'reserved' instead of a
+    time left. With --watch the list is followed by the changes etcd reports;
+    if etcd goes away the watch waits for it and resumes without losing or
+    repeating a change.
+    """
+    if watch:
+        setup_logging(0, PROG)  # 'etcd unreachable' / 'etcd back' lines, with their time
+        try:
+            _run(lambda s: _watch(s, as_json), obj)
+        except KeyboardInterrupt:
+            pass
+        return
     leases, _ = _run(lambda s: s.list_leases(with_ttl=True), obj)
     mine = local_addresses()
     now = time.time()
-    records = []
-    for lease in sorted(leases, key=lambda l: l.subnet):
-        data = lease.attrs.backend_data or {}
-        records.append({
-            "subnet": str(lease.subnet),
-            "public_ip": str(lease.public_ip),
-            "backend": lease.attrs.backend_type,
-            "vtep_mac": data.get("VtepMAC"),
-            "vni": data.get("VNI"),
-            "ttl_seconds": None if lease.expiration is None else int(lease.time_left(now)),
-            "reserved": lease.handle == 0,
-            "local": lease.public_ip in mine,
-        })
+    records = [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
     if as_json:
-        click.echo(json.dumps(records, indent=2))
-        return
-    if not records:
+        _echo_json(records)
+    elif not records:
         click.echo("no subnet leases")
-        return
-    rows = [[r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
-             "reserved" if r["reserved"] else _fmt_ttl(r["ttl_seconds"]), "*" if r["local"] else ""]
-            for r in records]
-    click.echo(render_table(rows, ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]))
+    else:
+        click.echo(render_table([_subnet_row(r) for r in records], SUBNET_HEADERS))
 
 
 EXIT_NOT_RUNNING = 3  # overlayctl status: the daemon stopped (cleanly or on an error)
@@ -127,20 +246,9 @@ def status_verdict(data: dict, now: float) -> tuple[str, int]:
     return f"overlayd running, updated {age}", 0
 
 
-@cli.command()
-@click.option("--status-file", default="/run/overlayd/status.json", show_default=True,
-              envvar="OVERLAYD_STATUS_FILE", type=click.Path(dir_okay=False),
-              help="The status file of the local overlayd (its --status-file).")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@one_line_errors(PROG)
-def status(status_file, as_json):
-    """Show the local node's lease, reachable peers and data-plane counters.
-
-    Exit status: 0 running; 1 no readable status file; 3 overlayd stopped
-    (cleanly or on an error, which is shown); 4 the file says running but
-    has not been refreshed for 5 of its intervals (killed, crashed or hung).
-    With --json the exit status is the same.
-    """
+def read_status(status_file: str) -> tuple[dict, str, int]:
+    """The daemon's status file: its data, the verdict line and the exit status
+    (see :func:`status_verdict`); :class:`OverlayError` when it cannot be used."""
     try:
         with open(status_file, encoding="utf-8") as f:
             data = json.load(f)
@@ -154,15 +262,77 @@ def status(status_file, as_json):
         verdict, code = status_verdict(data, time.time())
     except OverlayError as exc:
         raise OverlayError(f"{status_file}: {exc}") from None
+    return data, verdict, code
+
+
+def status_file_option(func):
+    """``--status-file``, shared by ``status`` and ``peers``."""
+    return click.option("--status-file", default="/run/overlayd/status.json", show_default=True,
+                        envvar="OVERLAYD_STATUS_FILE", type=click.Path(dir_okay=False),
+                        help="The status file of the local overlayd (its --status-file).")(func)
+
+
+@cli.command()
+@status_file_option
+@json_option("Print the status file as it is.")
+@one_line_errors(PROG)
+def status(status_file, as_json):
+    """Show the local node's lease, reachable peers and data-plane counters.
+
+    Exit status: 0 running; 1 no readable status file; 3 overlayd stopped
+    (cleanly or on an error, which is shown); 4 the file says running but
+    has not been refreshed for 5 of its intervals (killed, crashed or hung).
+    With --json the exit status is the same.
+    """
+    data, verdict, code = read_status(status_file)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        _echo_json(data)
     else:
-        click.echo(verdict)
-        click.echo(f"subnet {data['subnet']} on {data['public_ip']}, backend {data['backend']} "
-                   f"({data.get('device') or 'kernel'}, MTU {data['mtu']})")
-        click.echo(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}")
+        click.echo(fit(verdict, WIDTH))
+        click.echo(fit(f"subnet {data['subnet']} on {data['public_ip']}, backend {data['backend']} "
+                       f"({data.get('device') or 'kernel'}, MTU {data['mtu']})", WIDTH))
+        click.echo(fit(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}", WIDTH))
         for name, value in sorted(data.get("stats", {}).items()):
-            click.echo(f"  {name:<28} {value}")
+            click.echo(fit(f"  {name:<28} {value}", WIDTH))
+    sys.exit(code)
+
+
+PEER_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "SINCE", "ROUTED"]
+
+
+@cli.command()
+@status_file_option
+@json_option("Print the peer table as a JSON list (subnet, public_ip, backend, vtep_mac, "
+             "since in epoch seconds, routed).")
+@one_line_errors(PROG)
+def peers(status_file, as_json):
+    """Show the local daemon's peer table (from its status file).
+
+    Per peer: subnet, node IP, backend, VTEP MAC, for how long the daemon has
+    seen that node on that subnet, and whether it routes it (host-gw skips
+    peers off its segment).
+
+    Read from the daemon's status file; exit status as for 'status' (3 or 4
+    with the verdict on stderr when the daemon is not running).
+    """
+    data, verdict, code = read_status(status_file)
+    table = data.get("peer_table")
+    if not isinstance(table, list):
+        raise OverlayError(f"{status_file} has no peer table: the daemon predates 'overlayctl peers'")
+    if code:
+        click.echo(fit(verdict, WIDTH), err=True)
+    if as_json:
+        _echo_json(table)
+    elif not table:
+        click.echo("no peers")
+    else:
+        now = time.time()
+        try:
+            rows = [[p["subnet"], p["public_ip"], p["backend"], p["vtep_mac"] or "-",
+                     fmt_duration(now - p["since"]), "yes" if p["routed"] else "no"] for p in table]
+        except (KeyError, TypeError) as exc:
+            raise OverlayError(f"{status_file}: malformed peer table ({type(exc).__name__}: {exc})") from None
+        click.echo(render_table(rows, PEER_HEADERS))
     sys.exit(code)
 
 
@@ -172,30 +342,53 @@ def config():
 
 
 @config.command("get")
+@json_option("Print {\"stored\": the stored config, \"effective\": with flannel's defaults filled "
+             "in (null if invalid), \"notes\": fields without effect, \"error\": why invalid}.")
 @click.pass_obj
 @one_line_errors(PROG)
-def config_get(obj):
-    """Print the stored config as JSON."""
+def config_get(obj, as_json):
+    """Print the stored config as JSON (fields accepted without effect are noted on stderr)."""
     raw = _run(lambda s: s.get_config(), obj)
     if raw is None:
         raise ConfigError(f"no network config at {obj['prefix']}/config (write one with 'overlayctl config set FILE')")
     try:
-        click.echo(json.dumps(json.loads(raw), indent=2))
-    except ValueError:
-        click.echo(raw.decode(errors="replace"))
+        stored = json.loads(raw)
+    except (ValueError, RecursionError):
+        stored = raw.decode(errors="replace")
+    try:
+        cfg, error = parse_config(raw), None
+    except ConfigError as exc:
+        cfg, error = None, str(exc)
+    if as_json:
+        _echo_json({"stored": stored, "effective": cfg and cfg.to_json(),
+                    "notes": list(cfg.notes) if cfg else [], "error": error})
+        return
+    click.echo(json.dumps(stored, indent=2) if not isinstance(stored, str) else stored)
+    for note in (cfg.notes if cfg else [f"invalid: {error}"]):
+        click.echo(f"{PROG}: note: {note}", err=True)
 
 
 @config.command("set")
 @click.argument("source", type=click.File("rb"))
+@json_option("Print the effective config stored (flannel's defaults filled in) and its notes.")
 @click.pass_obj
 @one_line_errors(PROG)
-def config_set(obj, source):
-    """Validate SOURCE (a file, or - for stdin) and store it as the config."""
+def config_set(obj, source, as_json):
+    """Validate SOURCE (a file, or - for stdin) and store it as the config.
+
+    flannel's net-conf.json is accepted as it ships; fields accepted without
+    effect (EnableNFTables: false, Windows-only settings, ...) are noted.
+    """
     raw = source.read()
     cfg = parse_config(raw)  # refuse to store what the daemons would reject
     _run(lambda s: s.put_config(raw), obj)
+    if as_json:
+        _echo_json({"stored": True, "effective": cfg.to_json(), "notes": list(cfg.notes)})
+        return
     click.echo(f"config stored: Network {cfg.network}, /{cfg.subnet_len} subnets "
                f"{cfg.subnet_min} - {cfg.subnet_max}, backend {cfg.backend.type}", err=True)
+    for note in cfg.notes:
+        click.echo(f"{PROG}: note: {note}", err=True)
 
 
 def _subnet(ctx, param, value):
@@ -214,21 +407,32 @@ def _address(ctx, param, value):
 
 @cli.group()
 def lease():
-    """Reserve or release subnet leases.
+    """Reserve, release or delete subnet leases.
 
     A reservation is a lease without a TTL: the subnet stays with the node
     whose public IP it names (that node reuses it on every start, without a
     TTL), and no other node is ever given it, even while that node is down.
+    With --json each command prints the record of the lease it acted on
+    (the keys of 'overlayctl subnets --json').
     """
+
+
+def _report(lease_: Lease, as_json: bool, message: str) -> None:
+    """What a ``lease`` command prints: the lease's record (--json) or ``message`` on stderr."""
+    if as_json:
+        _echo_json(lease_record(lease_, time.time(), local_addresses()))
+    else:
+        click.echo(message, err=True)
 
 
 @lease.command("reserve")
 @click.argument("subnet", callback=_subnet)
 @click.option("--public-ip", required=True, metavar="IP", callback=_address,
               help="The public IP of the node the subnet is reserved for.")
+@json_option("Print the reserved lease's record.")
 @click.pass_obj
 @one_line_errors(PROG)
-def lease_reserve(obj, subnet, public_ip):
+def lease_reserve(obj, subnet, public_ip, as_json):
     """Reserve SUBNET for the node with --public-ip.
 
     SUBNET is one the network config hands out, like 10.244.3.0/24. A live
@@ -244,24 +448,52 @@ def lease_reserve(obj, subnet, public_ip):
             raise ConfigError(f"{subnet} is not a /{cfg.subnet_len} between SubnetMin {cfg.subnet_min} "
                               f"and SubnetMax {cfg.subnet_max}")
         return await store.reserve(subnet, LeaseAttrs(public_ip, cfg.backend.type))
-    _run(reserve, obj)
-    click.echo(f"reserved {subnet} for {public_ip} (no TTL)", err=True)
+    reserved = _run(reserve, obj)
+    _report(reserved, as_json, f"reserved {subnet} for {public_ip} (no TTL)")
 
 
 @lease.command("release")
 @click.argument("subnet", callback=_subnet)
 @click.option("--ttl", type=click.IntRange(2, 7 * 24 * 3600), default=24 * 3600, show_default=True,
               help="Seconds the lease lives on unless its node renews it.")
+@json_option("Print the released lease's record.")
 @click.pass_obj
 @one_line_errors(PROG)
-def lease_release(obj, subnet, ttl):
+def lease_release(obj, subnet, ttl, as_json):
     """Turn the reservation of SUBNET back into an ordinary lease with a TTL.
 
     A running node takes it over and renews it; if the node is gone, the
     subnet becomes free when the TTL runs out.
     """
     released = _run(lambda s: s.release(subnet, ttl), obj)
-    click.echo(f"released {subnet} ({released.public_ip}): an ordinary lease again, TTL {ttl}s", err=True)
+    _report(released, as_json, f"released {subnet} ({released.public_ip}): an ordinary lease again, TTL {ttl}s")
+
+
+@lease.command("delete")
+@click.argument("subnet", callback=_subnet)
+@click.option("--yes", is_flag=True, help="Confirm: without it nothing is deleted.")
+@json_option("Print the deleted lease's record (as it was).")
+@click.pass_obj
+@one_line_errors(PROG)
+def lease_delete(obj, subnet, yes, as_json):
+    """Delete the lease (or reservation) of SUBNET, e.g. a node that is gone for good.
+
+    Peers drop the node's routes at once and the subnet is free again. A
+    node still running takes its subnet back within moments: stop it first
+    (or stop it with overlayd --cleanup-on-exit, which revokes its lease).
+    Needs --yes (nothing asks interactively).
+    """
+    if not yes:
+        raise OverlayError(f"lease delete removes the lease of {subnet} for good: add --yes to confirm")
+
+    async def delete(store):
+        leases, _ = await store.list_leases(with_ttl=True)
+        current = next((l for l in leases if l.subnet == subnet), None)
+        if current is None or not await store.delete_lease(subnet):
+            raise LeaseError(f"{subnet} has no lease")
+        return current
+    deleted = _run(delete, obj)
+    _report(deleted, as_json, f"deleted the lease of {subnet} ({deleted.public_ip})")
 
 
 def main() -> None:

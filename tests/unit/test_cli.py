@@ -1,14 +1,20 @@
 """The CLIs through click's CliRunner: no daemon, no root; etcd is unreachable on purpose."""
 
+import ipaddress
 import json
 import time
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from overlayd.cli.ctl import cli as ctl
+from overlayd.cli.ctl import cli as ctl, fmt_duration, render_table, watch_line
 from overlayd.cli.daemon import cli as daemon
+from overlayd.daemon import Daemon, DaemonOptions
 from overlayd.lab.etcd import free_port
+from overlayd.lease.model import Lease, LeaseAttrs
+from overlayd.lease.watcher import Batch
+from overlayd.netconf import parse_config
 
 DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
@@ -136,3 +142,166 @@ def test_overlayctl_status_tells_stopped_and_stale_from_running(tmp_path, age, c
 def test_overlayctl_status_help_documents_exit_codes():
     result = run(ctl, ["status", "--help"])
     assert "3 overlayd stopped" in result.output and "4 the file says running" in result.output
+
+
+# --- overlayctl peers, --json everywhere, 80 columns, one-line errors (issue 11.4) ---
+
+def _leaf_commands(group, path=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+@pytest.mark.parametrize("path, cmd", list(_leaf_commands(ctl)), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_overlayctl_command_has_json(path, cmd):
+    assert "--json" in [opt for p in cmd.params for opt in p.opts], " ".join(path)
+
+
+def test_the_commands_of_issue_11_exist():
+    assert {" ".join(p) for p, _ in _leaf_commands(ctl)} >= {
+        "peers", "subnets", "status", "config get", "config set", "lease reserve", "lease release", "lease delete"}
+
+
+class FakeBackend:
+    """What Daemon._peers_changed and write_status use."""
+
+    type_name, device, mtu = "vxlan", None, 1450
+    config = parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+
+    def __init__(self):
+        self.routed: set[str] = set()
+
+    async def apply(self, batch):
+        self.routed -= {str(l.subnet) for l in batch.removed}
+        self.routed |= {str(l.subnet) for l in batch.added if l.attrs.backend_type == "vxlan"}
+
+    def peer_subnets(self):
+        return sorted(self.routed)
+
+    def stats(self):
+        return {"peers": len(self.routed)}
+
+
+def peer(subnet, ip, mac=None, backend="vxlan"):
+    data = {"VNI": 1, "VtepMAC": mac} if mac else None
+    return Lease(ipaddress.IPv4Network(subnet), LeaseAttrs(ipaddress.IPv4Address(ip), backend, data))
+
+
+async def test_peers_shows_what_the_daemon_writes(tmp_path):
+    """The daemon's status file carries its peer table; 'overlayctl peers' shows it."""
+    path = tmp_path / "status.json"
+    daemon = Daemon(DaemonOptions("http://127.0.0.1:1", "/x", status_file=str(path)))
+    daemon.backend, daemon.lease = FakeBackend(), peer("10.244.3.0/24", "198.18.0.11")
+    a, b = peer("10.244.7.0/24", "198.18.0.12", "0e:00:00:00:00:07"), peer("10.244.9.0/24", "198.18.0.13", "0e:00:00:00:00:09")
+    await daemon._peers_changed(Batch(added=[a, b, peer("10.244.5.0/24", "198.18.0.15", backend="udp")]))
+    first = {p["subnet"]: p for p in json.loads(path.read_text())["peer_table"]}
+    time.sleep(0.01)
+    await daemon._peers_changed(Batch(added=[peer("10.244.7.0/24", "198.18.0.12", "0e:00:00:00:00:77"),  # new MAC
+                                             peer("10.244.9.0/24", "198.18.0.99", "0e:00:00:00:00:99")],  # new node
+                                      removed=[peer("10.244.5.0/24", "198.18.0.15", backend="udp")]))
+    data = json.loads(path.read_text())
+    assert data["peers"] == ["10.244.7.0/24", "10.244.9.0/24"]  # 'overlayctl status' reads this as before
+    table = {p["subnet"]: p for p in data["peer_table"]}
+    assert table.keys() == {"10.244.7.0/24", "10.244.9.0/24"}
+    assert table["10.244.7.0/24"] == {"subnet": "10.244.7.0/24", "public_ip": "198.18.0.12", "backend": "vxlan",
+                                      "vtep_mac": "0e:00:00:00:00:77", "since": first["10.244.7.0/24"]["since"],
+                                      "routed": True}
+    assert table["10.244.9.0/24"]["since"] > first["10.244.9.0/24"]["since"]  # another node: seen anew
+    assert first["10.244.5.0/24"]["routed"] is False and first["10.244.5.0/24"]["vtep_mac"] is None
+
+    shown = run(ctl, ["peers", "--status-file", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines() == [
+        "SUBNET         NODE IP      BACKEND  VTEP MAC           SINCE  ROUTED",
+        "10.244.7.0/24  198.18.0.12  vxlan    0e:00:00:00:00:77  0m00s  yes",
+        "10.244.9.0/24  198.18.0.99  vxlan    0e:00:00:00:00:99  0m00s  yes"]
+    as_json = run(ctl, ["peers", "--json"], env={"OVERLAYD_STATUS_FILE": str(path)})
+    assert json.loads(as_json.output) == data["peer_table"]
+    assert run(ctl, ["status", "--status-file", str(path)]).exit_code == 0
+
+
+@pytest.mark.parametrize("content, code, needle", [
+    (None, 1, "does not exist: is overlayd running"),
+    ({**STATUS}, 1, "has no peer table: the daemon predates"),
+    ({**STATUS, "peer_table": [{"subnet": "10.244.7.0/24"}]}, 1, "malformed peer table"),
+    ({**STATUS, "peer_table": [], "state": "stopped"}, 3, "overlayd STOPPED"),
+])
+def test_peers_errors_are_one_line(tmp_path, content, code, needle):
+    path = tmp_path / "status.json"
+    if content is not None:
+        path.write_text(json.dumps({"updated": time.time(), **content}))
+    result = CliRunner().invoke(ctl, ["peers", "--status-file", str(path)])
+    assert result.exit_code == code
+    assert needle in result.output.splitlines()[0] and "Traceback" not in result.output
+    if code == 1:
+        one_line_error(result, needle)
+
+
+LONG = "wireguard-" + "x" * 200
+
+
+@pytest.mark.parametrize("rows", [
+    [["10.244.3.0/24", "198.18.0.11", "vxlan", "0e:00:00:00:00:03", "23h59m", "*"]],
+    [["255.255.255.0/24", "255.255.255.255", "host-gw", "0e:00:00:00:00:03", "reserved", "*"]],
+    [["10.244.3.0/24", "198.18.0.11", LONG, "0e:00:00:00:00:03", "1h00m", ""],
+     ["10.244.4.0/24", "198.18.0.12", "udp", "a\nb" * 50, "1h00m", "*"]],
+    [["10.244.3.0/24", "198.18.0.11", LONG, LONG, "1h00m", "*"]],
+])
+def test_subnets_table_fits_80_columns(rows):
+    headers = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]
+    lines = render_table(rows, headers).splitlines()
+    assert len(lines) == len(rows) + 1  # a newline in a value does not break a row
+    assert all(len(l) <= 80 for l in lines), lines
+    assert lines[0].split() == ["SUBNET", "NODE", "IP", "BACKEND", "VTEP", "MAC", "TTL", "LEFT", "LOCAL"]
+    for row, line in zip(rows, lines[1:]):
+        assert line.startswith(row[0]) and row[1] in line  # addresses are never cut
+        assert ("~" in line) == any(len(v) > 20 for v in row)
+
+
+def test_human_output_fits_80_columns_with_long_values(tmp_path):
+    path = tmp_path / "status.json"
+    table = [{"subnet": f"10.{i}.{i}.0/24", "public_ip": "198.18.0.12", "backend": LONG, "vtep_mac": LONG,
+              "since": time.time() - 86400 * 3, "routed": True} for i in range(40)]
+    path.write_text(json.dumps({**STATUS, "peers": [p["subnet"] for p in table], "peer_table": table,
+                                "error": LONG, "stats": {LONG: 1}, "updated": time.time()}))
+    for args in (["peers"], ["status"]):
+        result = run(ctl, [*args, "--status-file", str(path)])
+        assert result.exit_code == 0
+        assert all(len(l) <= 80 for l in result.output.splitlines()), result.output
+    assert "3d00h" in run(ctl, ["peers", "--status-file", str(path)]).output
+    line = watch_line("removed", {"subnet": "10.244.3.0/24", "public_ip": "198.18.0.11", "backend": LONG,
+                                  "vtep_mac": None}, time.time())
+    assert len(line) == 80 and line.endswith("~") and " removed 10.244.3.0/24 " in line
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (None, "-"), (0, "0m00s"), (59.9, "0m59s"), (61, "1m01s"), (3600, "1h00m"), (86399, "23h59m"),
+    (86400, "1d00h"), (99 * 86400 + 3600 * 23, "99d23h"), (-5, "0m00s"),
+])
+def test_durations_are_short(seconds, shown):
+    assert fmt_duration(seconds) == shown
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["lease", "delete", "10.244.3.0/24"], "add --yes to confirm"),  # before touching (dead) etcd
+    (["lease", "delete", "10.244.3.0/24", "--json"], "add --yes to confirm"),
+    (["lease", "delete", "10.244.3.0/24", "--yes"], "etcd unreachable"),
+    (["lease", "reserve", "10.244.3.0/24", "--public-ip", "198.18.0.11", "--json"], "etcd unreachable"),
+    (["lease", "release", "10.244.3.0/24", "--json"], "etcd unreachable"),
+    (["subnets", "--watch"], "etcd unreachable"),
+    (["subnets", "--watch", "--json"], "etcd unreachable"),
+    (["subnets", "--json"], "etcd unreachable"),
+    (["config", "get", "--json"], "etcd unreachable"),
+    (["peers", "--status-file", "/nonexistent/status.json"], "does not exist"),
+    (["peers", "--json", "--status-file", "/nonexistent/status.json"], "does not exist"),
+])
+def test_overlayctl_errors_are_one_line(args, needle):
+    one_line_error(run(ctl, ["--timeout", "1", "--etcd-endpoints", DEAD, *args]), needle)
+
+
+def test_config_set_validates_flannel_fields_before_touching_etcd():
+    config = '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56"}'
+    one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "--json", "-"], input=config),
+                   "EnableIPv6: true is not supported by overlayd")
