@@ -4,7 +4,8 @@ Done directly rather than through python-pytun: it is a dozen lines, and
 python-pytun raises its own ``pytun.Error`` (errno 11) instead of
 BlockingIOError on an empty non-blocking read, which the forwarding loop
 would have to special-case on every wake-up. The fd is non-persistent: the
-device goes away when overlayd exits and is recreated on start.
+device goes away when overlayd exits and is recreated on start; while it is
+gone, the guard route (:mod:`.guard`) keeps pod traffic from leaving in clear.
 """
 
 from __future__ import annotations
