@@ -21,19 +21,20 @@ import signal
 import time
 from collections.abc import Awaitable
 
-from . import sdnotify, subnetenv
+from . import health, sdnotify, subnetenv
 from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
+from .backend.userspace import UserspaceBackend
 from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreUnavailable, TaskDied
 from .lease.connectivity import Backoff, Connectivity
 from .lease.etcd import EtcdStore
 from .lease.manager import LeaseManager, follow_peers
 from .lease.model import Lease, config_key
-from .lease.watcher import LeaseWatcher
 from .netconf import NetworkConfig, parse_config
 from .plumbing import guard, nft, sysctl
 from .plumbing.netlink import Netlink
+from .watchdog import Liveness, LoopHeartbeat, SystemdNotifier, watchdog_interval
 
 log = logging.getLogger("overlayd")
 
@@ -57,6 +58,7 @@ class DaemonOptions:
     node: NodeOptions = NodeOptions()
     resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own
     cleanup_on_exit: bool = False  # a clean stop revokes the lease and removes all we made
+    healthz_addr: tuple[str, int] | None = None  # where to serve /healthz, /readyz, /metrics
 
     @property
     def sysctl_journal(self) -> str:
@@ -170,6 +172,12 @@ class Daemon:
         self.backend: Backend | None = None
         self.lease: Lease | None = None
         self._status_problem = _Reporter()
+        self.ready = False  # READY=1 sent: lease, devices, routes and subnet.env in place
+        self.lease_lost = False  # our key seen gone or rebound, until the lease is ours again
+        self.manager: LeaseManager | None = None
+        self.watcher: health.CountingLeaseWatcher | None = None
+        self.liveness = Liveness()  # heartbeats of the event loops (watchdog, /healthz)
+        self.health: health.HealthServer | None = None
         self.peers_seen: dict[ipaddress.IPv4Network, tuple[Lease, float]] = {}  # lease, first seen
 
     async def serve(self) -> int:
@@ -214,6 +222,8 @@ class Daemon:
             for task in (main, stopper):
                 task.cancel()
             await asyncio.gather(main, stopper, return_exceptions=True)
+            if self.health is not None:
+                await asyncio.to_thread(self.health.close)
             if self.lease is not None:  # this run has a status file: say it no longer runs
                 self.write_status("failed" if error else "stopped", error)
             if self.backend is not None:
@@ -236,6 +246,9 @@ class Daemon:
 
     async def _main(self) -> None:
         opts = self.options
+        self.liveness.watch("control loop", LoopHeartbeat().start(asyncio.get_running_loop()))
+        if opts.healthz_addr is not None:  # before any lease: a port in use stops us here
+            self.health = health.HealthServer(opts.healthz_addr, self)
         config = await wait_for_config(self.store, opts.etcd_prefix)
         log.info("network %s, /%d subnets, backend %s", config.network, config.subnet_len,
                  config.backend.type)
@@ -243,11 +256,13 @@ class Daemon:
             underlay = Underlay(*await nl.underlay(opts.iface, opts.public_ip))
         log.info("underlay %s, public IP %s, MTU %d", underlay.iface, underlay.public_ip, underlay.mtu)
         self.backend = backend = create_backend(config, underlay, opts.node)
+        if isinstance(backend, UserspaceBackend):
+            self.liveness.watch("data plane", backend.heartbeat)
         await backend.preflight()
 
         previous = subnetenv.read(opts.subnet_file)
         hint = previous.subnet if previous and previous.network == config.network else None
-        manager = LeaseManager(self.store, config, backend.lease_attrs(), ttl=opts.lease_ttl, hint=hint)
+        self.manager = manager = LeaseManager(self.store, config, backend.lease_attrs(), ttl=opts.lease_ttl, hint=hint)
         self.lease = lease = await retry_unavailable(manager.acquire, "cannot lease a subnet")
         log.info("leased %s (TTL %ds)", lease.subnet, opts.lease_ttl)
 
@@ -260,17 +275,20 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"--subnet-file: cannot write {opts.subnet_file}: {exc.strerror}") from None
         log.info("wrote %s; ready", opts.subnet_file)
-        sdnotify.notify(f"READY=1\nSTATUS=leased {lease.subnet}")
+        self.ready = True
+        sdnotify.notify("READY=1")  # STATUS= follows from the notifier below
 
-        watcher = LeaseWatcher(own_subnet=lease.subnet, config=config)
+        self.watcher = watcher = health.CountingLeaseWatcher(own_subnet=lease.subnet, config=config)
         await supervise({
             "etcd probe": self.connectivity.run(),
             "lease renewal": manager.keep_renewed(lease, self.connectivity, self._renewed),
             "peer watch": follow_peers(self.store, watcher, self._peers_changed, self.connectivity,
-                                       on_own=manager.own_key_seen),
+                                       on_own=self._own_key_seen),
             "data plane": backend.run(),
             "status file": self._status_loop(),
             "resync": self._resync_loop(),
+            "systemd notifier": SystemdNotifier(self.liveness, lambda: health.status_line(self),
+                                                watchdog_interval()).run(),
         })
 
     async def clean_up(self) -> None:
@@ -312,6 +330,14 @@ class Daemon:
 
     def _renewed(self, lease: Lease) -> None:
         self.lease = lease
+        self.lease_lost = False
+
+    def _own_key_seen(self, seen: Lease | None) -> None:
+        """The peer watch saw our key: gone or bound to another etcd lease means the lease is
+        lost (``/readyz`` 503) until the manager has it back (:meth:`_renewed`)."""
+        if seen is None or seen.handle != self.lease.handle:
+            self.lease_lost = True
+        self.manager.own_key_seen(seen)
 
     def write_status(self, state: str = "running", error: str | None = None) -> None:
         """Write the node's view (lease, reachable peers, :func:`peer_table`, counters) as JSON.

@@ -33,6 +33,7 @@ from ..encap.drops import Counters
 from ..encap.table import Peer, PeerTable
 from ..errors import PlumbingError
 from ..lease.watcher import Batch
+from ..watchdog import LoopHeartbeat
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class UserspaceBackend(Backend):
         self.codec = None
         self.sock = None
         self._dp_loop: asyncio.AbstractEventLoop | None = None
+        self.heartbeat = LoopHeartbeat()  # the data-plane loop turning (for the watchdog, /healthz)
 
     def peer_for(self, lease) -> Peer | None:
         """The data-plane peer for a lease, or None if we cannot talk to it."""
@@ -93,10 +95,14 @@ class UserspaceBackend(Backend):
         if self.sock is None:
             self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
 
+    @property
+    def datapath(self) -> str:
+        """The data path in use: ``c`` or ``python`` (only the UDP backend has a C twin)."""
+        return "c" if self.options.datapath == "c" and self.type_name == "udp" else "python"
+
     def _dataplane(self) -> DataPlane:
         sender = Sender(self.sock, self.config.backend.port, self.counters)
-        # only the UDP backend has a C twin; VXLAN stays on the Python loop
-        cls = FastUdpDataPlane if self.options.datapath == "c" and self.type_name == "udp" else DataPlane
+        cls = FastUdpDataPlane if self.datapath == "c" else DataPlane
         return cls(self.dev_fd, self.sock, self.codec, sender, self.counters)
 
     async def run(self) -> None:
@@ -108,10 +114,12 @@ class UserspaceBackend(Backend):
                  "uvloop" if self.options.use_uvloop else "asyncio")
         if not self.options.use_uvloop:
             dp.start(asyncio.get_running_loop())
+            self.heartbeat.start(asyncio.get_running_loop())
             try:
                 await asyncio.Future()  # until cancelled
             finally:
                 dp.stop()
+                self.heartbeat.stop()
             return
         await self._run_on_uvloop(dp)
 
@@ -127,10 +135,12 @@ class UserspaceBackend(Backend):
             try:
                 asyncio.set_event_loop(loop)
                 dp.start(loop)
+                self.heartbeat.start(loop)
                 try:
                     loop.run_forever()
                 finally:
                     dp.stop()
+                    self.heartbeat.stop()
             except Exception as exc:  # reported to the task below, which fails the daemon
                 ended.set_exception(exc)
             else:

@@ -35,6 +35,17 @@ def _datapath(ctx, param, value):
     return value
 
 
+def _healthz_addr(ctx, param, value):
+    if value is None:
+        return None
+    from ..health import parse_addr  # prometheus-client: not needed for --help
+
+    try:
+        return parse_addr(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _event_loop(ctx, param, value):
     if value == "uvloop":
         try:
@@ -79,9 +90,12 @@ def _event_loop(ctx, param, value):
               help="Decommission on a clean stop (SIGTERM/SIGINT): revoke the lease so peers drop this "
                    "node at once, and remove every device, route, neighbour, FDB entry, cni0, the nft "
                    "table, the sysctl values overlayd changed and SUBNET_FILE. Not on SIGKILL or a crash.")
+@click.option("--healthz-addr", metavar="IP:PORT", callback=_healthz_addr, show_envvar=True,
+              help="Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, "
+                   "e.g. 127.0.0.1:10256. Default: off.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, datapath, resync_interval, cleanup_on_exit, verbose):
+        event_loop, datapath, resync_interval, cleanup_on_exit, healthz_addr, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -104,7 +118,7 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
-        resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit,
+        resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),
     )
     sys.exit(run(options))
