@@ -195,7 +195,7 @@ class DaemonCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+    def log_message(self, format, *args):
         """No access log: probes come every few seconds."""
 
 
