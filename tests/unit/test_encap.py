@@ -8,7 +8,8 @@ import ipaddress
 import socket
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR, in4_pseudoheader
+from scapy.utils import checksum
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -353,3 +354,81 @@ def test_counters_by_reason():
     c.tx(100)
     assert c.snapshot() == {"drop_no_lease": 2, "tx_packets": 1, "tx_bytes": 100}
     assert len({d.value for d in Drop}) == len(Drop)
+
+
+# --- partial (CHECKSUM_PARTIAL) inner checksums from offloading kernel VTEPs ----
+
+def pseudo_sum(ip: IP, l4_len: int) -> int:
+    """What a kernel with checksum offload leaves in the field: the folded pseudo-header sum."""
+    return ~checksum(in4_pseudoheader(ip.proto, ip, l4_len)) & 0xFFFF
+
+
+def with_l4_checksum(data: bytes, value: int) -> bytes:
+    """``data`` (an IPv4 packet) with its TCP/UDP checksum field set to ``value``."""
+    at = IP(data).ihl * 4 + (16 if IP(data).proto == 6 else 6)
+    return data[:at] + value.to_bytes(2, "big") + data[at + 2:]
+
+
+def partial(data: bytes) -> bytes:
+    """A valid packet as an offloading kernel VTEP puts it on a virtual underlay."""
+    ip = IP(data)
+    return with_l4_checksum(data, pseudo_sum(ip, ip.len - ip.ihl * 4))
+
+
+def recomputed(data: bytes) -> bytes:
+    """``data`` with its TCP/UDP checksum as scapy computes it."""
+    ip = IP(data)
+    del ip.payload.chksum
+    return bytes(ip)
+
+
+def tuned(layers, with_pseudo: bool) -> bytes:
+    """A partial packet whose payload's last word makes the ones'-complement sum over the L4
+    bytes (``with_pseudo``: and the pseudo-header) 0xFFFF: with it, a valid packet whose field
+    equals the pseudo-header sum; without, a UDP packet whose complete checksum computes to 0."""
+    data = partial(bytes(layers))
+    ihl = IP(data).ihl * 4
+    summed = data[ihl:]
+    if with_pseudo:
+        summed = bytes(in4_pseudoheader(IP(data).proto, IP(data), len(summed))) + summed
+    total = ~checksum(summed) & 0xFFFF
+    last = (int.from_bytes(data[-2:], "big") - total) % 0xFFFF
+    return data[:-2] + last.to_bytes(2, "big")
+
+
+TCP_OK = bytes(IP(src="10.244.2.7", dst="10.244.1.5") / TCP(sport=5201, dport=40000, flags="PA", seq=7)
+               / (b"x" * 1400))
+UDP_OK = bytes(IP(src="10.244.2.7", dst="10.244.1.5") / UDP(sport=53, dport=4000) / b"odd length!")
+OPTS_OK = bytes(IP(src="10.244.2.7", dst="10.244.1.5", options=[IPOption_RR()]) / TCP() / b"options")
+FRAGMENT = bytes(IP(src="10.244.2.7", dst="10.244.1.5", flags="MF") / UDP() / b"first part")
+UDP_NO_CHECKSUM = with_l4_checksum(UDP_OK, 0)
+ZERO_UDP = tuned(IP(src="10.244.2.7", dst="10.244.1.5") / UDP(sport=1, dport=2) / b"\x00\x00", False)
+VALID_AND_PSEUDO = tuned(IP(src="10.244.2.7", dst="10.244.1.5") / TCP() / b"abcd", True)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (partial(TCP_OK), TCP_OK),                             # completed to what scapy computes
+    (partial(UDP_OK), UDP_OK),
+    (partial(OPTS_OK), OPTS_OK),                           # past IP options
+    (ZERO_UDP, recomputed(ZERO_UDP)),                      # a computed 0 becomes 0xFFFF on UDP
+    (TCP_OK, None),                                        # valid: untouched
+    (UDP_OK, None),
+    (UDP_NO_CHECKSUM, None),                               # UDP without checksum stays so
+    (with_l4_checksum(TCP_OK, 0x1234), None),              # wrong, not partial: the pod's kernel drops it
+    (partial(FRAGMENT), None),                             # a fragment holds part of the L4 bytes only
+    (bytes(IP(src="10.244.2.7", dst="10.244.1.5") / ICMP()), None),
+    (partial(TCP_OK)[:20] + partial(TCP_OK)[20:36], None),  # shorter than a TCP header
+    (VALID_AND_PSEUDO, None),                              # valid although its field == the pseudo sum
+])
+def test_complete_partial_checksum(data, expected):
+    assert ether.complete_partial_checksum(data) == expected
+
+
+def test_the_tuned_vectors_are_what_they_claim():
+    assert recomputed(VALID_AND_PSEUDO) == VALID_AND_PSEUDO == partial(VALID_AND_PSEUDO)
+    assert IP(recomputed(ZERO_UDP))[UDP].chksum == 0xFFFF
+
+
+def test_tap_inbound_completes_a_partial_checksum():
+    frame = bytes(Ether(dst="0a:00:00:00:00:01", src="0a:00:00:00:00:02", type=0x0800)) + partial(TCP_OK)
+    assert ether.tap_inbound(frame, HELD_2, MAC_A, SUBNET_INT, MASK) == frame[:14] + TCP_OK
