@@ -58,9 +58,10 @@ class HostGwBackend(Backend):
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:
+            state = await nl.device_state(self.underlay.iface, peers=False)  # one route dump a pass
             for subnet, gateway in self.routes.items():
                 try:
-                    await nl.ensure_route(subnet, self.underlay.iface, gateway=gateway)
+                    await nl.ensure_route(subnet, self.underlay.iface, gateway=gateway, state=state)
                 except PlumbingError as exc:  # the other peers are still repaired
                     log.warning("peer %s on %s: cannot repair: %s", subnet, gateway, exc)
 
@@ -68,6 +69,8 @@ class HostGwBackend(Backend):
         async with self._lock, Netlink() as nl:
             for lease in batch.removed:
                 await self._forget(nl, lease.subnet)
+            # one read for the whole batch, taken after the removals it must not see
+            state = await nl.device_state(self.underlay.iface, peers=False) if batch.added else None
             for lease in batch.added:
                 if lease.attrs.backend_type != self.type_name:
                     log.warning("peer %s uses backend %s, not host-gw: skipped", lease.subnet,
@@ -76,7 +79,8 @@ class HostGwBackend(Backend):
                     await self._forget(nl, lease.subnet)  # it may have been a host-gw peer before
                     continue
                 try:
-                    await nl.ensure_route(lease.subnet, self.underlay.iface, gateway=lease.public_ip)
+                    await nl.ensure_route(lease.subnet, self.underlay.iface, gateway=lease.public_ip,
+                                          state=state)
                 except PlumbingError as exc:
                     log.warning("peer %s on %s is not on this L2 segment, skipped: %s",
                                 lease.subnet, lease.public_ip, exc)

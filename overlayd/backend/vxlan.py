@@ -35,7 +35,7 @@ from ..errors import EncapError, PlumbingError
 from ..lease.model import Lease
 from ..lease.watcher import Batch
 from ..plumbing import ethtool, sysctl
-from ..plumbing.netlink import Netlink
+from ..plumbing.netlink import DeviceState, Netlink
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,10 @@ class KernelVxlanBackend(Backend):
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:
             await self._ensure_device(nl)
+            state = await nl.device_state(self.device)  # one read for every peer: O(peers) a pass
             for subnet, (public_ip, mac) in self.peers.items():
                 try:
-                    await self._ensure_peer(nl, subnet, ipaddress.IPv4Address(public_ip), mac)
+                    await self._ensure_peer(nl, subnet, ipaddress.IPv4Address(public_ip), mac, state)
                 except PlumbingError as exc:  # the other peers are still repaired
                     log.warning("peer %s on %s: cannot repair: %s", subnet, public_ip, exc)
 
@@ -132,6 +133,8 @@ class KernelVxlanBackend(Backend):
         async with self._lock, Netlink() as nl:
             for lease in batch.removed:
                 await self._forget(nl, lease.subnet)
+            # one read for the whole batch, taken after the removals it must not see
+            state = await nl.device_state(self.device) if batch.added else None
             for lease in batch.added:
                 mac = vxlan_peer_mac(lease, self.vni)
                 if mac is None:
@@ -141,24 +144,25 @@ class KernelVxlanBackend(Backend):
                     await self._forget(nl, lease.subnet)  # it may have been one before this change
                     continue
                 try:
-                    await self._program(nl, lease, mac)
+                    await self._program(nl, lease, mac, state)
                 except PlumbingError as exc:
                     log.warning("peer %s on %s: %s: skipped", lease.subnet, lease.public_ip, exc)
                     self.skipped += 1
                     await self._forget(nl, lease.subnet)
 
-    async def _program(self, nl: Netlink, lease: Lease, mac: str) -> None:
+    async def _program(self, nl: Netlink, lease: Lease, mac: str, state: DeviceState) -> None:
         old = self.peers.get(lease.subnet)
         if old is not None and old != (str(lease.public_ip), mac):
             await nl.delete_fdb(old[1], self.device, old[0])
-        await self._ensure_peer(nl, lease.subnet, lease.public_ip, mac)
+            state.fdb.discard((old[1], old[0]))
+        await self._ensure_peer(nl, lease.subnet, lease.public_ip, mac, state)
         self.peers[lease.subnet] = (str(lease.public_ip), mac)
 
     async def _ensure_peer(self, nl: Netlink, subnet: ipaddress.IPv4Network,
-                           public_ip: ipaddress.IPv4Address, mac: str) -> None:
-        await nl.ensure_fdb(mac, public_ip, self.device)
-        await nl.ensure_neighbour(vtep_gateway(subnet), mac, self.device)
-        await nl.ensure_route(subnet, self.device, gateway=vtep_gateway(subnet), onlink=True)
+                           public_ip: ipaddress.IPv4Address, mac: str, state: DeviceState) -> None:
+        await nl.ensure_fdb(mac, public_ip, self.device, state)
+        await nl.ensure_neighbour(vtep_gateway(subnet), mac, self.device, state)
+        await nl.ensure_route(subnet, self.device, gateway=vtep_gateway(subnet), onlink=True, state=state)
 
     async def _forget(self, nl: Netlink, subnet: ipaddress.IPv4Network) -> None:
         """Remove a peer's route, neighbour and FDB entry (whatever of them exists)."""

@@ -29,7 +29,7 @@ from ..errors import StoreUnavailable
 from ..lease.etcd import EtcdStore
 from ..lease.manager import LeaseManager
 from ..lease.model import LeaseAttrs
-from ..netconf import parse_config
+from ..netconf import NetworkConfig, parse_config
 
 SIM_BASE = ipaddress.IPv4Address("198.19.0.0")  # simulated PublicIPs: 198.19.0.1 ...
 STORES = 32  # gRPC channels shared by the simulated nodes (one per node would be 1000 channels)
@@ -40,12 +40,21 @@ def sim_ip(index: int) -> ipaddress.IPv4Address:
     return SIM_BASE + index
 
 
+def sim_attrs(config: NetworkConfig, index: int) -> LeaseAttrs:
+    """What simulated node ``index`` publishes: a VXLAN node also needs its VNI and a VtepMAC
+    (a locally administered MAC derived from the index), or real daemons skip it."""
+    data = None
+    if config.backend.type == "vxlan":
+        mac = "0e:51:" + ":".join(f"{b:02x}" for b in index.to_bytes(4, "big"))
+        data = {"VNI": config.backend.vni, "VtepMAC": mac}
+    return LeaseAttrs(sim_ip(index), config.backend.type, data)
+
+
 async def acquire(endpoints: str, prefix: str, first: int, count: int, ttl: int) -> dict:
     stores = [EtcdStore(endpoints, prefix) for _ in range(min(STORES, count))]
     try:
         config = parse_config(await stores[0].get_config())
-        managers = [LeaseManager(stores[i % len(stores)], config,
-                                 LeaseAttrs(sim_ip(first + i), config.backend.type), ttl=ttl)
+        managers = [LeaseManager(stores[i % len(stores)], config, sim_attrs(config, first + i), ttl=ttl)
                     for i in range(count)]
         start = time.monotonic()
         leases = await asyncio.gather(*(_acquire(m) for m in managers))

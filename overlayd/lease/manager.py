@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..errors import LeaseError, StoreError, StoreUnavailable, WatchReset
 from ..netconf import NetworkConfig
@@ -35,7 +35,7 @@ from .allocator import choose_subnet, is_free
 from .connectivity import Backoff, Connectivity, sleep_or
 from .model import Lease, LeaseAttrs
 from .store import Store
-from .watcher import Batch, LeaseWatcher
+from .watcher import Batch, LeaseEvent, LeaseWatcher
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
                 on_own(next((l for l in leases if l.subnet == own), None))
             await _deliver(on_batch, watcher.reset(leases, revision))
             backoff.reset()
-            async for events in store.watch_leases(revision):
+            async for events in batched(store.watch_leases(revision)):
                 if on_own is not None:
                     for ev in events:
                         if ev.subnet == own:
@@ -228,6 +228,52 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
             delay = backoff.next()
             log.warning("peer watch reset (%s); re-listing in %.1fs", exc, delay)
             await sleep(delay)
+
+
+async def batched(stream: AsyncIterator[list[LeaseEvent]]) -> AsyncIterator[list[LeaseEvent]]:
+    """``stream``'s events, merged: everything that arrived while the previous batch was
+    being applied comes as one batch.
+
+    etcd's client hands events over one at a time; when 1000 nodes join at once,
+    applying them one by one (a kernel-state read and a status-file write each)
+    is quadratic. The order of events is kept; errors are passed on as raised.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump():
+        try:
+            async for events in stream:
+                queue.put_nowait(events)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait(exc)
+        else:
+            queue.put_nowait(end)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            merged = []
+            for item in items:
+                if item is end:
+                    if merged:
+                        yield merged
+                    return
+                if isinstance(item, BaseException):
+                    if merged:
+                        yield merged
+                    raise item
+                merged.extend(item)
+            yield merged
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _deliver(on_batch, batch: Batch) -> None:

@@ -389,3 +389,38 @@ def test_backoff_is_jittered_and_capped():
     assert len(set(delays)) == 20 and all(0.5 <= d <= 1 for d in delays)
     b = Backoff(first=1, cap=8, rng=random.Random(0))
     assert all(4 <= d <= 8 for d in [b.next() for _ in range(10)][4:])
+
+
+async def test_batched_merges_what_arrived_meanwhile_in_order_and_passes_errors_on():
+    from overlayd.lease.manager import batched
+
+    async def stream():
+        for i in range(5):
+            yield [i]
+        raise StoreUnavailable("watch broke")
+
+    got = []
+    with pytest.raises(StoreUnavailable, match="watch broke"):
+        async for events in batched(stream()):
+            got.append(events)
+            await asyncio.sleep(0.01)  # applying a batch takes a while: the rest queue up
+    assert [e for b in got for e in b] == [0, 1, 2, 3, 4]
+    assert len(got) < 5  # merged, not one by one
+
+
+async def test_batched_stops_its_pump_when_the_consumer_stops():
+    from overlayd.lease.manager import batched
+    closed = []
+
+    async def endless():
+        try:
+            while True:
+                yield [1]
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(True)
+
+    agen = batched(endless())
+    assert await agen.__anext__()
+    await agen.aclose()
+    assert closed == [True]
