@@ -32,7 +32,11 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("overlayd._fastpath", ["overlayd/_fastpath.c"],
-                           extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"])],
+    ext_modules=[Extension("overlayd._fastpath",
+                           ["overlayd/_fastpath.c", "overlayd/csrc/engine.c", "overlayd/csrc/gso.c",
+                            "overlayd/csrc/table.c"],
+                           depends=["overlayd/csrc/engine.h", "overlayd/csrc/gso.h", "overlayd/csrc/packet.h",
+                                    "overlayd/csrc/table.h"],
+                           extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

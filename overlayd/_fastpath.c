@@ -1,372 +1,148 @@
 /*
- * overlayd._fastpath: the C twin of the UDP backend's data path.
+ * overlayd._fastpath: the UDP backend's data plane in C.
  *
  * Design note. The pure Python code in overlayd/encap (ipv4.check,
- * udp.outbound, udp.inbound, receive.admit) is the reference and the fallback;
- * this module makes exactly the same decisions (tests/unit/test_fastpath_parity.py
- * holds it to that) and adds batching:
+ * udp.outbound/inbound, receive.admit, gso.segment/coalesce) is the
+ * reference; the C parts make the same decisions, and the parity tests
+ * (tests/unit/test_fastpath_parity.py, test_gso_parity.py) hold them to it
+ * through classify_outbound, classify_inbound, segment and coalesce below,
+ * which run the very functions the engine runs.
  *
- *   forward_out  up to BATCH non-blocking read()s from the tun, classify,
- *                ONE sendmmsg() for every accepted packet;
- *   forward_in   ONE recvmmsg() of up to BATCH datagrams, classify, write()
- *                the accepted ones to the tun.
+ * Threads (csrc/engine.c). Engine.start() makes two threads, one per
+ * direction, that own the hot loop and never take the GIL: tun -> UDP blocks
+ * in poll() on the tun, reads up to BATCH packets, classifies them, cuts
+ * superpackets into segments and sends everything with sendmmsg(); UDP -> tun
+ * blocks in poll() on the socket, takes up to BATCH datagrams with one
+ * recvmmsg(), classifies them, coalesces TCP runs and writes them. Both also
+ * poll an eventfd that Engine.stop() signals before joining them, so a stop
+ * never waits for traffic; an idle thread still turns every 500 ms and
+ * records when (last_beat(), for the watchdog). A thread that cannot go on
+ * (its fd closed, the tun deleted, no memory) records why and signals a
+ * second eventfd (notify_fd) that Python watches; Python also takes from it
+ * the packets dropped for NO_LEASE, whose ICMP answers (rate-limited) stay in
+ * Python. Counters are per thread, written by their thread only with relaxed
+ * atomics, summed when Python reads them; their names are the Python plane's.
  *
- * UDP GSO would batch further, but the kernel refuses it on a socket with
- * SO_NO_CHECK (checksum 0), which the design requires. The GIL is released
- * around every syscall and held while Python objects are touched. Dropped
- * outbound packets go back to Python with their reason, so the ICMP answers
- * and every counter name stay in one place (overlayd/dataplane).
+ * The peer table (csrc/table.c) is an immutable hash built from the Python
+ * PeerTable by Engine.set_peers() (under the GIL, on the control loop) and
+ * swapped in under a mutex; each thread takes a reference to the current table
+ * for one batch (the mutex is held for that pointer copy only), so the old one
+ * is freed by whoever drops the last reference: no lookup ever sees a
+ * half-applied change, and lookups are one hash probe at any size.
  *
- * The peer table is an overlayd.encap.table.PeerTable; its `mask`,
- * `_by_subnet` (int -> Peer with .node_ip) and `_by_sender` (node IP str ->
- * {subnet int: Peer}, the subnets that node leases) are read once per call;
- * both are dicts, so every lookup is one hash probe however many peers
- * there are, and lookups by address are cached for the batch.
- * Packet buffers are per thread (a uvloop data plane runs in its own thread)
- * and only live for one call.
+ * Superpackets (csrc/gso.c). With a tun opened with IFF_VNET_HDR and
+ * TUNSETOFFLOAD (CSUM, TSO4, TSO6), a read gives a virtio_net_hdr and up to
+ * 64 KB of one TCP flow; it is cut into MSS-sized IPv4 packets (IP length, ID
+ * and checksum, TCP sequence, flags and checksum fixed per segment), or has
+ * its partial checksum completed, since checksum 0 on the wire means peers
+ * must receive finished packets. On receive, consecutive segments of one flow
+ * that the kernel's GRO would merge, each with verified IP and TCP checksums,
+ * are written as one superpacket with a GSO header (NEEDS_CSUM, the TCP
+ * checksum field holding the pseudo-header sum); anything else is written
+ * alone with an empty header.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#define BATCH 64       /* packets per call, at most */
-#define PKT_MAX 65535  /* bytes per packet: READ_SIZE in dataplane/loop.py; any UDP payload fits */
+#include "csrc/engine.h"
+#include "csrc/gso.h"
+#include "csrc/packet.h"
+#include "csrc/table.h"
 
-enum verdict {
-    V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_WRONG_SOURCE_PORT,
-    V_NOT_OUR_SUBNET, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE,
-    V_COUNT
-};
-
-/* The values of overlayd.encap.drops.Drop, by verdict. */
-static const char *const reason_names[V_COUNT] = {
+const char *const reason_names[V_COUNT] = {
     NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "wrong_source_port",
     "not_our_subnet", "to_broadcast_address", "spoofed_source",
 };
 
-/* ---- packet checks (the twins of overlayd.encap.ipv4) -------------------- */
+/* ---- the peer table, built from a Python PeerTable ------------------------------ */
 
-/* ipv4.check: why p[0:n] is not a usable IPv4 packet, or V_OK. */
-static int ipv4_check(const unsigned char *p, Py_ssize_t n)
+/* A node IP as Python holds it: *ip (host order) and whether it parsed and is canonical. */
+static void parse_ip(PyObject *text, uint32_t *ip, int *send_ok, int *canonical)
 {
-    if (n < 20)
-        return (n > 0 && (p[0] >> 4) != 4) ? V_NOT_IPV4 : V_TRUNCATED;
-    if ((p[0] >> 4) != 4)
-        return V_NOT_IPV4;
-    unsigned ihl = (p[0] & 0x0Fu) * 4u;
-    unsigned total = ((unsigned)p[2] << 8) | p[3];
-    if (ihl < 20 || total < ihl)
-        return V_BAD_IP_HEADER;
-    if ((Py_ssize_t)total > n)
-        return V_TRUNCATED;
-    return V_OK;
-}
-
-/* The 4-byte big-endian address at a. */
-static uint32_t ipv4_addr(const unsigned char *a)
-{
-    return ((uint32_t)a[0] << 24) | ((uint32_t)a[1] << 16) | ((uint32_t)a[2] << 8) | a[3];
-}
-
-/* ipv4.dst_int, for a checked packet. */
-static uint32_t ipv4_dst(const unsigned char *p)
-{
-    return ipv4_addr(p + 16);
-}
-
-/* receive.admit for a checked packet from a node leasing `held` ({subnet int: Peer}):
- * V_OK or the drop, -1 on a Python error. */
-static int admit_verdict(const unsigned char *p, PyObject *held, unsigned long long subnet,
-                         unsigned long long mask)
-{
-    unsigned long long dst = ipv4_dst(p), host_bits = ~mask & 0xFFFFFFFFull;
-    if ((dst & mask) != subnet)
-        return V_NOT_OUR_SUBNET;
-    if (host_bits > 1 && dst == (subnet | host_bits))
-        return V_TO_BROADCAST_ADDRESS;
-    PyObject *key = PyLong_FromUnsignedLongLong(ipv4_addr(p + 12) & mask);
-    if (key == NULL)
-        return -1;
-    int leased = PyDict_Contains(held, key);
-    Py_DECREF(key);
-    return leased < 0 ? -1 : (leased ? V_OK : V_SPOOFED_SOURCE);
-}
-
-/* udp.inbound for p[0:n] from a node leasing `held` (NULL: no lease) whose
- * source port matched ours or not: V_OK or the drop, -1 on a Python error. */
-static int inbound_verdict(const unsigned char *p, Py_ssize_t n, PyObject *held, int port_ok,
-                           unsigned long long subnet, unsigned long long mask)
-{
-    if (held == NULL)
-        return V_UNKNOWN_SENDER;
-    if (!port_ok)
-        return V_WRONG_SOURCE_PORT;
-    int v = ipv4_check(p, n);
-    if (v != V_OK)
-        return v;
-    return admit_verdict(p, held, subnet, mask);
-}
-
-/* ---- the peer table, read from Python ------------------------------------ */
-
-typedef struct {
-    PyObject *by_subnet;  /* PeerTable._by_subnet, a new reference */
-    PyObject *by_sender;  /* PeerTable._by_sender, a new reference */
-    unsigned long long mask;
-} table_t;
-
-static PyObject *dict_attr(PyObject *obj, const char *name)
-{
-    PyObject *d = PyObject_GetAttrString(obj, name);
-    if (d != NULL && !PyDict_Check(d)) {
-        PyErr_Format(PyExc_TypeError, "table.%s is not a dict", name);
-        Py_CLEAR(d);
+    const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
+    struct in_addr a;
+    char back[INET_ADDRSTRLEN];
+    *ip = 0;
+    *send_ok = *canonical = 0;
+    if (s != NULL && inet_pton(AF_INET, s, &a) == 1) {
+        *ip = ntohl(a.s_addr);
+        *send_ok = 1;
+        *canonical = inet_ntop(AF_INET, &a, back, sizeof(back)) != NULL && strcmp(back, s) == 0;
     }
-    return d;
-}
-
-/* Read a PeerTable's attributes into *t; on failure *t holds nothing. */
-static int table_open(PyObject *table, table_t *t)
-{
-    memset(t, 0, sizeof(*t));
-    PyObject *mask = PyObject_GetAttrString(table, "mask");
-    if (mask == NULL)
-        return -1;
-    t->mask = PyLong_AsUnsignedLongLongMask(mask);  /* int & mask, as Python does it */
-    Py_DECREF(mask);
-    if (PyErr_Occurred())
-        return -1;
-    t->by_subnet = dict_attr(table, "_by_subnet");
-    t->by_sender = t->by_subnet ? dict_attr(table, "_by_sender") : NULL;
-    if (t->by_sender == NULL) {
-        Py_CLEAR(t->by_subnet);
-        return -1;
-    }
-    return 0;
-}
-
-static void table_close(table_t *t)
-{
-    Py_CLEAR(t->by_subnet);
-    Py_CLEAR(t->by_sender);
-}
-
-/* PeerTable.held_by: a new reference to the subnets node `ip` (a str) leases,
- * NULL with no error set when it leases none. */
-static PyObject *table_held_by(const table_t *t, PyObject *ip)
-{
-    PyObject *held = PyDict_GetItemWithError(t->by_sender, ip);
-    Py_XINCREF(held);
-    return held;
-}
-
-/* PeerTable.lookup: a new reference to the peer owning dst; NULL with no
- * error set when no one leases it. */
-static PyObject *table_lookup(const table_t *t, uint32_t dst)
-{
-    PyObject *key = PyLong_FromUnsignedLongLong(dst & t->mask);
-    if (key == NULL)
-        return NULL;
-    PyObject *peer = PyDict_GetItemWithError(t->by_subnet, key);
-    Py_DECREF(key);
-    Py_XINCREF(peer);
-    return peer;
-}
-
-/* ---- per-batch caches (a batch has at most BATCH distinct entries) --------- */
-
-/* Outbound: destination subnet -> verdict and the peer's socket address. */
-typedef struct {
-    unsigned long long subnet;
-    int verdict;      /* V_OK or V_NO_LEASE */
-    int addr_ok;      /* node_ip was an IPv4 literal */
-    struct sockaddr_in addr;
-} route_t;
-
-typedef struct {
-    route_t r[BATCH];
-    int n;
-} routes_t;
-
-/* The route for dst (cached for the batch); NULL on a Python error. */
-static const route_t *route_for(const table_t *t, routes_t *cache, uint32_t dst, uint16_t port)
-{
-    unsigned long long subnet = dst & t->mask;
-    for (int i = 0; i < cache->n; i++)
-        if (cache->r[i].subnet == subnet)
-            return &cache->r[i];
-    PyObject *peer = table_lookup(t, dst);
-    if (peer == NULL && PyErr_Occurred())
-        return NULL;
-    route_t *r = &cache->r[cache->n++];
-    memset(r, 0, sizeof(*r));
-    r->subnet = subnet;
-    r->verdict = peer == NULL ? V_NO_LEASE : V_OK;
-    if (peer == NULL)
-        return r;
-    PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
-    Py_DECREF(peer);
-    if (ip == NULL) {
-        cache->n--;
-        return NULL;
-    }
-    const char *text = PyUnicode_Check(ip) ? PyUnicode_AsUTF8(ip) : NULL;
-    if (text != NULL && inet_pton(AF_INET, text, &r->addr.sin_addr) == 1) {
-        r->addr.sin_family = AF_INET;
-        r->addr.sin_port = htons(port);
-        r->addr_ok = 1;
-    }
-    Py_DECREF(ip);
     PyErr_Clear();  /* an unusable node_ip is a send error, as sendto() would make it */
-    return r;
 }
 
-/* Inbound: sender address -> the subnets it leases. */
-typedef struct {
-    uint32_t ip[BATCH];
-    PyObject *held[BATCH];  /* new references (NULL: no lease), released by senders_clear */
-    int n;
-} senders_t;
-
-/* PeerTable.held_by for a received address (cached for the batch): 0 with *held
- * borrowed from the cache (NULL: no lease), -1 on a Python error. */
-static int sender_held(const table_t *t, senders_t *cache, const struct sockaddr_in *from, socklen_t len,
-                       PyObject **held)
+/* A C table holding the PeerTable's peers (its `mask` and `_by_subnet`: int -> Peer with .node_ip),
+ * addresses on port; NULL with an exception set. */
+static peer_table_t *table_from(PyObject *table, uint16_t port)
 {
-    *held = NULL;
-    if (len < (socklen_t)sizeof(*from) || from->sin_family != AF_INET)
-        return 0;
-    uint32_t ip = from->sin_addr.s_addr;
-    for (int i = 0; i < cache->n; i++)
-        if (cache->ip[i] == ip) {
-            *held = cache->held[i];
-            return 0;
+    PyObject *mask = PyObject_GetAttrString(table, "mask");
+    PyObject *by_subnet = mask ? PyObject_GetAttrString(table, "_by_subnet") : NULL;
+    peer_table_t *t = NULL;
+    if (by_subnet == NULL || !PyDict_Check(by_subnet)) {
+        if (by_subnet != NULL)
+            PyErr_SetString(PyExc_TypeError, "table._by_subnet is not a dict");
+        goto done;
+    }
+    uint32_t m = (uint32_t)PyLong_AsUnsignedLongLongMask(mask);
+    if (PyErr_Occurred() || (t = table_new(m, (size_t)PyDict_Size(by_subnet))) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *peer;
+    while (PyDict_Next(by_subnet, &pos, &key, &peer)) {
+        uint32_t subnet = (uint32_t)PyLong_AsUnsignedLongLongMask(key), ip;
+        PyObject *node_ip = PyErr_Occurred() ? NULL : PyObject_GetAttrString(peer, "node_ip");
+        if (node_ip == NULL) {
+            table_unref(t);
+            t = NULL;
+            goto done;
         }
-    char text[INET_ADDRSTRLEN];
-    if (inet_ntop(AF_INET, &from->sin_addr, text, sizeof(text)) == NULL)
-        return 0;
-    PyObject *key = PyUnicode_FromString(text);  /* the str Python's recvfrom() would give */
-    if (key == NULL)
-        return -1;
-    *held = table_held_by(t, key);
-    Py_DECREF(key);
-    if (*held == NULL && PyErr_Occurred())
-        return -1;
-    cache->ip[cache->n] = ip;
-    cache->held[cache->n++] = *held;
-    return 0;
-}
-
-static void senders_clear(senders_t *cache)
-{
-    for (int i = 0; i < cache->n; i++)
-        Py_XDECREF(cache->held[i]);
-    cache->n = 0;
-}
-
-/* ---- packet buffers, one set per thread ---------------------------------------- */
-
-typedef struct {
-    unsigned char data[BATCH][PKT_MAX];
-    size_t len[BATCH];
-} slots_t;
-
-static pthread_key_t slots_key;
-
-/* This thread's buffers (allocated on first use, freed when the thread ends); NULL + MemoryError. */
-static slots_t *thread_slots(void)
-{
-    slots_t *s = pthread_getspecific(slots_key);
-    if (s != NULL)
-        return s;
-    s = malloc(sizeof(*s));
-    if (s == NULL || pthread_setspecific(slots_key, s) != 0) {
-        free(s);
-        PyErr_NoMemory();
-        return NULL;
+        int send_ok, canonical;
+        parse_ip(node_ip, &ip, &send_ok, &canonical);
+        Py_DECREF(node_ip);
+        table_add(t, subnet, ip, send_ok, canonical, port);
     }
-    return s;
+done:
+    Py_XDECREF(mask);
+    Py_XDECREF(by_subnet);
+    return t;
 }
 
-/* ---- result helpers ---------------------------------------------------------- */
-
-/* {errno: count} for the n error codes in codes. */
-static PyObject *errno_counts(const int *codes, int n)
-{
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < n; i++) {
-        int seen = 0, count = 0;
-        for (int j = 0; j < n; j++) {
-            seen |= j < i && codes[j] == codes[i];
-            count += codes[j] == codes[i];
-        }
-        if (seen)
-            continue;
-        PyObject *key = PyLong_FromLong(codes[i]), *value = PyLong_FromLong(count);
-        if (key == NULL || value == NULL || PyDict_SetItem(d, key, value) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(key);
-        Py_XDECREF(value);
-    }
-    return d;
-}
-
-/* {reason: count} for the non-zero drop counts. */
-static PyObject *reason_counts(const long counts[V_COUNT])
-{
-    PyObject *d = PyDict_New();
-    for (int v = 1; d != NULL && v < V_COUNT; v++) {
-        if (counts[v] == 0)
-            continue;
-        PyObject *count = PyLong_FromLong(counts[v]);
-        if (count == NULL || PyDict_SetItemString(d, reason_names[v], count) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(count);
-    }
-    return d;
-}
-
-static int clamp_batch(int requested)
-{
-    return requested < 1 ? 1 : (requested > BATCH ? BATCH : requested);
-}
-
-/* ---- Python API: one packet (parity with overlayd.encap.udp) ---------------- */
+/* ---- Python API: one packet (parity with overlayd.encap) ------------------------ */
 
 static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
 {
     PyObject *pkt, *table, *result = NULL;
     Py_buffer buf;
-    table_t t;
     if (!PyArg_ParseTuple(args, "OO:classify_outbound", &pkt, &table))
         return NULL;
-    if (PyObject_GetBuffer(pkt, &buf, PyBUF_SIMPLE) < 0)
+    peer_table_t *t = table_from(table, 0);
+    if (t == NULL)
         return NULL;
-    if (table_open(table, &t) == 0) {
-        int v = ipv4_check(buf.buf, buf.len);
-        PyObject *peer = NULL;
-        if (v == V_OK && (peer = table_lookup(&t, ipv4_dst(buf.buf))) == NULL)
-            v = PyErr_Occurred() ? -1 : V_NO_LEASE;
-        if (peer != NULL) {
-            PyObject *ip = PyObject_GetAttrString(peer, "node_ip");
+    if (PyObject_GetBuffer(pkt, &buf, PyBUF_SIMPLE) == 0) {
+        const route_t *r;
+        int v = table_outbound(t, buf.buf, (size_t)buf.len, &r);
+        if (v != V_OK) {
+            result = PyUnicode_FromString(reason_names[v]);
+        } else {  /* the verdict is the C table's; the node IP as Python spells it */
+            PyObject *by_subnet = PyObject_GetAttrString(table, "_by_subnet");
+            PyObject *key = PyLong_FromUnsignedLong(r->subnet);
+            PyObject *peer = by_subnet && key ? PyDict_GetItemWithError(by_subnet, key) : NULL;
+            PyObject *ip = peer ? PyObject_GetAttrString(peer, "node_ip") : NULL;
             result = ip ? PyTuple_Pack(2, ip, pkt) : NULL;
             Py_XDECREF(ip);
-            Py_DECREF(peer);
-        } else if (v > 0) {
-            result = PyUnicode_FromString(reason_names[v]);
+            Py_XDECREF(key);
+            Py_XDECREF(by_subnet);
         }
-        table_close(&t);
+        PyBuffer_Release(&buf);
     }
-    PyBuffer_Release(&buf);
+    table_unref(t);
     return result;
 }
 
@@ -376,298 +152,388 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
     int sender_port, port;
     unsigned long long subnet, mask;
     Py_buffer buf;
-    table_t t;
     if (!PyArg_ParseTuple(args, "O(Oi)iKKO:classify_inbound", &dgram, &sender_ip, &sender_port, &port,
                           &subnet, &mask, &table))
         return NULL;
-    if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) < 0)
+    peer_table_t *t = table_from(table, 0);
+    if (t == NULL)
         return NULL;
-    if (table_open(table, &t) == 0) {
-        PyObject *held = table_held_by(&t, sender_ip);
-        if (held != NULL || !PyErr_Occurred()) {
-            int v = inbound_verdict(buf.buf, buf.len, held, sender_port == port, subnet, mask);
-            if (v >= 0)
-                result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
-        }
-        Py_XDECREF(held);
-        table_close(&t);
+    if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) == 0) {
+        uint32_t ip;
+        int parsed, canonical;
+        parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
+        int v = table_inbound(t, buf.buf, (size_t)buf.len, canonical, ip, sender_port == port, (uint32_t)subnet,
+                              (uint32_t)mask);
+        result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
+        PyBuffer_Release(&buf);
     }
-    PyBuffer_Release(&buf);
+    table_unref(t);
     return result;
 }
 
-/* ---- Python API: batches ---------------------------------------------------------- */
+/* ---- Python API: superpackets (parity with overlayd.encap.gso) ------------------ */
 
-/* The outbound batch after classification: what one sendmmsg() gets. */
-typedef struct {
-    struct mmsghdr msgs[BATCH];
-    struct iovec iovs[BATCH];
-    routes_t routes;   /* msgs point at these addresses */
-    int count;         /* accepted packets, msgs[0:count] */
-    int errs[BATCH];   /* errno of every failed send (0: unusable peer address) */
-    int nerr;
-} sends_t;
-
-/* Classify the nread packets in s against table: accepted ones into *out,
- * dropped ones appended to `dropped` as (reason, bytes). -1 on a Python error. */
-static int prepare_sends(PyObject *table, slots_t *s, int nread, uint16_t port, sends_t *out,
-                         PyObject *dropped)
+static PyObject *py_segment(PyObject *self, PyObject *args)
 {
-    table_t t;
-    if (table_open(table, &t) < 0)
-        return -1;
-    memset(out, 0, sizeof(*out));
-    for (int i = 0; i < nread; i++) {
-        const unsigned char *p = s->data[i];
-        Py_ssize_t len = (Py_ssize_t)s->len[i];
-        const route_t *r = NULL;
-        int v = ipv4_check(p, len);
-        if (v == V_OK) {
-            if ((r = route_for(&t, &out->routes, ipv4_dst(p), port)) == NULL)
-                goto fail;
-            v = r->verdict;
-        }
+    Py_buffer hb, pb;
+    if (!PyArg_ParseTuple(args, "y*y*:segment", &hb, &pb))
+        return NULL;
+    PyObject *result = NULL;
+    unsigned char *p = PyMem_Malloc(pb.len > 0 ? (size_t)pb.len : 1), *seg = PyMem_Malloc(PKT_MAX + 60);
+    if (hb.len != VNET_HDR_LEN) {
+        PyErr_SetString(PyExc_ValueError, "a virtio_net_hdr is 10 bytes");
+    } else if (p == NULL || seg == NULL) {
+        PyErr_NoMemory();
+    } else {
+        vnet_hdr_t h;
+        vnet_parse(hb.buf, &h);
+        memcpy(p, pb.buf, (size_t)pb.len);
+        int v = ipv4_check(p, (size_t)pb.len), count = 1;
+        if (v == V_OK && (count = gso_prepare(&h, p, (size_t)pb.len)) < 0)
+            v = -count;
         if (v != V_OK) {
-            PyObject *item = Py_BuildValue("(sy#)", reason_names[v], (const char *)p, len);
-            int rc = item ? PyList_Append(dropped, item) : -1;
-            Py_XDECREF(item);
-            if (rc < 0)
-                goto fail;
-        } else if (!r->addr_ok) {
-            out->errs[out->nerr++] = 0;
-        } else {
-            struct msghdr *h = &out->msgs[out->count].msg_hdr;
-            out->iovs[out->count].iov_base = (void *)p;
-            out->iovs[out->count].iov_len = (size_t)len;
-            h->msg_name = (void *)&r->addr;
-            h->msg_namelen = sizeof(r->addr);
-            h->msg_iov = &out->iovs[out->count];
-            h->msg_iovlen = 1;
-            out->count++;
-        }
-    }
-    table_close(&t);
-    return 0;
-fail:
-    table_close(&t);
-    return -1;
-}
-
-static PyObject *py_forward_out(PyObject *self, PyObject *args)
-{
-    int dev_fd, sock_fd, port, requested;
-    PyObject *table;
-    if (!PyArg_ParseTuple(args, "iiiOi:forward_out", &dev_fd, &sock_fd, &port, &table, &requested))
-        return NULL;
-    if (port < 0 || port > 65535)
-        return PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
-    slots_t *s = thread_slots();
-    if (s == NULL)
-        return NULL;
-    int n = clamp_batch(requested), nread = 0, read_errors = 0;
-    long long read_bytes = 0;
-
-    Py_BEGIN_ALLOW_THREADS
-    while (nread < n) {
-        ssize_t r = read(dev_fd, s->data[nread], PKT_MAX);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                read_errors++;  /* counted; the reader is level-triggered, so it comes back */
-            break;
-        }
-        s->len[nread++] = (size_t)r;
-        read_bytes += r;
-    }
-    Py_END_ALLOW_THREADS
-
-    sends_t *out = PyMem_Malloc(sizeof(*out));
-    PyObject *dropped = out ? PyList_New(0) : PyErr_NoMemory();
-    if (dropped == NULL || prepare_sends(table, s, nread, (uint16_t)port, out, dropped) < 0) {
-        PyMem_Free(out);
-        Py_XDECREF(dropped);
-        return NULL;
-    }
-
-    int sent = 0, tx_dropped = 0;
-    long long sent_bytes = 0;
-    Py_BEGIN_ALLOW_THREADS
-    int at = 0;
-    while (at < out->count) {
-        int r = sendmmsg(sock_fd, out->msgs + at, (unsigned)(out->count - at), 0);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                tx_dropped += out->count - at;  /* socket buffer full: UDP semantics, drop the rest */
-                break;
+            result = PyUnicode_FromString(reason_names[v]);
+        } else if (h.gso_type == GSO_NONE) {
+            result = Py_BuildValue("[y#]", (const char *)p, pb.len);
+        } else if ((result = PyList_New(count)) != NULL) {
+            for (int i = 0; i < count; i++) {
+                size_t len = gso_segment(&h, p, i, count, seg);
+                PyObject *item = PyBytes_FromStringAndSize((const char *)seg, (Py_ssize_t)len);
+                if (item == NULL) {
+                    Py_CLEAR(result);
+                    break;
+                }
+                PyList_SET_ITEM(result, i, item);
             }
-            out->errs[out->nerr++] = errno;   /* this datagram failed: count it, send the others */
-            at++;
-            continue;
         }
-        for (int i = at; i < at + r; i++)
-            sent_bytes += (long long)out->iovs[i].iov_len;
-        sent += r;
-        at += r;
     }
-    Py_END_ALLOW_THREADS
-
-    PyObject *send_errors = errno_counts(out->errs, out->nerr);
-    PyMem_Free(out);
-    if (send_errors == NULL) {
-        Py_DECREF(dropped);
-        return NULL;
-    }
-    return Py_BuildValue("(iLiiLiNN)", nread, read_bytes, read_errors, sent, sent_bytes, tx_dropped,
-                         send_errors, dropped);
+    PyMem_Free(p);
+    PyMem_Free(seg);
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&pb);
+    return result;
 }
 
-/* Classify the got datagrams in s (senders in from, lengths in msgs): store
- * the indexes of the accepted ones in accept, count the others in drops.
- * Returns the number accepted, -1 on a Python error. */
-static int accept_datagrams(PyObject *table, slots_t *s, const struct mmsghdr *msgs,
-                            const struct sockaddr_in *from, int got, unsigned long long subnet,
-                            unsigned long long mask, uint16_t port, int *accept, long drops[V_COUNT])
+/* (header, packet) for the run pkts[0:count], as the engine writes it. */
+static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int count)
 {
-    senders_t senders = {.n = 0};
-    table_t t;
-    int naccept = 0;
-    if (table_open(table, &t) < 0)
-        return -1;
-    for (int i = 0; i < got; i++) {
-        PyObject *held;
-        s->len[i] = msgs[i].msg_len;
-        int v = sender_held(&t, &senders, &from[i], msgs[i].msg_hdr.msg_namelen, &held);
-        if (v == 0)
-            v = inbound_verdict(s->data[i], (Py_ssize_t)s->len[i], held, ntohs(from[i].sin_port) == port,
-                                subnet, mask);
-        if (v < 0) {
-            naccept = -1;
+    static const unsigned char none[VNET_HDR_LEN];
+    if (count == 1)
+        return Py_BuildValue("(y#y#)", (const char *)none, (Py_ssize_t)VNET_HDR_LEN, (const char *)pkts[0],
+                             (Py_ssize_t)lens[0]);
+    unsigned char hdr[GRO_HDR_MAX];
+    size_t hlen = gro_header(pkts, lens, count, hdr), total = hlen - VNET_HDR_LEN;
+    for (int i = 0; i < count; i++)
+        total += lens[i] - gro_payload_offset(pkts[i]);
+    PyObject *pkt = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (pkt == NULL)
+        return NULL;
+    char *at = PyBytes_AS_STRING(pkt);
+    memcpy(at, hdr + VNET_HDR_LEN, hlen - VNET_HDR_LEN);
+    at += hlen - VNET_HDR_LEN;
+    for (int i = 0; i < count; i++) {
+        size_t skip = gro_payload_offset(pkts[i]);
+        memcpy(at, pkts[i] + skip, lens[i] - skip);
+        at += lens[i] - skip;
+    }
+    return Py_BuildValue("(y#N)", (const char *)hdr, (Py_ssize_t)VNET_HDR_LEN, pkt);
+}
+
+static PyObject *py_coalesce(PyObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of bytes");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    unsigned char **pkts = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*pkts));
+    size_t *lens = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*lens));
+    PyObject *result = pkts && lens ? PyList_New(0) : PyErr_NoMemory();
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "coalesce() takes bytes");
+            Py_CLEAR(result);
             break;
         }
-        if (v == V_OK)
-            accept[naccept++] = i;
-        else
-            drops[v]++;
+        pkts[i] = (unsigned char *)PyBytes_AS_STRING(item);
+        lens[i] = (size_t)PyBytes_GET_SIZE(item);
     }
-    senders_clear(&senders);
-    table_close(&t);
-    return naccept;
+    for (Py_ssize_t i = 0; result != NULL && i < n;) {
+        int count = gro_run(pkts + i, lens + i, (int)(n - i));
+        PyObject *item = run_item(pkts + i, lens + i, count);
+        if (item == NULL || PyList_Append(result, item) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(item);
+        i += count;
+    }
+    PyMem_Free(pkts);
+    PyMem_Free(lens);
+    Py_DECREF(seq);
+    return result;
 }
 
-static PyObject *py_forward_in(PyObject *self, PyObject *args)
+/* ---- Python API: the engine ------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    engine_t engine;
+    int ready;  /* engine_init succeeded */
+} EngineObject;
+
+static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
 {
-    int sock_fd, dev_fd, port, requested;
+    static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", NULL};
+    int dev_fd, sock_fd, port, vnet = 0;
     unsigned long long subnet, mask;
     PyObject *table;
-    if (!PyArg_ParseTuple(args, "iiOKKii:forward_in", &sock_fd, &dev_fd, &table, &subnet, &mask, &port,
-                          &requested))
-        return NULL;
-    if (port < 0 || port > 65535)
-        return PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
-    slots_t *s = thread_slots();
-    if (s == NULL)
-        return NULL;
-    int n = clamp_batch(requested), got = 0, recv_errors = 0;
-    struct mmsghdr msgs[BATCH];
-    struct iovec iovs[BATCH];
-    struct sockaddr_in from[BATCH];
-    memset(msgs, 0, sizeof(msgs));
-    for (int i = 0; i < n; i++) {
-        iovs[i].iov_base = s->data[i];
-        iovs[i].iov_len = PKT_MAX;
-        msgs[i].msg_hdr.msg_name = &from[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
-        msgs[i].msg_hdr.msg_iov = &iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
+        return -1;
     }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|p:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
+                                     &mask, &table, &vnet))
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
+        return -1;
+    }
+    peer_table_t *t = table_from(table, (uint16_t)port);
+    if (t == NULL)
+        return -1;
+    int code = engine_init(&self->engine, dev_fd, sock_fd, vnet, (uint16_t)port, (uint32_t)subnet,
+                           (uint32_t)mask, t);
+    if (code != 0) {
+        errno = code;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
 
+static void Engine_dealloc(EngineObject *self)
+{
+    if (self->ready) {
+        Py_BEGIN_ALLOW_THREADS
+        engine_destroy(&self->engine);
+        Py_END_ALLOW_THREADS
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_ready(EngineObject *self)
+{
+    if (!self->ready)
+        PyErr_SetString(PyExc_RuntimeError, "Engine is not initialised");
+    return self->ready;
+}
+
+static PyObject *Engine_set_peers(EngineObject *self, PyObject *table)
+{
+    if (!check_ready(self))
+        return NULL;
+    peer_table_t *t = table_from(table, self->engine.port);
+    if (t == NULL)
+        return NULL;
+    engine_set_table(&self->engine, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_start(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
+        return NULL;
+    int code = engine_start(&self->engine);
+    if (code != 0) {
+        errno = code;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_stop(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
-    while (recv_errors < n) {
-        int r = recvmmsg(sock_fd, msgs, (unsigned)(n - recv_errors), MSG_DONTWAIT, NULL);
-        if (r >= 0) {
-            got = r;
-            break;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            break;
-        if (errno != EINTR)
-            recv_errors++;  /* e.g. ECONNREFUSED surfaced from ICMP: costs one slot, as in Python */
-    }
+    engine_stop(&self->engine);
     Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
 
-    long drops[V_COUNT] = {0};
-    long long rx_bytes = 0;
-    int accept[BATCH];
-    int naccept = accept_datagrams(table, s, msgs, from, got, subnet, mask, (uint16_t)port, accept, drops);
-    if (naccept < 0)
+/* Add name: value to d when value is not zero. */
+static int put_count(PyObject *d, PyObject *key, uint64_t value)
+{
+    if (key == NULL)
+        return -1;
+    PyObject *v = value ? PyLong_FromUnsignedLongLong(value) : NULL;
+    int rc = value == 0 ? 0 : (v == NULL ? -1 : PyDict_SetItem(d, key, v));
+    Py_DECREF(key);
+    Py_XDECREF(v);
+    return rc;
+}
+
+#define LOAD(field) (__atomic_load_n(&e->counters[OUT].field, __ATOMIC_RELAXED) + \
+                     __atomic_load_n(&e->counters[IN].field, __ATOMIC_RELAXED))
+
+static PyObject *Engine_counters(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
         return NULL;
-    for (int i = 0; i < got; i++)
-        rx_bytes += (long long)s->len[i];
-
-    int written = 0, errs[BATCH], nerr = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (int k = 0; k < naccept; k++) {
-        ssize_t w;
-        do {
-            w = write(dev_fd, s->data[accept[k]], s->len[accept[k]]);
-        } while (w < 0 && errno == EINTR);
-        if (w < 0)
-            errs[nerr++] = errno;  /* EIO: link down; EINVAL: malformed for the device */
-        else
-            written++;
+    engine_t *e = &self->engine;
+    static const struct { const char *name; size_t offset; } plain[] = {
+#define F(x) {#x, offsetof(counters_t, x)}
+        F(dev_rx_packets), F(dev_rx_bytes), F(dev_read_error), F(tx_packets), F(tx_bytes), F(tx_dropped),
+        F(rx_packets), F(rx_bytes), F(sock_read_error), F(dev_tx_packets), F(dev_rx_superpackets),
+        F(dev_tx_superpackets),
+#undef F
+    };
+    PyObject *d = PyDict_New(), *tx_errors = PyDict_New(), *write_errors = PyDict_New();
+    int rc = d && tx_errors && write_errors ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < sizeof(plain) / sizeof(plain[0]); i++) {
+        uint64_t sum = 0;
+        for (int dir = OUT; dir <= IN; dir++)
+            sum += __atomic_load_n((uint64_t *)((char *)&e->counters[dir] + plain[i].offset), __ATOMIC_RELAXED);
+        rc = put_count(d, PyUnicode_FromString(plain[i].name), sum);
     }
-    Py_END_ALLOW_THREADS
-
-    PyObject *write_errors = errno_counts(errs, nerr);
-    PyObject *drop_counts = write_errors ? reason_counts(drops) : NULL;
-    if (drop_counts == NULL) {
+    for (int v = 1; rc == 0 && v < V_COUNT; v++)
+        rc = put_count(d, PyUnicode_FromFormat("drop_%s", reason_names[v]), LOAD(drops[v]));
+    for (int code = 0; rc == 0 && code < ERRNO_SLOTS; code++) {
+        rc = put_count(tx_errors, PyLong_FromLong(code == ERRNO_SLOTS - 1 ? -1 : code), LOAD(tx_error[code]));
+        if (rc == 0)
+            rc = put_count(write_errors, PyLong_FromLong(code == ERRNO_SLOTS - 1 ? -1 : code),
+                           LOAD(dev_write_error[code]));
+    }
+    if (rc < 0) {
+        Py_XDECREF(d);
+        Py_XDECREF(tx_errors);
         Py_XDECREF(write_errors);
         return NULL;
     }
-    return Py_BuildValue("(iLiiNN)", got, rx_bytes, recv_errors, written, write_errors, drop_counts);
+    return Py_BuildValue("(NNN)", d, tx_errors, write_errors);
 }
+
+static PyObject *Engine_take_answers(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
+        return NULL;
+    answer_t got[ANSWER_MAX];
+    int n = engine_take_answers(&self->engine, got, ANSWER_MAX);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) {
+        PyObject *item = PyBytes_FromStringAndSize((const char *)got[i].data, (Py_ssize_t)got[i].len);
+        if (item == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *Engine_error(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
+        return NULL;
+    engine_t *e = &self->engine;
+    pthread_mutex_lock(&e->lock);
+    int failed = e->failed, code = e->error_errno;
+    const char *where = e->error_where;
+    pthread_mutex_unlock(&e->lock);
+    if (!failed)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(si)", where, code);
+}
+
+static PyObject *Engine_last_beat(EngineObject *self, PyObject *unused)
+{
+    if (!check_ready(self))
+        return NULL;
+    engine_t *e = &self->engine;
+    if (!e->running)
+        Py_RETURN_NONE;
+    int64_t out = __atomic_load_n(&e->beat_ns[OUT], __ATOMIC_RELAXED);
+    int64_t in = __atomic_load_n(&e->beat_ns[IN], __ATOMIC_RELAXED);
+    return PyFloat_FromDouble((double)(out < in ? out : in) / 1e9);
+}
+
+static PyObject *Engine_notify_fd(EngineObject *self, void *closure)
+{
+    return check_ready(self) ? PyLong_FromLong(self->engine.notify_fd) : NULL;
+}
+
+static PyMethodDef engine_methods[] = {
+    {"set_peers", (PyCFunction)Engine_set_peers, METH_O,
+     "set_peers(table): build a C table from the PeerTable and swap it in (the threads use it from their "
+     "next batch)."},
+    {"start", (PyCFunction)Engine_start, METH_NOARGS, "Start the two forwarding threads."},
+    {"stop", (PyCFunction)Engine_stop, METH_NOARGS, "Wake the threads, wait for them to end (no-op when "
+     "stopped). The fds stay open: their owner closes them."},
+    {"counters", (PyCFunction)Engine_counters, METH_NOARGS,
+     "counters() -> ({name: n}, {errno: n} send failures, {errno: n} device write failures); non-zero only. "
+     "errno 0: a peer's node IP is not an address; -1: a code beyond the table."},
+    {"take_answers", (PyCFunction)Engine_take_answers, METH_NOARGS,
+     "The first bytes of packets dropped for no_lease since the last call (Python answers them with ICMP); "
+     "also clears notify_fd."},
+    {"error", (PyCFunction)Engine_error, METH_NOARGS,
+     "None, or (where, errno) when a thread failed and ended (notify_fd is then readable)."},
+    {"last_beat", (PyCFunction)Engine_last_beat, METH_NOARGS,
+     "time.monotonic() of the older of the two threads' last turn, None when not running."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef engine_getset[] = {
+    {"notify_fd", (getter)Engine_notify_fd, NULL, "An eventfd readable when take_answers() or error() has news.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "overlayd._fastpath.Engine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False)\n\n"
+              "The UDP backend's forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
+              "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
+              "peers' port `port`.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = engine_methods,
+    .tp_getset = engine_getset,
+};
 
 static PyMethodDef methods[] = {
     {"classify_outbound", py_classify_outbound, METH_VARARGS,
      "classify_outbound(pkt, table) -> (node_ip, pkt) | reason\n\n"
-     "overlayd.encap.udp.outbound in C: the owning peer's node IP and the payload, or the drop reason."},
+     "overlayd.encap.udp.outbound through the engine's C table: the owning peer's node IP and the payload, "
+     "or the drop reason."},
     {"classify_inbound", py_classify_inbound, METH_VARARGS,
      "classify_inbound(dgram, (sender_ip, sender_port), port, subnet_int, mask, table) -> dgram | reason\n\n"
-     "overlayd.encap.udp.inbound in C: the packet to write to the tun, or the drop reason."},
-    {"forward_out", py_forward_out, METH_VARARGS,
-     "forward_out(dev_fd, sock_fd, port, table, max_packets)\n"
-     "    -> (read, read_bytes, read_errors, sent, sent_bytes, tx_dropped, {errno: n}, [(reason, pkt)])\n\n"
-     "Read up to max_packets (at most BATCH) packets from the non-blocking tun fd, send the "
-     "accepted ones to node_ip:port with one sendmmsg(), and return the counts, the send "
-     "failures by errno (0: unusable peer address) and the dropped packets with their reason."},
-    {"forward_in", py_forward_in, METH_VARARGS,
-     "forward_in(sock_fd, dev_fd, table, subnet_int, mask, port, max_packets)\n"
-     "    -> (received, received_bytes, recv_errors, written, {errno: n}, {reason: n})\n\n"
-     "Receive up to max_packets (at most BATCH) datagrams with one recvmmsg(MSG_DONTWAIT), "
-     "write the accepted ones (from peers' port `port`) to the tun fd, and return the counts, the write failures by "
-     "errno and the drops by reason."},
+     "overlayd.encap.udp.inbound through the engine's C table: the packet to write to the tun, or the drop "
+     "reason."},
+    {"segment", py_segment, METH_VARARGS,
+     "segment(vnet_hdr, pkt) -> [packet, ...] | reason\n\noverlayd.encap.gso.segment in C."},
+    {"coalesce", py_coalesce, METH_O,
+     "coalesce([pkt, ...]) -> [(vnet_hdr, packet), ...]\n\noverlayd.encap.gso.coalesce in C."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "overlayd._fastpath",
-    "The UDP backend's data path in C, batched (see overlayd/dataplane/fast.py).", -1, methods,
+    "The UDP backend's data plane in C: the forwarding engine (see overlayd/dataplane/fast.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    static int key_made;
-    if (!key_made) {
-        if (pthread_key_create(&slots_key, free) != 0)
-            return PyErr_NoMemory();
-        key_made = 1;
-    }
+    if (PyType_Ready(&EngineType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "BATCH", BATCH) < 0)
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 || PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0
+        || PyModule_AddType(m, &EngineType) < 0)
         Py_CLEAR(m);
     return m;
 }

@@ -35,8 +35,9 @@ class UdpBackend(UserspaceBackend):
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
-        if self.dev_fd is None:
-            self.dev_fd = open_tun(TUN, self.mtu)
+        if self.dev_fd is None:  # superpackets only for the C engine, which segments them
+            self.dev_fd = open_tun(TUN, self.mtu, vnet_hdr=True, offload=self.datapath == "c")
+            self.vnet_hdr = True
         sysctl.disable_ipv6(TUN)
         async with Netlink() as nl:
             await self.reconcile(nl)

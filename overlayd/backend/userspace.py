@@ -44,6 +44,29 @@ log = logging.getLogger(__name__)
 DEVICE_TXQUEUELEN = 5000
 
 
+class EngineHeartbeat:
+    """The C engine's threads turning, read like a :class:`~overlayd.watchdog.LoopHeartbeat` (``last``).
+
+    An idle engine thread still turns twice a second; a wedged one stops
+    updating its beat, and the watchdog sees the data plane stall.
+    """
+
+    def __init__(self):
+        self._plane: FastUdpDataPlane | None = None
+
+    def start(self, plane: FastUdpDataPlane) -> "EngineHeartbeat":
+        self._plane = plane
+        return self
+
+    def stop(self) -> None:
+        self._plane = None
+
+    @property
+    def last(self) -> float | None:
+        plane = self._plane
+        return plane.last_beat() if plane is not None else None
+
+
 class UserspaceBackend(Backend):
     """Base of backends whose packets go through overlayd's own data plane."""
 
@@ -54,10 +77,13 @@ class UserspaceBackend(Backend):
         self.table = PeerTable(self.config.subnet_len)
         self.counters = Counters()
         self.dev_fd: int | None = None
+        self.vnet_hdr = False  # the device was opened with IFF_VNET_HDR (set by the backend's setup)
         self.codec = None
         self.sock = None
         self._dp_loop: asyncio.AbstractEventLoop | None = None
-        self.heartbeat = LoopHeartbeat()  # the data-plane loop turning (for the watchdog, /healthz)
+        self._plane: DataPlane | None = None  # the last data plane run (its counters outlive it)
+        # the data plane turning (for the watchdog, /healthz): the engine's threads, or its event loop
+        self.heartbeat = EngineHeartbeat() if self.datapath == "c" else LoopHeartbeat()
 
     def peer_for(self, lease) -> Peer | None:
         """The data-plane peer for a lease, or None if we cannot talk to it."""
@@ -78,6 +104,8 @@ class UserspaceBackend(Backend):
                     self.table.remove(subnet)
                 else:
                     self.table.set(subnet, peer)
+            if self._plane is not None:
+                self._plane.peers_changed()
 
         if self._dp_loop is not None and self._dp_loop is not asyncio.get_running_loop():
             self._dp_loop.call_soon_threadsafe(update)
@@ -88,7 +116,8 @@ class UserspaceBackend(Backend):
         return self.table.subnets()
 
     def stats(self) -> dict:
-        return {"peers": len(self.table), **self.counters.snapshot()}
+        counts = self._plane.snapshot() if self._plane is not None else self.counters.snapshot()
+        return {"peers": len(self.table), **counts}
 
     async def preflight(self) -> None:
         """Bind the encapsulation socket (kept for :meth:`run`): a port in use fails here."""
@@ -97,31 +126,35 @@ class UserspaceBackend(Backend):
 
     @property
     def datapath(self) -> str:
-        """The data path in use: ``c`` or ``python`` (only the UDP backend has a C twin)."""
+        """The data path in use: ``c`` (the C engine) or ``python`` (only the UDP backend has a C twin)."""
         return "c" if self.options.datapath == "c" and self.type_name == "udp" else "python"
 
     def _dataplane(self) -> DataPlane:
         sender = Sender(self.sock, self.config.backend.port, self.counters)
         cls = FastUdpDataPlane if self.datapath == "c" else DataPlane
-        return cls(self.dev_fd, self.sock, self.codec, sender, self.counters)
+        return cls(self.dev_fd, self.sock, self.codec, sender, self.counters, vnet_hdr=self.vnet_hdr)
 
     async def run(self) -> None:
-        """Forward between the device (from :meth:`setup`) and the socket (from :meth:`preflight`)."""
-        dp = self._dataplane()
-        log.info("data plane: %s <-> udp %s:%d (%s data path, %s loop)", self.device,
-                 self.underlay.public_ip, self.config.backend.port,
-                 "C" if isinstance(dp, FastUdpDataPlane) else "Python",
-                 "uvloop" if self.options.use_uvloop else "asyncio")
-        if not self.options.use_uvloop:
-            dp.start(asyncio.get_running_loop())
-            self.heartbeat.start(asyncio.get_running_loop())
-            try:
-                await asyncio.Future()  # until cancelled
-            finally:
-                dp.stop()
-                self.heartbeat.stop()
+        """Forward between the device (from :meth:`setup`) and the socket (from :meth:`preflight`)
+        until cancelled, or until the data plane fails (raised here)."""
+        dp = self._plane = self._dataplane()
+        if self.datapath == "c":
+            how = "C engine threads" + (", tun superpackets" if self.vnet_hdr else "")
+        else:
+            how = f"Python data path, {'uvloop' if self.options.use_uvloop else 'asyncio'} loop"
+        log.info("data plane: %s <-> udp %s:%d (%s)", self.device, self.underlay.public_ip,
+                 self.config.backend.port, how)
+        if self.options.use_uvloop and self.datapath == "python":
+            await self._run_on_uvloop(dp)
             return
-        await self._run_on_uvloop(dp)
+        loop = asyncio.get_running_loop()
+        dp.start(loop)
+        self.heartbeat.start(dp if self.datapath == "c" else loop)
+        try:
+            await dp.ended  # until cancelled, or the engine fails
+        finally:
+            dp.stop()
+            self.heartbeat.stop()
 
     async def _run_on_uvloop(self, dp: DataPlane) -> None:
         """Run ``dp`` on a uvloop loop in its own thread until cancelled, or until the thread ends

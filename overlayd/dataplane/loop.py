@@ -9,9 +9,11 @@ packets per second on the standard loop as on uvloop; protocol objects
 nothing we need. What to do with a packet is the codec's job (pure code in
 :mod:`overlayd.encap`); sending goes through one :class:`Sender` so that
 sending strategies can be swapped and measured without touching the loop.
-The C fast path (:mod:`.fast`) batches both directions, so it replaces the
-two reader callbacks and keeps the rest: registration, counters, the
-codec's ICMP answers and device writes.
+The C engine (:mod:`.fast`) replaces the two readers with threads of its
+own and keeps the codec's ICMP answers here. A device opened with
+IFF_VNET_HDR (``vnet_hdr``) is read and written with an empty 10-byte
+virtio header: this plane never asks for offloads, so it never sees a
+superpacket.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import socket
 import time
 from typing import Protocol
 
+from ..encap import gso
 from ..encap.drops import Counters, Drop
 
 BUDGET = 256  # packets per wake-up and direction
@@ -71,21 +74,31 @@ class DataPlane:
     """Forwards between ``dev_fd`` (tun or tap) and ``sock`` using ``codec``."""
 
     def __init__(self, dev_fd: int, sock: socket.socket, codec: Codec, sender: Sender,
-                 counters: Counters):
+                 counters: Counters, vnet_hdr: bool = False):
         self.dev_fd = dev_fd
         self.sock = sock
         self.codec = codec
         self.sender = sender
         self.counters = counters
+        self.vnet_hdr = vnet_hdr  # the device was opened with IFF_VNET_HDR (no offloads asked for here)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ended: asyncio.Future | None = None  # fails when the data plane cannot go on
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Register the readers on ``loop``."""
         self.loop = loop
+        self.ended = loop.create_future()
         os.set_blocking(self.dev_fd, False)
         self.sock.setblocking(False)
         loop.add_reader(self.dev_fd, self._device_readable)
         loop.add_reader(self.sock.fileno(), self._socket_readable)
+
+    def peers_changed(self) -> None:
+        """The codec's peer table changed (the Python plane reads it directly: nothing to do)."""
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter that is not zero."""
+        return self.counters.snapshot()
 
     def stop(self) -> None:
         """Unregister the readers (the fds stay open: their owner closes them)."""
@@ -106,6 +119,8 @@ class DataPlane:
                 if exc.errno in (errno.EBADFD, errno.EBADF):
                     break
                 continue
+            if self.vnet_hdr:  # no offloads were asked for: the header is empty
+                frame = frame[gso.HEADER_LEN:]
             counters.rx_dev(len(frame))
             verdict = codec.outbound(frame)
             if isinstance(verdict, Drop):
@@ -134,13 +149,17 @@ class DataPlane:
     def _dropped_outbound(self, drop: Drop, frame: bytes, now: float) -> None:
         """Count a dropped device frame and write the codec's answer (ICMP), if any."""
         self.counters.drop(drop)
+        self._answer(drop, frame, now)
+
+    def _answer(self, drop: Drop, frame: bytes, now: float) -> None:
+        """Write the codec's answer (ICMP) to a dropped device frame, if any."""
         reply = self.codec.answer(drop, frame, now)
         if reply is not None:
             self._write_device(reply)
 
     def _write_device(self, frame: bytes) -> None:
         try:
-            os.write(self.dev_fd, frame)
+            os.write(self.dev_fd, gso.NO_OFFLOAD_HEADER + frame if self.vnet_hdr else frame)
         except OSError as exc:  # EIO: link down; EINVAL: malformed for the device
             self.counters.count(error_counter("dev_write_error_", exc.errno))
         else:

@@ -18,6 +18,9 @@ import struct
 from ..errors import PlumbingError
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+IFF_VNET_HDR = 0x4000
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -50,9 +53,24 @@ def _ifreq(name: str, what: str, request: int, payload: bytes) -> None:
             raise PlumbingError(f"cannot set {what} on {name}: {exc.strerror}") from None
 
 
-def open_tun(name: str, mtu: int) -> int:
-    """A tun device ``name`` (IFF_TUN|IFF_NO_PI) with ``mtu``; returns its fd."""
-    fd = _open(name, IFF_TUN)
+def open_tun(name: str, mtu: int, vnet_hdr: bool = False, offload: bool = False) -> int:
+    """A tun device ``name`` (IFF_TUN|IFF_NO_PI) with ``mtu``; returns its fd.
+
+    ``vnet_hdr``: every read and write starts with a 10-byte virtio_net_hdr
+    (IFF_VNET_HDR). ``offload`` (needs ``vnet_hdr``): the kernel may hand us
+    TCP superpackets with partial checksums and take them back
+    (TUNSETOFFLOAD: CSUM, TSO4, TSO6); only a reader that segments them
+    (the C engine) may ask for it.
+    """
+    if offload and not vnet_hdr:
+        raise ValueError("tun offloads need vnet_hdr")
+    fd = _open(name, IFF_TUN | (IFF_VNET_HDR if vnet_hdr else 0))
+    try:
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    except OSError as exc:
+        os.close(fd)
+        raise PlumbingError(f"cannot enable offloads on {name}: {exc.strerror}") from None
     _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
     return fd
 

@@ -96,11 +96,11 @@ async def test_packets_cross_both_ways_and_drops_are_counted(plane):
     assert socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
 
     for _ in range(50):
-        snap = counters.snapshot()
+        snap = dp.snapshot()
         if snap.get("drop_" + Drop.WRONG_SOURCE_PORT.value, 0) >= 1:
             break
         await asyncio.sleep(0.02)
-    snap = counters.snapshot()
+    snap = dp.snapshot()
     assert {k: v for k, v in snap.items() if k.startswith("drop_")} == {"drop_" + d.value: n for d, n in (
         (Drop.NOT_OUR_SUBNET, 1), (Drop.TRUNCATED, 1), (Drop.UNKNOWN_SENDER, 1), (Drop.NO_LEASE, 1),
         (Drop.SPOOFED_SOURCE, 3), (Drop.TO_BROADCAST_ADDRESS, 1),
@@ -118,7 +118,7 @@ async def test_a_burst_arrives_complete_and_in_order(plane):
         await loop.sock_sendall(dev, pkt)
     received = [(await asyncio.to_thread(peer.recvfrom, 65535))[0] for _ in burst]
     assert received == burst
-    assert counters.snapshot()["tx_packets"] == 200
+    assert dp.snapshot()["tx_packets"] == 200
 
     # and back, in bursts the stand-in device can queue: they land in order
     back = [ipv4("10.244.2.7", "10.244.1.5", payload=i.to_bytes(4, "big") * 8) for i in range(200)]
@@ -128,4 +128,4 @@ async def test_a_burst_arrives_complete_and_in_order(plane):
             peer.sendto(pkt, ("127.0.0.1", port))
         got += [await asyncio.wait_for(loop.sock_recv(dev, 65535), 2) for _ in back[start:start + 8]]
     assert got == back
-    assert counters.snapshot()["dev_tx_packets"] == 200
+    assert dp.snapshot()["dev_tx_packets"] == 200

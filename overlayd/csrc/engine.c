@@ -1,0 +1,430 @@
+/* The forwarding engine's threads (see engine.h and the design note in overlayd/_fastpath.c). */
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gso.h"
+
+#define BEAT_MS 500                    /* an idle thread still turns this often (liveness) */
+#define SEND_MAX 256                   /* datagrams per sendmmsg, at most */
+#define ARENA (2 * (PKT_MAX + 1))      /* segment bytes per sendmmsg: always room for one superpacket's */
+#define SLOT (VNET_HDR_LEN + PKT_MAX)
+
+#define COUNT(c, field, n) __atomic_fetch_add(&(c)->field, (uint64_t)(n), __ATOMIC_RELAXED)
+
+static int errno_slot(int code)
+{
+    return code >= 0 && code < ERRNO_SLOTS - 1 ? code : ERRNO_SLOTS - 1;
+}
+
+static void signal_fd(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof(one));
+    (void)r;  /* an eventfd only fails when its counter would overflow: it is readable then anyway */
+}
+
+static void beat(engine_t *e, int dir)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    __atomic_store_n(&e->beat_ns[dir], (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, __ATOMIC_RELAXED);
+}
+
+/* A thread cannot go on: record why (the first failure wins) and tell Python. */
+static void fail(engine_t *e, const char *where, int code)
+{
+    pthread_mutex_lock(&e->lock);
+    if (!e->failed) {
+        e->failed = 1;
+        e->error_where = where;
+        e->error_errno = code;
+    }
+    pthread_mutex_unlock(&e->lock);
+    signal_fd(e->notify_fd);
+}
+
+/* The current table, with a reference for one batch (the lock is held for the pointer copy only). */
+static peer_table_t *table_hold(engine_t *e)
+{
+    pthread_mutex_lock(&e->lock);
+    peer_table_t *t = table_ref(e->table);
+    pthread_mutex_unlock(&e->lock);
+    return t;
+}
+
+/* Queue a NO_LEASE packet's first bytes for Python's ICMP answer (dropped when the queue is full). */
+static void queue_answer(engine_t *e, const unsigned char *p, size_t n)
+{
+    pthread_mutex_lock(&e->lock);
+    int was_empty = e->nanswers == 0, queued = e->nanswers < ANSWER_MAX;
+    if (queued) {
+        answer_t *a = &e->answers[e->nanswers++];
+        a->len = n < ANSWER_BYTES ? n : ANSWER_BYTES;
+        memcpy(a->data, p, a->len);
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (queued && was_empty)
+        signal_fd(e->notify_fd);
+}
+
+/* Block until fd is readable or the engine stops: 1 readable, 0 stop, -1 failed (recorded). */
+static int wait_readable(engine_t *e, int dir, int fd, const char *what)
+{
+    struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+    for (;;) {
+        beat(e, dir);
+        int r = poll(pf, 2, BEAT_MS);
+        if (r < 0 && errno != EINTR) {
+            fail(e, what, errno);
+            return -1;
+        }
+        if (r <= 0)
+            continue;
+        if (pf[1].revents)
+            return 0;
+        if (pf[0].revents & POLLNVAL) {
+            fail(e, what, EBADF);
+            return -1;
+        }
+        if (pf[0].revents)
+            return pf[0].revents & (POLLERR | POLLHUP) ? 2 : 1;
+    }
+}
+
+/* ---- tun -> UDP ---------------------------------------------------------- */
+
+typedef struct {
+    unsigned char slots[BATCH][SLOT];
+    unsigned char arena[ARENA];
+    struct mmsghdr msgs[SEND_MAX];
+    struct iovec iovs[SEND_MAX];
+    int nmsgs;
+    size_t used;  /* arena bytes */
+} out_state_t;
+
+/* sendmmsg every queued datagram; a full socket buffer drops the rest, as UDP does. */
+static void flush_sends(engine_t *e, out_state_t *s)
+{
+    counters_t *c = &e->counters[OUT];
+    int at = 0;
+    while (at < s->nmsgs) {
+        int r = sendmmsg(e->sock_fd, s->msgs + at, (unsigned)(s->nmsgs - at), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                COUNT(c, tx_dropped, s->nmsgs - at);
+                break;
+            }
+            COUNT(c, tx_error[errno_slot(errno)], 1);  /* this datagram failed: send the others */
+            at++;
+            continue;
+        }
+        uint64_t bytes = 0;
+        for (int i = at; i < at + r; i++)
+            bytes += s->iovs[i].iov_len;
+        COUNT(c, tx_packets, r);
+        COUNT(c, tx_bytes, bytes);
+        at += r;
+    }
+    s->nmsgs = 0;
+    s->used = 0;
+}
+
+static void queue_send(out_state_t *s, const route_t *r, unsigned char *p, size_t n)
+{
+    s->iovs[s->nmsgs] = (struct iovec){.iov_base = p, .iov_len = n};
+    s->msgs[s->nmsgs].msg_hdr = (struct msghdr){.msg_name = (void *)&r->addr, .msg_namelen = sizeof(r->addr),
+                                                .msg_iov = &s->iovs[s->nmsgs], .msg_iovlen = 1};
+    s->nmsgs++;
+}
+
+/* Classify one packet read from the device and queue its datagrams (segments of a superpacket). */
+static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsigned char *slot, size_t got)
+{
+    counters_t *c = &e->counters[OUT];
+    vnet_hdr_t h = {0};
+    unsigned char *p = slot;
+    size_t n = got;
+    if (e->vnet) {
+        if (got >= VNET_HDR_LEN)
+            vnet_parse(slot, &h);
+        n = got >= VNET_HDR_LEN ? got - VNET_HDR_LEN : 0;
+        p = slot + VNET_HDR_LEN;
+    }
+    COUNT(c, dev_rx_packets, 1);
+    COUNT(c, dev_rx_bytes, n);
+    const route_t *r = NULL;
+    int v = table_outbound(t, p, n, &r), count = 1;
+    if (v == V_OK && e->vnet && (count = gso_prepare(&h, p, n)) < 0)
+        v = -count;
+    if (v != V_OK) {
+        COUNT(c, drops[v], 1);
+        if (v == V_NO_LEASE)
+            queue_answer(e, p, n);
+        return;
+    }
+    if (!r->send_ok) {
+        COUNT(c, tx_error[0], count);
+        return;
+    }
+    if (h.gso_type == GSO_NONE) {
+        queue_send(s, r, p, n);
+    } else {
+        COUNT(c, dev_rx_superpackets, 1);
+        size_t room = gro_payload_offset(p) + h.gso_size;
+        for (int i = 0; i < count; i++) {
+            if (s->nmsgs == SEND_MAX || s->used + room > ARENA)
+                flush_sends(e, s);
+            size_t len = gso_segment(&h, p, i, count, s->arena + s->used);
+            queue_send(s, r, s->arena + s->used, len);
+            s->used += len;
+        }
+    }
+    if (s->nmsgs == SEND_MAX)
+        flush_sends(e, s);
+}
+
+static void *out_main(void *arg)
+{
+    engine_t *e = arg;
+    counters_t *c = &e->counters[OUT];
+    out_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        fail(e, "tun reader", ENOMEM);
+        return NULL;
+    }
+    int ready;
+    while ((ready = wait_readable(e, OUT, e->dev_fd, "tun reader (poll)")) > 0) {
+        size_t lens[BATCH];
+        int nread = 0, gone = 0;
+        while (nread < BATCH) {
+            ssize_t r = read(e->dev_fd, s->slots[nread], SLOT);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                COUNT(c, dev_read_error, 1);
+                gone = errno == EBADFD || errno == EBADF;
+            }
+            if (r < 0)
+                break;
+            lens[nread++] = (size_t)r;  /* an empty read is an (empty) packet, as os.read() has it */
+        }
+        if (nread == 0 && (ready == 2 || gone)) {  /* the device was deleted under us */
+            fail(e, "tun reader (the device is gone)", gone ? errno : EIO);
+            break;
+        }
+        peer_table_t *t = table_hold(e);
+        for (int i = 0; i < nread; i++)
+            forward_one(e, s, t, s->slots[i], lens[i]);
+        table_unref(t);
+        flush_sends(e, s);
+    }
+    free(s);
+    return NULL;
+}
+
+/* ---- UDP -> tun ---------------------------------------------------------- */
+
+typedef struct {
+    unsigned char data[BATCH][SLOT];   /* a virtio header's room, then the datagram */
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    struct sockaddr_in from[BATCH];
+} in_state_t;
+
+/* Write packets[0:count] (one run) to the device: a superpacket when count > 1. */
+static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *lens, int count)
+{
+    counters_t *c = &e->counters[IN];
+    unsigned char hdr[GRO_HDR_MAX];
+    struct iovec iov[BATCH + 1];
+    int niov = 0;
+    if (count > 1) {
+        iov[niov++] = (struct iovec){.iov_base = hdr, .iov_len = gro_header(pkts, lens, count, hdr)};
+        for (int i = 0; i < count; i++) {
+            size_t skip = gro_payload_offset(pkts[i]);
+            iov[niov++] = (struct iovec){.iov_base = pkts[i] + skip, .iov_len = lens[i] - skip};
+        }
+    } else if (e->vnet) {
+        memset(pkts[0] - VNET_HDR_LEN, 0, VNET_HDR_LEN);  /* the slot's header room: no offload asked */
+        iov[niov++] = (struct iovec){.iov_base = pkts[0] - VNET_HDR_LEN, .iov_len = lens[0] + VNET_HDR_LEN};
+    } else {
+        iov[niov++] = (struct iovec){.iov_base = pkts[0], .iov_len = lens[0]};
+    }
+    ssize_t w;
+    do {
+        w = writev(e->dev_fd, iov, niov);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0)
+        COUNT(c, dev_write_error[errno_slot(errno)], count);  /* EIO: link down; EINVAL: malformed */
+    else {
+        COUNT(c, dev_tx_packets, count);
+        COUNT(c, dev_tx_superpackets, count > 1);
+    }
+}
+
+static void *in_main(void *arg)
+{
+    engine_t *e = arg;
+    counters_t *c = &e->counters[IN];
+    in_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        fail(e, "udp reader", ENOMEM);
+        return NULL;
+    }
+    for (int i = 0; i < BATCH; i++) {
+        s->iovs[i] = (struct iovec){.iov_base = s->data[i] + VNET_HDR_LEN, .iov_len = PKT_MAX};
+        s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
+        s->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    while (wait_readable(e, IN, e->sock_fd, "udp reader (poll)") > 0) {
+        int got = 0, errors = 0;
+        for (int i = 0; i < BATCH; i++) {
+            s->msgs[i].msg_hdr.msg_name = &s->from[i];
+            s->msgs[i].msg_hdr.msg_namelen = sizeof(s->from[i]);
+        }
+        while (errors < BATCH) {
+            int r = recvmmsg(e->sock_fd, s->msgs, (unsigned)(BATCH - errors), MSG_DONTWAIT, NULL);
+            if (r >= 0) {
+                got = r;
+                break;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno != EINTR)
+                errors++;  /* e.g. ECONNREFUSED surfaced from ICMP: costs one slot, as in Python */
+        }
+        COUNT(c, sock_read_error, errors);
+        unsigned char *pkts[BATCH];
+        size_t lens[BATCH];
+        int accepted = 0;
+        uint64_t bytes = 0;
+        peer_table_t *t = table_hold(e);
+        for (int i = 0; i < got; i++) {
+            const struct sockaddr_in *from = &s->from[i];
+            int has_sender = s->msgs[i].msg_hdr.msg_namelen >= sizeof(*from) && from->sin_family == AF_INET;
+            unsigned char *p = s->data[i] + VNET_HDR_LEN;
+            size_t n = s->msgs[i].msg_len;
+            bytes += n;
+            int v = table_inbound(t, p, n, has_sender, ntohl(from->sin_addr.s_addr),
+                                  ntohs(from->sin_port) == e->port, e->subnet, e->mask);
+            if (v != V_OK) {
+                COUNT(c, drops[v], 1);
+                continue;
+            }
+            pkts[accepted] = p;
+            lens[accepted++] = n;
+        }
+        table_unref(t);
+        COUNT(c, rx_packets, got);
+        COUNT(c, rx_bytes, bytes);
+        for (int i = 0; i < accepted;) {
+            int run = e->vnet ? gro_run(pkts + i, lens + i, accepted - i) : 1;
+            write_run(e, pkts + i, lens + i, run);
+            i += run;
+        }
+    }
+    free(s);
+    return NULL;
+}
+
+/* ---- life cycle ------------------------------------------------------------ */
+
+int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, uint16_t port, uint32_t subnet, uint32_t mask,
+                peer_table_t *table)
+{
+    memset(e, 0, sizeof(*e));
+    e->dev_fd = dev_fd;
+    e->sock_fd = sock_fd;
+    e->vnet = vnet;
+    e->port = port;
+    e->subnet = subnet;
+    e->mask = mask;
+    e->table = table;
+    pthread_mutex_init(&e->lock, NULL);
+    e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    e->notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->stop_fd < 0 || e->notify_fd < 0) {
+        int code = errno;
+        engine_destroy(e);
+        return code;
+    }
+    return 0;
+}
+
+void engine_set_table(engine_t *e, peer_table_t *t)
+{
+    pthread_mutex_lock(&e->lock);
+    peer_table_t *old = e->table;
+    e->table = t;
+    pthread_mutex_unlock(&e->lock);
+    table_unref(old);  /* freed here, or by the last thread still using it for a batch */
+}
+
+int engine_start(engine_t *e)
+{
+    if (e->running)
+        return EBUSY;
+    uint64_t drain;
+    while (read(e->stop_fd, &drain, sizeof(drain)) > 0)
+        continue;
+    int code = pthread_create(&e->threads[OUT], NULL, out_main, e);
+    if (code != 0)
+        return code;
+    code = pthread_create(&e->threads[IN], NULL, in_main, e);
+    if (code != 0) {
+        signal_fd(e->stop_fd);
+        pthread_join(e->threads[OUT], NULL);
+        return code;
+    }
+    e->running = 1;
+    return 0;
+}
+
+void engine_stop(engine_t *e)
+{
+    if (!e->running)
+        return;
+    signal_fd(e->stop_fd);
+    pthread_join(e->threads[OUT], NULL);
+    pthread_join(e->threads[IN], NULL);
+    e->running = 0;
+}
+
+void engine_destroy(engine_t *e)
+{
+    engine_stop(e);
+    if (e->stop_fd >= 0)
+        close(e->stop_fd);
+    if (e->notify_fd >= 0)
+        close(e->notify_fd);
+    e->stop_fd = e->notify_fd = -1;
+    table_unref(e->table);
+    e->table = NULL;
+    pthread_mutex_destroy(&e->lock);
+}
+
+int engine_take_answers(engine_t *e, answer_t *out, int max)
+{
+    uint64_t drain;
+    while (read(e->notify_fd, &drain, sizeof(drain)) > 0)
+        continue;
+    pthread_mutex_lock(&e->lock);
+    int n = e->nanswers < max ? e->nanswers : max;
+    memcpy(out, e->answers, (size_t)n * sizeof(*out));
+    memmove(e->answers, e->answers + n, (size_t)(e->nanswers - n) * sizeof(*out));
+    e->nanswers -= n;
+    pthread_mutex_unlock(&e->lock);
+    return n;
+}

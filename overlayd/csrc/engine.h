@@ -1,0 +1,69 @@
+/*
+ * The forwarding engine: two threads (tun -> UDP, UDP -> tun) that own the
+ * hot loop, block in poll() and never touch Python. See the design note in
+ * overlayd/_fastpath.c.
+ */
+#ifndef OVERLAYD_ENGINE_H
+#define OVERLAYD_ENGINE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "packet.h"
+#include "table.h"
+
+#define BATCH 64          /* reads or datagrams per round, at most */
+#define PKT_MAX 65535     /* bytes per packet */
+#define ERRNO_SLOTS 160   /* per-errno counters; larger codes share the last slot */
+#define ANSWER_MAX 64     /* dropped NO_LEASE packets waiting for Python's ICMP answer */
+#define ANSWER_BYTES 128  /* their first bytes: enough to quote the header + 8 bytes */
+
+enum { OUT = 0, IN = 1 };
+
+/* One thread's counters: written by that thread only, read by Python at any time. */
+typedef struct {
+    uint64_t dev_rx_packets, dev_rx_bytes, dev_read_error, tx_packets, tx_bytes, tx_dropped;
+    uint64_t rx_packets, rx_bytes, sock_read_error, dev_tx_packets;
+    uint64_t dev_rx_superpackets, dev_tx_superpackets;  /* reads segmented, coalesced writes */
+    uint64_t drops[V_COUNT];
+    uint64_t tx_error[ERRNO_SLOTS];         /* by errno; 0: the peer's node IP is not an address */
+    uint64_t dev_write_error[ERRNO_SLOTS];
+} counters_t;
+
+typedef struct {
+    unsigned char data[ANSWER_BYTES];
+    size_t len;
+} answer_t;
+
+typedef struct {
+    int dev_fd, sock_fd, vnet;   /* vnet: the device speaks virtio_net_hdr (superpackets) */
+    uint16_t port;
+    uint32_t subnet, mask;
+    int stop_fd;                 /* eventfd: the threads end when it is readable */
+    int notify_fd;               /* eventfd: Python has answers to take or an error to read */
+    pthread_mutex_t lock;        /* guards table (the pointer), answers and the error */
+    peer_table_t *table;
+    pthread_t threads[2];
+    int running;
+    counters_t counters[2];      /* [OUT], [IN] */
+    int64_t beat_ns[2];          /* CLOCK_MONOTONIC of each thread's last turn */
+    answer_t answers[ANSWER_MAX];
+    int nanswers;
+    int failed, error_errno;
+    const char *error_where;
+} engine_t;
+
+/* 0, or an errno (the eventfds could not be made). */
+int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, uint16_t port, uint32_t subnet, uint32_t mask,
+                peer_table_t *table);
+/* Make t (one reference handed over) the table every later batch uses. */
+void engine_set_table(engine_t *e, peer_table_t *t);
+/* Start the threads: 0 or an errno. */
+int engine_start(engine_t *e);
+/* Wake and join the threads (no-op when not running). */
+void engine_stop(engine_t *e);
+void engine_destroy(engine_t *e);
+/* Move up to max queued answers to out; returns how many. */
+int engine_take_answers(engine_t *e, answer_t *out, int max);
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * Superpackets on the tun (IFF_VNET_HDR + TUNSETOFFLOAD): segmenting what the
+ * kernel hands us (TSO) and coalescing what we hand it (GRO). The twins of
+ * overlayd/encap/gso.py, held to the same results by the parity tests. Pure:
+ * no Python, no I/O.
+ */
+#ifndef OVERLAYD_GSO_H
+#define OVERLAYD_GSO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define VNET_HDR_LEN 10
+#define VNET_F_NEEDS_CSUM 1
+#define GSO_NONE 0
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
+#define GSO_ECN 0x80
+#define SUPER_MAX 65535   /* bytes in a coalesced packet, at most (the IP total length) */
+#define GRO_HDR_MAX (VNET_HDR_LEN + 20 + 60)
+
+/* struct virtio_net_hdr, in the host's byte order (a legacy tun's). */
+typedef struct {
+    uint8_t flags, gso_type;
+    uint16_t hdr_len, gso_size, csum_start, csum_offset;
+} vnet_hdr_t;
+
+void vnet_parse(const unsigned char *b, vnet_hdr_t *h);
+void vnet_put(unsigned char *b, const vnet_hdr_t *h);
+
+/* Send side, for a checked IPv4 packet p[0:n] read with header h. Returns the
+ * number of segments it becomes (>= 1; 1 when h asks for no segmentation, after
+ * completing a partial checksum in place) or minus the drop verdict. */
+int gso_prepare(const vnet_hdr_t *h, unsigned char *p, size_t n);
+/* Segment i of the count gso_prepare gave for p, written to out (room for
+ * the packet's headers + gso_size bytes); returns its length. */
+size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out);
+
+/* Receive side: how many of the n packets pkts[0:n] (lengths lens) starting at
+ * pkts[0] form one coalescible run (1: pkts[0] goes alone). */
+int gro_run(unsigned char *const *pkts, const size_t *lens, int n);
+/* The virtio header and IP+TCP headers of the superpacket joining the count
+ * packets of a run, written to out (GRO_HDR_MAX bytes); returns their length.
+ * The payloads follow: pkts[i] + gro_payload_offset(pkts[i]). */
+size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, unsigned char *out);
+size_t gro_payload_offset(const unsigned char *p);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * Packet facts shared by the C fast path's parts: the drop verdicts (the
+ * values of overlayd.encap.drops.Drop), the IPv4 check (overlayd.encap.ipv4)
+ * and the Internet checksum. Pure functions, no Python, no I/O.
+ */
+#ifndef OVERLAYD_PACKET_H
+#define OVERLAYD_PACKET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum verdict {
+    V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_WRONG_SOURCE_PORT,
+    V_NOT_OUR_SUBNET, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE,
+    V_COUNT
+};
+
+/* The values of overlayd.encap.drops.Drop, by verdict (NULL for V_OK). */
+extern const char *const reason_names[V_COUNT];
+
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+
+/* The 2-byte big-endian value at p. */
+static inline unsigned be16(const unsigned char *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static inline void put_be16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+/* The 4-byte big-endian value at p. */
+static inline uint32_t be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void put_be32(unsigned char *p, uint32_t v)
+{
+    put_be16(p, v >> 16);
+    put_be16(p + 2, v & 0xFFFF);
+}
+
+/* ipv4.check: why p[0:n] is not a usable IPv4 packet, or V_OK. */
+static inline int ipv4_check(const unsigned char *p, size_t n)
+{
+    if (n < 20)
+        return (n > 0 && (p[0] >> 4) != 4) ? V_NOT_IPV4 : V_TRUNCATED;
+    if ((p[0] >> 4) != 4)
+        return V_NOT_IPV4;
+    unsigned ihl = (p[0] & 0x0Fu) * 4u, total = be16(p + 2);
+    if (ihl < 20 || total < ihl)
+        return V_BAD_IP_HEADER;
+    if (total > n)
+        return V_TRUNCATED;
+    return V_OK;
+}
+
+/* The ones'-complement sum of p[0:n] added to sum, not folded (odd n: padded with a zero byte). */
+static inline uint64_t csum_add(uint64_t sum, const unsigned char *p, size_t n)
+{
+    for (; n >= 2; p += 2, n -= 2)
+        sum += be16(p);
+    if (n)
+        sum += (unsigned)p[0] << 8;
+    return sum;
+}
+
+/* sum folded to 16 bits (not complemented). */
+static inline unsigned csum_fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return (unsigned)sum;
+}
+
+/* The TCP/UDP pseudo-header sum of an IPv4 packet p for an L4 length of l4len, not folded. */
+static inline uint64_t pseudo_sum(const unsigned char *p, unsigned l4len)
+{
+    return csum_add(0, p + 12, 8) + p[9] + l4len;
+}
+
+#endif
