@@ -29,7 +29,7 @@ CONFIGS = {
     "udp": ("udp", {"datapath": "python"}, "overlayd UDP backend, Python data path, asyncio"),
     "udp-uvloop": ("udp", {"datapath": "python", "event_loop": "uvloop"},
                    "overlayd UDP backend, Python data path, uvloop thread"),
-    "udp-c": ("udp", {"datapath": "c"}, "overlayd UDP backend, C fast path (batched syscalls)"),
+    "udp-c": ("udp", {"datapath": "c"}, "overlayd UDP backend, C engine threads, tun superpackets"),
     "vxlan-user": ("vxlan", {"vxlan_impl": "user"}, "overlayd userspace VXLAN, Python data path"),
 }
 

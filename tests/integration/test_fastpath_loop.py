@@ -20,11 +20,13 @@ from overlayd.dataplane import fast
 from overlayd.dataplane.codecs import UdpCodec
 from overlayd.dataplane.loop import DataPlane, Sender
 from overlayd.dataplane.sockets import open_udp
-from overlayd.encap import udp
+from overlayd.encap import gso, udp
 from overlayd.encap.drops import Counters, Drop
 from overlayd.encap.ipv4 import internet_checksum
 from overlayd.encap.table import Peer, PeerTable
+from overlayd.errors import PlumbingError
 from overlayd.lab.etcd import free_port
+from tests.unit.test_gso_parity import tcp, tso
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="the C fast path is not built")
 
@@ -46,7 +48,7 @@ def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> byt
 class Rig:
     """A data plane of class ``cls`` between a stand-in tun and two loopback peers."""
 
-    def __init__(self, cls):
+    def __init__(self, cls, vnet_hdr: bool = False):
         self.port = free_port()
         self.table = PeerTable(24)
         for ip, subnet in PEERS.items():
@@ -66,7 +68,7 @@ class Rig:
         self.off_port.bind(("127.0.0.2", 0))
         self.codec = UdpCodec(self.table, OWN, self.port)
         self.plane = cls(self.dev_ours.fileno(), self.sock, self.codec,
-                         Sender(self.sock, self.port, self.counters), self.counters)
+                         Sender(self.sock, self.port, self.counters), self.counters, vnet_hdr=vnet_hdr)
 
     def send_in(self, sender: str, dgram: bytes) -> None:
         """Send ``dgram`` from ``sender``'s port (``OFF_PORT``: from 127.0.0.2, another port)."""
@@ -95,8 +97,8 @@ class Rig:
 def rigs():
     made = []
 
-    def make(cls=fast.FastUdpDataPlane):
-        made.append(Rig(cls))
+    def make(cls=fast.FastUdpDataPlane, vnet_hdr: bool = False):
+        made.append(Rig(cls, vnet_hdr))
         return made[-1]
 
     yield make
@@ -243,3 +245,73 @@ async def test_runs_on_uvloop_in_its_own_thread(rigs):
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, 5)
         loop.close()
+
+
+async def test_peer_changes_reach_the_running_engine(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    late = ipaddress.IPv4Network("10.244.7.0/24")
+    pkt = ipv4("10.244.1.5", "10.244.7.9")
+    rig.dev.send(pkt)
+    await rig.wait_for(drop_no_lease=1)
+    assert (await asyncio.wait_for(loop.sock_recv(rig.dev, 100), 2))[9] == 1  # its ICMP answer
+    rig.table.set(late, Peer("127.0.0.3"))  # as UserspaceBackend.apply does it
+    rig.plane.peers_changed()
+    rig.dev.send(pkt)
+    assert (await asyncio.to_thread(rig.peers["127.0.0.3"].recv, 100)) == pkt
+    rig.send_in("127.0.0.3", ipv4("10.244.7.9", "10.244.1.5"))  # the new lease may send its pods' packets
+    assert await asyncio.wait_for(loop.sock_recv(rig.dev, 100), 2) == ipv4("10.244.7.9", "10.244.1.5")
+    rig.table.remove(late)
+    rig.plane.peers_changed()
+    rig.dev.send(pkt)
+    await rig.wait_for(drop_no_lease=2)
+
+
+async def test_stop_returns_at_once_and_the_engine_restarts(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        rig.plane.start(loop)
+        assert rig.plane.last_beat() is not None
+        started = loop.time()
+        await asyncio.to_thread(rig.plane.stop)  # idle threads: woken by the eventfd, not by a timeout
+        assert loop.time() - started < 0.4 and rig.plane.last_beat() is None
+    rig.plane.start(loop)
+    pkt = ipv4("10.244.1.5", "10.244.2.7")
+    rig.dev.send(pkt)
+    assert (await asyncio.to_thread(rig.peers["127.0.0.2"].recv, 100)) == pkt
+
+
+async def test_a_failed_thread_ends_the_plane(rigs):
+    rig = rigs()
+    rig.plane.start(asyncio.get_running_loop())
+    rig.dev_ours.close()  # the device fd goes away under the tun reader (poll: POLLNVAL)
+    with pytest.raises(PlumbingError, match="tun reader"):
+        await asyncio.wait_for(rig.plane.ended, 3)
+
+
+async def test_superpackets_through_a_vnet_hdr_device(rigs):
+    rig = rigs(vnet_hdr=True)
+    loop = asyncio.get_running_loop()
+    hdr, superpacket = tso(bytes(range(256)) * 40, 1420)
+    back = [tcp(bytes([i]) * 1420, seq=9000 + i * 1420, src="10.244.2.7", dst="10.244.1.5") for i in range(5)]
+    rig.dev.send(hdr.pack() + superpacket)  # queued before the engine starts: each side is one batch
+    for seg in back:
+        rig.send_in("127.0.0.2", seg)
+    rig.plane.start(loop)
+    # out: the TSO read leaves as the MSS-sized datagrams encap.gso.segment cuts
+    want = gso.segment(hdr, superpacket)
+    assert len(want) == 8
+    assert [await asyncio.to_thread(rig.peers["127.0.0.2"].recv, 65535) for _ in want] == want
+    # in: the peer's consecutive segments are written as the one superpacket encap.gso.coalesce makes
+    (joined_hdr, joined), = gso.coalesce(back)
+    assert joined_hdr.gso_type == gso.GSO_TCPV4
+    assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == joined_hdr.pack() + joined
+    snap = await rig.wait_for(dev_tx_packets=5)
+    assert (snap["dev_rx_superpackets"], snap["dev_rx_packets"], snap["tx_packets"]) == (1, 1, 8)
+    assert snap["dev_tx_superpackets"] == 1
+    # an ICMP answer to the vnet_hdr device carries an empty header
+    rig.dev.send(gso.NO_OFFLOAD_HEADER + ipv4("10.244.1.5", "10.244.9.9"))
+    answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
+    assert answer[:gso.HEADER_LEN] == gso.NO_OFFLOAD_HEADER and answer[gso.HEADER_LEN + 9] == 1
