@@ -6,8 +6,6 @@ peer, which is what we do. The device ``flannel.<VNI>`` is created with
 ``nolearning``, the VNI, the port, ``local`` = the public IP, ``dev`` = the
 underlay interface, and the UDP checksum OFF set explicitly (pyroute2 and
 iproute2 both create it with the checksum on here unless told otherwise).
-Transmit checksum offload is turned off on the device, so inner checksums
-are complete on the wire whatever the underlay (:mod:`overlayd.plumbing.ethtool`).
 For each peer: a route ``<subnet> via <subnet>.0 dev flannel.N onlink``, a
 permanent neighbour ``<subnet>.0 -> VtepMAC`` and an FDB entry ``VtepMAC ->
 public IP``; all three go when the lease goes. Our userspace VXLAN backend
@@ -19,6 +17,34 @@ binds the port once, before any lease, and refuses when a process or a
 non-VXLAN kernel socket holds it. A VXLAN device already up on the port (our
 own ``flannel.<VNI>`` from before a restart, or another VNI's) is no
 conflict: the kernel shares one socket per port among VXLAN devices.
+
+Transmit checksum offload (issue 10 item 5), decided per underlay at setup.
+With offload on (the kernel's default) a kernel VTEP sends the inner TCP/UDP
+checksum partial (CHECKSUM_PARTIAL: the field holds the pseudo-header sum,
+for a NIC to finish) and TCP as 64 KB GSO superpackets, for a NIC to cut.
+Turning it off costs 3-5x between two kernel nodes (it turns TSO off too:
+every 1.4 KB segment is encapsulated alone; scripts/bench: kernel-vxlan
+against kernel-vx-on), so it stays on where every receiver gets finished
+packets: over a non-paravirtual NIC, or a bond/VLAN/bridge of such NICs
+(:func:`overlayd.plumbing.ethtool.underlay_completes_checksums`). Over a
+veth or a bridge with veth ports (containers as nodes, this project's lab)
+or a paravirtual NIC the kernel hands both on as they are, to a neighbour
+namespace or guest of the same host: a kernel receiver does not mind (the
+skb keeps its offload marks), a userspace VTEP reads raw bytes. Ours now
+completes partial checksums (:func:`overlayd.encap.ether.complete_partial_checksum`,
+measured: the kernel's ACKs reach a userspace node intact), but a plain UDP
+socket also receives a whole superpacket as one datagram (measured: 2 KB
+average, up to 64 KB, against a 1450 MTU), which the userspace data plane
+cannot deliver yet: it must cut it to the tap's MTU or write it to a
+vnet_hdr tap as GSO. So offload stays off on those underlays, as before.
+Weighed and left: turning it on only when no peer is a userspace VTEP
+(leases do not tell, and an older overlayd would not say); turning tunnel
+segmentation off on the underlay instead (the node's own device, and every
+receiver then pays per packet). Once the userspace receive path takes
+superpackets, offload can be on everywhere (tests/e2e/test_vxlan_offload.py
+holds the case, expected to fail until then). Set at setup and when drift repair recreates
+the device; in between, an operator's change (``python -m
+overlayd.plumbing.ethtool flannel.<VNI> on|off``) stays.
 """
 
 from __future__ import annotations
@@ -80,6 +106,7 @@ class KernelVxlanBackend(Backend):
         self.mac = vtep_mac(self.underlay.public_ip, self.vni)
         self.peers: dict[ipaddress.IPv4Network, tuple[str, str]] = {}
         self.skipped = 0
+        self._offload_decided_on: int | None = None  # ifindex of the device whose offload we set
         self._lock = asyncio.Lock()  # apply and reconcile: a peer being removed is never put back
 
     def backend_data(self) -> dict:
@@ -109,6 +136,13 @@ class KernelVxlanBackend(Backend):
             if stale:
                 log.info("%s: removed %d route/neighbour/FDB entries left from before", self.device, stale)
 
+    def _set_tx_offload(self) -> None:
+        """Transmit checksum offload on where the underlay finishes checksums (see the module's note)."""
+        on = ethtool.underlay_completes_checksums(self.underlay.iface)
+        ethtool.set_tx_checksum_offload(self.device, on)
+        log.info("%s: transmit checksum offload %s (underlay %s %s)", self.device, "on" if on else "off",
+                 self.underlay.iface, "finishes checksums" if on else "is virtual or paravirtual")
+
     async def _ensure_device(self, nl: Netlink) -> None:
         await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
                               local=self.underlay.public_ip, underlay_dev=self.underlay.iface,
@@ -117,7 +151,10 @@ class KernelVxlanBackend(Backend):
         await nl.ensure_link_up(self.device)
         sysctl.disable_ipv6(self.device)
         sysctl.set_rp_filter(self.device, 2)
-        ethtool.set_tx_checksum_offload(self.device, False)  # see overlayd.plumbing.ethtool
+        index = await nl.index(self.device)
+        if index != self._offload_decided_on:  # a device we have not set yet: new, or recreated
+            self._set_tx_offload()
+            self._offload_decided_on = index
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:
