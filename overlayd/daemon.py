@@ -28,7 +28,7 @@ from .backend.base import Backend, NodeOptions, Underlay
 from .backend.userspace import UserspaceBackend
 from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreUnavailable, TaskDied
 from .lease.connectivity import Backoff, Connectivity
-from .lease.etcd import EtcdStore
+from .lease.etcd import EtcdCredentials, EtcdStore
 from .lease.manager import LeaseManager, follow_peers
 from .lease.model import Lease, config_key
 from .netconf import NetworkConfig, parse_config
@@ -49,6 +49,7 @@ class DaemonOptions:
 
     etcd_endpoints: str
     etcd_prefix: str
+    etcd_credentials: EtcdCredentials = EtcdCredentials()  # TLS files, etcd user
     iface: str | None = None
     public_ip: str | None = None
     subnet_file: str = "/run/flannel/subnet.env"
@@ -167,7 +168,8 @@ class Daemon:
 
     def __init__(self, options: DaemonOptions):
         self.options = options
-        self.store = EtcdStore(options.etcd_endpoints, options.etcd_prefix)
+        self.store = EtcdStore(options.etcd_endpoints, options.etcd_prefix,
+                               credentials=options.etcd_credentials)
         self.connectivity = Connectivity(self.store.probe)
         self.backend: Backend | None = None
         self.lease: Lease | None = None

@@ -1,4 +1,4 @@
-"""What both commands share: the etcd flags, logging setup, and one-line errors."""
+"""What both commands share: the etcd flags (endpoints, prefix, TLS, user), logging setup, and one-line errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Mapping, TextIO
 
 import click
 
-from ..errors import OverlayError
+from ..errors import ConfigError, OverlayError
+from ..lease.etcd import EtcdCredentials, parse_endpoints
 from ..lease.model import DEFAULT_PREFIX
 
 ENV_PREFIX = "OVERLAYD"
@@ -19,18 +20,49 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 
 
 def etcd_options(func):
-    """``--etcd-endpoints`` and ``--etcd-prefix``, also from OVERLAYD_ETCD_* variables."""
-    func = click.option(
-        "--etcd-prefix", envvar=f"{ENV_PREFIX}_ETCD_PREFIX", default=DEFAULT_PREFIX,
-        show_default=True, show_envvar=True,
-        help="etcd key prefix: config at PREFIX/config, leases under PREFIX/subnets/.",
-    )(func)
-    func = click.option(
-        "--etcd-endpoints", envvar=f"{ENV_PREFIX}_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS,
-        show_default=True, show_envvar=True,
-        help="Comma-separated etcd client URLs; the next one is tried when one fails.",
-    )(func)
-    return func
+    """The etcd flags both commands share, also from OVERLAYD_ETCD_* variables.
+
+    The command receives ``etcd_endpoints``, ``etcd_prefix`` and
+    ``etcd_credentials`` (an :class:`EtcdCredentials`, not checked yet:
+    :class:`EtcdStore` checks it, or :func:`check_etcd_flags` up front).
+    """
+    def option(name: str, **kwargs):
+        envvar = f"{ENV_PREFIX}_{name.removeprefix('--').replace('-', '_').upper()}"
+        return click.option(name, envvar=envvar, show_envvar=True, **kwargs)
+
+    @functools.wraps(func)
+    def wrapper(*args, etcd_cafile, etcd_certfile, etcd_keyfile, etcd_username, etcd_password, **kwargs):
+        credentials = EtcdCredentials(etcd_cafile, etcd_certfile, etcd_keyfile, etcd_username, etcd_password)
+        return func(*args, etcd_credentials=credentials, **kwargs)
+
+    for decorate in reversed([
+        option("--etcd-endpoints", default=DEFAULT_ENDPOINTS, show_default=True,
+               help="Comma-separated etcd client URLs, all http:// or all https://; the next one "
+                    "is tried when one fails."),
+        option("--etcd-prefix", default=DEFAULT_PREFIX, show_default=True,
+               help="etcd key prefix: config at PREFIX/config, leases under PREFIX/subnets/."),
+        option("--etcd-cafile", metavar="FILE", help="PEM CA certificate that signed etcd's server "
+                                                     "certificates (https endpoints; default: the system's roots)."),
+        option("--etcd-certfile", metavar="FILE", help="PEM client certificate for etcd's --client-cert-auth."),
+        option("--etcd-keyfile", metavar="FILE", help="PEM private key of --etcd-certfile."),
+        option("--etcd-username", metavar="NAME", help="etcd user (etcd's auth enabled)."),
+        option("--etcd-password", metavar="PASSWORD",
+               help="Password of --etcd-username (prefer the environment variable: a flag shows in ps)."),
+    ]):
+        wrapper = decorate(wrapper)
+    return wrapper
+
+
+def check_etcd_flags(endpoints: str, credentials: EtcdCredentials) -> None:
+    """The etcd flags as click usage errors (exit status 2), before anything starts."""
+    try:
+        tls, _ = parse_endpoints(endpoints)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+    try:
+        credentials.check(tls)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def under_journald(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:

@@ -40,7 +40,8 @@ CUT = "~"  # ends a cell cut to fit WIDTH
 
 def _run(coro_fn, obj):
     async def main():
-        store = EtcdStore(obj["endpoints"], obj["prefix"], timeout=obj["timeout"])
+        store = EtcdStore(obj["endpoints"], obj["prefix"], timeout=obj["timeout"],
+                          credentials=obj["credentials"])
         try:
             return await coro_fn(store)
         finally:
@@ -125,7 +126,7 @@ def json_option(help_text: str = "Print JSON for scripts (see 'overlayctl --help
 @click.option("--timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
               help="Seconds to wait for etcd before giving up.")
 @click.pass_context
-def cli(ctx, etcd_endpoints, etcd_prefix, timeout):
+def cli(ctx, etcd_endpoints, etcd_prefix, etcd_credentials, timeout):
     """Inspect and configure an overlayd cluster network.
 
     Reads the same etcd flags (and OVERLAYD_ETCD_* environment variables)
@@ -133,7 +134,8 @@ def cli(ctx, etcd_endpoints, etcd_prefix, timeout):
     instead. Human output fits 80 columns; every command takes --json;
     errors are one line with exit status 1.
     """
-    ctx.obj = {"endpoints": etcd_endpoints, "prefix": etcd_prefix, "timeout": timeout}
+    ctx.obj = {"endpoints": etcd_endpoints, "prefix": etcd_prefix, "credentials": etcd_credentials,
+               "timeout": timeout}
 
 
 SUBNET_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]

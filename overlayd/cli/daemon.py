@@ -8,9 +8,7 @@ import sys
 import click
 
 from ..backend.base import NodeOptions
-from ..errors import ConfigError
-from ..lease.etcd import parse_endpoints
-from .common import ENV_PREFIX, etcd_options, setup_logging
+from .common import ENV_PREFIX, check_etcd_flags, etcd_options, setup_logging
 
 PROG = "overlayd"
 
@@ -94,7 +92,8 @@ def _event_loop(ctx, param, value):
               help="Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, "
                    "e.g. 127.0.0.1:10256. Default: off.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
-def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file, lease_ttl, ip_masq, vxlan_impl,
+def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, public_ip, subnet_file, status_file, lease_ttl,
+        ip_masq, vxlan_impl,
         event_loop, datapath, resync_interval, cleanup_on_exit, healthz_addr, verbose):
     """Run the overlay on this node.
 
@@ -108,15 +107,12 @@ def cli(etcd_endpoints, etcd_prefix, iface, public_ip, subnet_file, status_file,
     stopping exits at once (status 143 or 130); SIGHUP is logged and
     ignored. Exit status 1: a fatal error, logged as one line.
     """
-    try:
-        parse_endpoints(etcd_endpoints)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--etcd-endpoints") from None
+    check_etcd_flags(etcd_endpoints, etcd_credentials)
     from ..daemon import DaemonOptions, run  # netlink and friends: not needed for --help
 
     setup_logging(verbose, PROG)
     options = DaemonOptions(
-        etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, iface=iface,
+        etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, etcd_credentials=etcd_credentials, iface=iface,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
         resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),

@@ -29,22 +29,48 @@ Design notes (what aetcd leaves to us, measured against Debian's etcd 3.4.23):
   later; they become :class:`StoreUnavailable` / :class:`WatchReset`, and
   the caller re-lists. A lease value that no longer decodes is reported as a
   deletion (the peer it was is gone), with a warning naming the key.
-* TLS is not supported yet: ``https://`` endpoints are refused with a clear
-  error rather than silently spoken to in plaintext.
+* TLS and users: aetcd 1.0's ``connect()`` only builds an insecure channel,
+  so :class:`_Client` overrides it to build our own (``grpc.aio.secure_channel``
+  with the CA, key and certificate files, read again on every reconnect so a
+  rotated certificate is picked up). gRPC verifies the endpoint's host
+  against the server certificate's SANs (IP SANs for IP endpoints). All
+  endpoints are https or none: a mix is refused. A failed handshake is
+  reported in words (which side refused) instead of gRPC's TSI code, and is
+  retried like an unreachable etcd: a certificate may be rotated in, or the
+  server's fixed. aetcd authenticates once per channel and never refreshes
+  its token (etcd's simple tokens expire after ``--auth-token-ttl``, 300 s,
+  of idleness; JWTs at a fixed time): "invalid auth token" drops the client
+  and retries once, which authenticates again. A wrong password is a
+  :class:`StoreError`, not retried. We chose this over switching client by
+  measurement: see the README's "TLS and etcd clusters".
+* A hung member (SIGSTOP, a frozen VM) accepts connections and never
+  answers. While other endpoints remain, one gets at most
+  ``FAILOVER_AFTER`` seconds, the last one the full timeout; leaving an
+  endpoint also drops the watch channel on it, so the watch re-lists and
+  resumes on the live member instead of waiting ~15 s for gRPC keepalives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-import aetcd
-import aetcd.exceptions as aex
+# gRPC's C core logs TLS failures straight to stderr, several lines each; we
+# report them as one line ourselves. Must be set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import aetcd  # noqa: E402
+import aetcd.exceptions as aex  # noqa: E402
+import grpc  # noqa: E402
+from aetcd import rpc, watcher  # noqa: E402
+from aetcd.client import _handle_errors  # noqa: E402
 
 from ..errors import ConfigError, LeaseError, StoreError, StoreUnavailable, WatchReset
 from .model import (DEFAULT_PREFIX, Lease, LeaseAttrs, config_key, parse_subnet_key,
@@ -54,6 +80,7 @@ from .watcher import LeaseEvent
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 3.0  # seconds a connectivity probe may take
+FAILOVER_AFTER = 2.0  # seconds one endpoint gets while others remain (see the module note)
 
 _UNAVAILABLE = (aex.ConnectionFailedError, aex.ConnectionTimeoutError, asyncio.TimeoutError,
                 aex.WatchTimeoutError, aex.InternalError)
@@ -76,85 +103,225 @@ _GRPC_OPTIONS = {
 }
 
 
-def parse_endpoints(spec: str | list[str]) -> list[tuple[str, int]]:
-    """``"http://a:2379,b:2379"`` -> ``[("a", 2379), ("b", 2379)]``; ConfigError if malformed."""
+def parse_endpoints(spec: str | list[str]) -> tuple[bool, list[tuple[str, int]]]:
+    """``"https://a:2379,b"`` -> ``(True, [("a", 2379), ("b", 2379)])``: whether they are
+    TLS, and their addresses; ConfigError if malformed or mixing http and https."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    endpoints = []
+    endpoints, schemes = [], set()
     for item in (i.strip() for i in items):
         if not item:
             continue
         url = urlsplit(item if "://" in item else f"http://{item}")
-        if url.scheme == "https":
-            raise ConfigError(f"etcd endpoint {item}: TLS (https) is not supported yet")
-        if url.scheme != "http" or not url.hostname or url.path not in ("", "/"):
-            raise ConfigError(f"etcd endpoint {item!r}: expected http://HOST:PORT")
+        if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+            raise ConfigError(f"etcd endpoint {item!r}: expected http://HOST:PORT or https://HOST:PORT")
         try:
             port = url.port or 2379
         except ValueError:
             raise ConfigError(f"etcd endpoint {item!r}: bad port") from None
         endpoints.append((url.hostname, port))
+        schemes.add(url.scheme)
     if not endpoints:
         raise ConfigError("no etcd endpoint given")
-    return endpoints
+    if len(schemes) > 1:
+        raise ConfigError("etcd endpoints mix http:// and https://: use one scheme for all")
+    return schemes == {"https"}, endpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdCredentials:
+    """How the client proves itself and checks etcd: TLS files (PEM) and an etcd user.
+
+    Without ``cafile``, https endpoints are checked against gRPC's default roots.
+    """
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def check(self, tls: bool) -> None:
+        """ConfigError (naming the flag) for a combination or a file that cannot work."""
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("--etcd-certfile and --etcd-keyfile go together: give both or neither")
+        if bool(self.username) != bool(self.password):
+            raise ConfigError("--etcd-username and --etcd-password go together: give both or neither")
+        files = self._files()
+        if files and not tls:
+            raise ConfigError(f"{files[0][0]} given but the etcd endpoints are http://: use https://")
+        for flag, path in files:
+            _read(flag, path)
+
+    def _files(self) -> list[tuple[str, str]]:
+        return [(flag, path) for flag, path in (("--etcd-cafile", self.cafile), ("--etcd-certfile", self.certfile),
+                                                ("--etcd-keyfile", self.keyfile)) if path]
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """gRPC credentials from the files as they are now (ConfigError if one cannot be read)."""
+        read = {flag: _read(flag, path) for flag, path in self._files()}
+        return grpc.ssl_channel_credentials(read.get("--etcd-cafile"), read.get("--etcd-keyfile"),
+                                            read.get("--etcd-certfile"))
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it: {exc.strerror}") from None
+
+
+class _Client(aetcd.Client):
+    """aetcd's client on a channel we build (TLS when given credentials); see the module note."""
+
+    def __init__(self, *args, credentials: grpc.ChannelCredentials | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._credentials = credentials
+
+    @_handle_errors
+    async def connect(self) -> None:
+        """Open the channel (and authenticate, with a user); aetcd's own connect() is insecure only."""
+        if self._connected.is_set():
+            return
+        target, options = f"{self._host}:{self._port}", list(self._options.items())
+        if self._credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+        try:
+            if self._username is not None:
+                reply = await rpc.AuthStub(self.channel).Authenticate(
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+                self.metadata = (("token", reply.token),)
+        except BaseException:
+            await self.channel.close()
+            self._init_channel_attrs()
+            raise
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                        metadata=self.metadata)
+        self._connected.set()
+
+
+# What gRPC's TLS failures mean, by a marker in their text (measured with grpcio 1.85, etcd 3.4).
+_TLS_FAILURES = (
+    ("TSI_DATA_CORRUPTED", "TLS: etcd refused our client certificate (none given, or not signed by "
+                           "its CA: --etcd-certfile/--etcd-keyfile)"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: etcd's certificate is not signed by --etcd-cafile"),
+    ("Hostname Verification", "TLS: etcd's certificate does not name the endpoint's host"),
+    ("TSI_", "TLS handshake failed"),
+)
+
+
+def _join(errors: list[tuple[str, str]]) -> str:
+    """``[(endpoint, text)]`` -> ``"a, b: text1; c: text2"`` (endpoints with one text grouped)."""
+    by_text: dict[str, list[str]] = {}
+    for endpoint, text in errors:
+        by_text.setdefault(text, []).append(endpoint)
+    return "; ".join(f"{', '.join(endpoints)}: {text}" for text, endpoints in by_text.items())
+
+
+def _describe(exc: BaseException) -> tuple[str, bool]:
+    """A failed call in words, and whether it was a TLS failure."""
+    text = _short(exc)
+    for marker, meaning in _TLS_FAILURES:
+        if marker in str(exc):
+            return meaning, True
+    return text, False
 
 
 class EtcdStore:
     """Leases and config in etcd under ``prefix``, flannel's layout."""
 
     def __init__(self, endpoints: str | list[str], prefix: str = DEFAULT_PREFIX,
-                 timeout: float = 5.0):
-        self.endpoints = parse_endpoints(endpoints)
+                 timeout: float = 5.0, credentials: EtcdCredentials = EtcdCredentials()):
+        self.tls, self.endpoints = parse_endpoints(endpoints)
+        credentials.check(self.tls)
+        self.credentials = credentials
         self.prefix = prefix.rstrip("/") or DEFAULT_PREFIX
         self.timeout = timeout
         self._current = 0
-        self._clients: dict[str, aetcd.Client] = {}  # "kv" and "watch": one channel each
+        # "kv" and "watch": one channel each, with the index of the endpoint it talks to
+        self._clients: dict[str, tuple[int, aetcd.Client]] = {}
+        self._connecting = asyncio.Lock()
         self._unsettled: set[int] = set()  # lease IDs of creates that failed with no known outcome
         self._decoded: dict[bytes, tuple[int, Lease | None]] = {}  # key -> (mod revision, lease)
 
     def _endpoint_str(self, index: int) -> str:
         host, port = self.endpoints[index]
-        return f"{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     async def _connect(self, role: str) -> aetcd.Client:
-        client = self._clients.get(role)
-        if client is None:
-            host, port = self.endpoints[self._current]
-            client = aetcd.Client(host=host, port=port, timeout=self.timeout,
-                                  options=_GRPC_OPTIONS)
-            await client.connect()
-            self._clients[role] = client
-        return client
+        async with self._connecting:  # the probe and the renew loop share "kv"
+            if role not in self._clients:
+                host, port = self.endpoints[self._current]
+                client = _Client(host=host, port=port, timeout=self.timeout, options=_GRPC_OPTIONS,
+                                 username=self.credentials.username, password=self.credentials.password,
+                                 credentials=self.credentials.channel_credentials() if self.tls else None)
+                await client.connect()
+                self._clients[role] = (self._current, client)
+            return self._clients[role][1]
 
     async def _drop_client(self, role: str) -> None:
-        client = self._clients.pop(role, None)
+        _, client = self._clients.pop(role, (None, None))
         if client is not None:
             try:
                 await client.close()
             except Exception:  # closing a broken channel may fail in many ways
                 log.debug("closing etcd client failed", exc_info=True)
 
+    async def _leave(self, index: int) -> None:
+        """Fail over from endpoint ``index``: drop every channel on it, move to the next."""
+        for role, (on, _) in list(self._clients.items()):
+            if on == index:
+                await self._drop_client(role)
+        if self._current == index:
+            self._current = (index + 1) % len(self.endpoints)
+            if len(self.endpoints) > 1:
+                log.info("etcd: %s does not answer; now using %s", self._endpoint_str(index),
+                         self._endpoint_str(self._current))
+
+    async def _attempt(self, role: str, op):
+        return await op(await self._connect(role))
+
     async def _call(self, op, role: str = "kv", timeout: float | None = None):
         """Run ``op(client)`` on the current endpoint, failing over to the others."""
-        errors = []
-        for _ in range(len(self.endpoints)):
-            endpoint = self._endpoint_str(self._current)
+        errors, all_tls, reauthenticated = [], True, False
+        attempts = len(self.endpoints)
+        while attempts > 0:
+            index = self._current
+            endpoint = self._endpoint_str(index)
+            limit = timeout or self.timeout
+            if attempts > 1:
+                limit = min(limit, FAILOVER_AFTER)
             try:
-                client = await self._connect(role)
-                return await asyncio.wait_for(op(client), (timeout or self.timeout) + 1)
+                return await asyncio.wait_for(self._attempt(role, op), limit + 1)
             except _UNAVAILABLE as exc:
-                errors.append(f"{endpoint}: {_short(exc)}")
+                text, tls = _describe(exc)
+                errors.append((endpoint, text))
+                all_tls &= tls
             except asyncio.CancelledError:
                 if _really_cancelled():
                     raise
-                errors.append(f"{endpoint}: call cancelled (channel closed)")
+                errors.append((endpoint, "call cancelled (channel closed)"))
+                all_tls = False
             except aex.RevisionCompactedError as exc:  # from watch() at creation
                 raise WatchReset(f"watch revision compacted: {_short(exc)}") from None
+            except aex.UnauthenticatedError as exc:
+                if reauthenticated or "invalid auth token" not in str(exc):
+                    raise StoreError(f"etcd refused us at {endpoint}: {_short(exc)}") from None
+                reauthenticated = True  # the token expired: a new client authenticates again
+                await self._drop_client(role)
+                continue
             except aex.ClientError as exc:
                 raise StoreError(f"etcd error: {_short(exc)}") from None
-            await self._drop_client(role)
-            if self._endpoint_str(self._current) == endpoint:
-                self._current = (self._current + 1) % len(self.endpoints)
-        raise StoreUnavailable("etcd unreachable (" + "; ".join(errors) + ")")
+            await self._leave(index)
+            attempts -= 1
+        what = "etcd TLS handshake failed" if all_tls else "etcd unreachable"
+        raise StoreUnavailable(f"{what} ({_join(errors)})")
 
     async def probe(self) -> None:
         """One cheap read that fails with :class:`StoreUnavailable` when etcd does not answer."""

@@ -34,7 +34,11 @@ def one_line_error(result, needle):
 @pytest.mark.parametrize("args, needle", [
     (["--etcd-endpoints", DEAD, "subnets"], "etcd unreachable"),
     (["--etcd-endpoints", DEAD, "config", "get"], "etcd unreachable"),
-    (["--etcd-endpoints", "https://127.0.0.1:2379", "subnets"], "TLS"),
+    (["--etcd-endpoints", "https://127.0.0.1:2379,http://127.0.0.1:2380", "subnets"], "mix http:// and https://"),
+    (["--etcd-endpoints", "https://127.0.0.1:2379", "--etcd-cafile", "/nonexistent/ca.pem", "subnets"],
+     "--etcd-cafile /nonexistent/ca.pem: cannot read it: No such file or directory"),
+    (["--etcd-endpoints", DEAD, "--etcd-cafile", __file__, "subnets"], "--etcd-cafile given but the etcd endpoints are http://"),
+    (["--etcd-endpoints", "https://127.0.0.1:2379", "--etcd-keyfile", __file__, "subnets"], "--etcd-certfile and --etcd-keyfile go together"),
     (["--etcd-endpoints", "ftp://x", "subnets"], "expected http://HOST:PORT"),
     (["--etcd-endpoints", "http://127.0.0.1:99999", "subnets"], "bad port"),
 ])
@@ -65,7 +69,10 @@ def test_endpoints_from_environment():
 
 @pytest.mark.parametrize("args, needle", [
     (["--public-ip", "not-an-ip"], "not an IPv4 address"),
-    (["--etcd-endpoints", "https://e:2379"], "TLS"),
+    (["--etcd-endpoints", "https://e:2379,http://f:2379"], "mix http:// and https://"),
+    (["--etcd-endpoints", "https://e:2379", "--etcd-certfile", "/nonexistent/c.pem", "--etcd-keyfile", __file__],
+     "--etcd-certfile /nonexistent/c.pem: cannot read it"),
+    (["--etcd-endpoints", "https://e:2379", "--etcd-username", "u"], "--etcd-username and --etcd-password go together"),
     (["--lease-ttl", "1"], "lease-ttl"),
     (["--no-such-flag"], "No such option"),
 ])
