@@ -50,7 +50,9 @@ class DaemonOptions:
     etcd_endpoints: str
     etcd_prefix: str
     etcd_credentials: EtcdCredentials = EtcdCredentials()  # TLS files, etcd user
-    iface: str | None = None
+    iface: tuple[str, ...] = ()  # --iface, in order: names or IPs
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: str | None = None
     public_ip: str | None = None
     subnet_file: str = "/run/flannel/subnet.env"
     status_file: str = "/run/overlayd/status.json"
@@ -255,8 +257,11 @@ class Daemon:
         log.info("network %s, /%d subnets, backend %s", config.network, config.subnet_len,
                  config.backend.type)
         async with Netlink() as nl:
-            underlay = Underlay(*await nl.underlay(opts.iface, opts.public_ip))
-        log.info("underlay %s, public IP %s, MTU %d", underlay.iface, underlay.public_ip, underlay.mtu)
+            chosen = await nl.underlay(opts.iface, opts.public_ip, regexes=opts.iface_regex,
+                                       can_reach=opts.iface_can_reach)
+        underlay = Underlay(chosen.iface, chosen.public_ip, chosen.mtu, chosen.address)
+        log.info("underlay %s (%s), public IP %s, MTU %d", underlay.iface, underlay.address, underlay.public_ip,
+                 underlay.mtu)
         self.backend = backend = create_backend(config, underlay, opts.node)
         if isinstance(backend, UserspaceBackend):
             self.liveness.watch("data plane", backend.heartbeat)

@@ -25,11 +25,17 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Underlay:
-    """The node's own network: the interface peers reach it on."""
+    """The node's own network: the interface peers reach it on, its address there (the
+    tunnel's local end) and the public IP peers send to (another one behind NAT)."""
 
     iface: str
     public_ip: ipaddress.IPv4Address
     mtu: int
+    address: ipaddress.IPv4Address | None = None  # None: the public IP
+
+    def __post_init__(self):
+        if self.address is None:
+            object.__setattr__(self, "address", self.public_ip)
 
 
 @dataclasses.dataclass(frozen=True)

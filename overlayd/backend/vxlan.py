@@ -145,7 +145,7 @@ class KernelVxlanBackend(Backend):
 
     async def _ensure_device(self, nl: Netlink) -> None:
         await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
-                              local=self.underlay.public_ip, underlay_dev=self.underlay.iface,
+                              local=self.underlay.address, underlay_dev=self.underlay.iface,
                               mac=self.mac, mtu=self.mtu, learning=False, udp_checksum=False)
         await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
         await nl.ensure_link_up(self.device)

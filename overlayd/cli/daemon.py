@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 
 import click
 
 from ..backend.base import NodeOptions
+from ..errors import ConfigError
 from .common import ENV_PREFIX, check_etcd_flags, etcd_options, setup_logging
 
 PROG = "overlayd"
 
 
-def _public_ip(ctx, param, value):
+def _ipv4(ctx, param, value):
     if value is None:
         return None
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+
+
+def _regexes(ctx, param, values):
+    for value in values:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise click.BadParameter(f"{value!r} is not a regular expression: {exc}") from None
+    return values
 
 
 def _datapath(ctx, param, value):
@@ -56,11 +67,20 @@ def _event_loop(ctx, param, value):
 @click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"],
                                  "show_default": True})
 @etcd_options
-@click.option("--iface", metavar="NAME", show_envvar=True,
-              help="Underlay interface peers reach this node on (default: the one carrying "
-                   "--public-ip, else the default route's).")
-@click.option("--public-ip", metavar="IP", callback=_public_ip, show_envvar=True,
-              help="This node's address published in its lease (default: --iface's first IPv4).")
+@click.option("--iface", metavar="NAME|IP", multiple=True, show_envvar=True,
+              help="Underlay interface peers reach this node on, by name or by one of its IPv4 "
+                   "addresses; repeatable: the first that exists wins. Tried before --iface-regex "
+                   "and --iface-can-reach. Default (none of the three): the interface holding "
+                   "--public-ip, else the default route's.")
+@click.option("--iface-regex", metavar="REGEX", multiple=True, callback=_regexes, show_envvar=True,
+              help="Repeatable, tried in order after --iface: the first interface with an IPv4 "
+                   "address matching REGEX, else the first whose name matches (unanchored).")
+@click.option("--iface-can-reach", metavar="IP", callback=_ipv4, show_envvar=True,
+              help="Tried last: the interface (and source address) of this node's route to IP, "
+                   "as 'ip route get IP' shows it.")
+@click.option("--public-ip", metavar="IP", callback=_ipv4, show_envvar=True,
+              help="This node's address published in its lease, if not the interface's (behind "
+                   "NAT: the address peers reach it at). Default: the chosen interface address.")
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_envvar=True,
               type=click.Path(dir_okay=False), help="Where to write flannel's subnet.env.")
 @click.option("--status-file", default="/run/overlayd/status.json", show_envvar=True,
@@ -92,8 +112,8 @@ def _event_loop(ctx, param, value):
               help="Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, "
                    "e.g. 127.0.0.1:10256. Default: off.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
-def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, public_ip, subnet_file, status_file, lease_ttl,
-        ip_masq, vxlan_impl,
+def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface_can_reach, public_ip, subnet_file,
+        status_file, lease_ttl, ip_masq, vxlan_impl,
         event_loop, datapath, resync_interval, cleanup_on_exit, healthz_addr, verbose):
     """Run the overlay on this node.
 
@@ -113,6 +133,7 @@ def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, public_ip, subnet_
     setup_logging(verbose, PROG)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, etcd_credentials=etcd_credentials, iface=iface,
+        iface_regex=iface_regex, iface_can_reach=iface_can_reach,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
         resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),

@@ -28,7 +28,8 @@ import socket
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..errors import ConfigError, PlumbingError
+from ..errors import PlumbingError
+from .iface import Choice, Interface, Route, choose
 
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -124,42 +125,35 @@ class Netlink:
                 async for a in await self.ipr.addr("dump", family=socket.AF_INET, index=index)
                 if a["index"] == index]
 
-    async def underlay(self, iface: str | None, public_ip: str | None):
-        """(interface, public IP, MTU) of the node's underlay.
-
-        ``iface`` given: that interface, its first IPv4 address unless
-        ``public_ip`` is set. Otherwise: the interface holding ``public_ip``,
-        or the one the default route uses. Missing things are :class:`ConfigError`
-        (the operator's flags are wrong), not crashes.
-        """
-        if iface is None:
-            iface = await self._iface_for(public_ip)
-        link = await self._link(iface)
-        if link is None:
-            raise ConfigError(f"--iface: no network interface named {iface}")
-        if public_ip is None:
-            addrs = await self.ipv4_addresses(iface)
-            if not addrs:
-                raise ConfigError(f"--iface: {iface} has no IPv4 address (or pass --public-ip)")
-            ip = addrs[0].ip
-        else:
-            try:
-                ip = ipaddress.IPv4Address(public_ip)
-            except ValueError:
-                raise ConfigError(f"--public-ip: not an IPv4 address: {public_ip!r}") from None
-        return iface, ip, link.get("mtu")
-
-    async def _iface_for(self, public_ip: str | None) -> str:
+    async def underlay(self, ifaces: tuple[str, ...] = (), public_ip: str | None = None, *,
+                       regexes: tuple[str, ...] = (), can_reach: str | None = None) -> Choice:
+        """The node's underlay for the interface flags, by flannel's rules (:mod:`.iface`, which
+        decides; here the kernel is only read). Wrong flags are :class:`ConfigError`."""
+        interfaces = []
         async for link in await self.ipr.link("dump"):
-            name = link.get("ifname")
-            if public_ip and any(str(a.ip) == public_ip for a in await self.ipv4_addresses(name)):
-                return name
-        if public_ip:
-            raise ConfigError(f"--public-ip: no interface holds {public_ip}; pass --iface")
-        async for route in await self.ipr.route("dump", family=socket.AF_INET):
-            if route["dst_len"] == 0 and route.get("table") == 254 and route.get("oif"):
-                return (await self.ipr.link("get", index=route.get("oif")))[0].get("ifname")
-        raise ConfigError("no default route to pick the underlay interface from; pass --iface")
+            addresses = tuple(a.ip for a in await self.ipv4_addresses(link.get("ifname")))
+            interfaces.append(Interface(link.get("ifname"), addresses, link.get("mtu")))
+        reach = await self._route_to(can_reach) if can_reach else None
+        return choose(interfaces, ifaces=tuple(ifaces), regexes=tuple(regexes), can_reach=can_reach,
+                      reach_route=reach, default_route=await self._route_to("0.0.0.0", default=True),
+                      public_ip=public_ip)
+
+    async def _route_to(self, ip: str, default: bool = False) -> Route | None:
+        """The interface and source address of the kernel's route to ``ip`` (``default``: of the
+        main table's default route itself); None if there is none."""
+        try:
+            if default:
+                routes = [r async for r in await self.ipr.route("dump", family=socket.AF_INET)
+                          if r["dst_len"] == 0 and r.get("table") == 254 and r.get("oif")]
+            else:
+                routes = list(await self.ipr.route("get", dst=ip))
+        except NetlinkError:  # unreachable
+            return None
+        if not routes or not routes[0].get("oif"):
+            return None
+        name = (await self.ipr.link("get", index=routes[0].get("oif")))[0].get("ifname")
+        source = routes[0].get("prefsrc")
+        return Route(name, ipaddress.IPv4Address(source) if source else None)
 
     async def vxlan_devices(self, port: int) -> list[str]:
         """The VXLAN devices that are up on UDP ``port`` (the kernel shares one socket among them)."""
