@@ -40,12 +40,32 @@
  * are written as one superpacket with a GSO header (NEEDS_CSUM, the TCP
  * checksum field holding the pseudo-header sum); anything else is written
  * alone with an empty header.
+ *
+ * Checksummed mode (udp_gso, the daemon's --udp-checksum). Checksum 0 stays
+ * the default wire format, but it rules out the kernel's UDP offloads: it
+ * refuses UDP_SEGMENT on an SO_NO_CHECK socket and never GRO-merges
+ * checksum-0 datagrams, so every datagram crosses the stack alone. With
+ * udp_gso the socket keeps its checksums and a superpacket's segments (equal
+ * sizes but the last) leave in as few sendmsg()s as the kernel takes
+ * (GSO_SEGS_MAX segments, 64 KB), each with a UDP_SEGMENT cmsg, through the
+ * same sendmmsg() as single datagrams. The receiver always turns UDP_GRO on,
+ * whatever its own mode: a checksummed peer's sends then arrive as one
+ * buffer with the segment size in a cmsg, split here into the datagrams they
+ * were and classified one by one exactly like single ones (checksum-0
+ * datagrams arrive alone, as before), so both wire forms get the same
+ * verdicts. tx_gso_sends and rx_coalesced count the offloaded sends and the
+ * split buffers.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#ifndef SO_NO_CHECK
+#define SO_NO_CHECK 11
+#endif
 
 #include "csrc/engine.h"
 #include "csrc/gso.h"
@@ -282,17 +302,24 @@ typedef struct {
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", NULL};
-    int dev_fd, sock_fd, port, vnet = 0;
+    static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", "udp_gso",
+                             NULL};
+    int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0;
+    socklen_t optlen = sizeof(no_check);
     unsigned long long subnet, mask;
     PyObject *table;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|p:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
-                                     &mask, &table, &vnet))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|pp:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
+                                     &mask, &table, &vnet, &udp_gso))
         return -1;
+    if (udp_gso && getsockopt(sock_fd, SOL_SOCKET, SO_NO_CHECK, &no_check, &optlen) == 0 && no_check) {
+        PyErr_SetString(PyExc_ValueError, "udp_gso needs UDP checksums: the kernel refuses UDP_SEGMENT on a "
+                                          "socket with SO_NO_CHECK");
+        return -1;
+    }
     if (port < 0 || port > 65535) {
         PyErr_Format(PyExc_ValueError, "port %d is outside 0..65535", port);
         return -1;
@@ -300,7 +327,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
     peer_table_t *t = table_from(table, (uint16_t)port);
     if (t == NULL)
         return -1;
-    int code = engine_init(&self->engine, dev_fd, sock_fd, vnet, (uint16_t)port, (uint32_t)subnet,
+    int code = engine_init(&self->engine, dev_fd, sock_fd, vnet, udp_gso, (uint16_t)port, (uint32_t)subnet,
                            (uint32_t)mask, t);
     if (code != 0) {
         errno = code;
@@ -385,7 +412,7 @@ static PyObject *Engine_counters(EngineObject *self, PyObject *unused)
 #define F(x) {#x, offsetof(counters_t, x)}
         F(dev_rx_packets), F(dev_rx_bytes), F(dev_read_error), F(tx_packets), F(tx_bytes), F(tx_dropped),
         F(rx_packets), F(rx_bytes), F(sock_read_error), F(dev_tx_packets), F(dev_rx_superpackets),
-        F(dev_tx_superpackets),
+        F(dev_tx_superpackets), F(tx_gso_sends), F(rx_coalesced),
 #undef F
     };
     PyObject *d = PyDict_New(), *tx_errors = PyDict_New(), *write_errors = PyDict_New();
@@ -492,10 +519,11 @@ static PyTypeObject EngineType = {
     .tp_name = "overlayd._fastpath.Engine",
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False)\n\n"
+    .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False, udp_gso=False)\n\n"
               "The UDP backend's forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
               "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
-              "peers' port `port`.",
+              "peers' port `port`. udp_gso: send superpackets' segments with UDP GSO (the socket must "
+              "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,

@@ -1,7 +1,7 @@
 """The UDP backend: IP packets from ``tun0`` sent as UDP payloads to the owning node.
 
 Like flannel's (retired) UDP backend, but on port 8472 by default and with
-UDP checksum 0. Node plumbing, as flannel does it: ``tun0`` carries the
+UDP checksum 0 (``--udp-checksum``: checksummed, for the C engine's UDP GSO). Node plumbing, as flannel does it: ``tun0`` carries the
 subnet's network address as a /32 (giving it the ``.1/24`` as well would make
 tun0 win the local /24 and cut local pods off), and one route
 ``<Network> dev tun0`` covers every remote subnet, so peers joining or

@@ -122,7 +122,8 @@ class UserspaceBackend(Backend):
     async def preflight(self) -> None:
         """Bind the encapsulation socket (kept for :meth:`run`): a port in use fails here."""
         if self.sock is None:
-            self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port)
+            self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port,
+                                 no_check=not self.options.udp_checksum)
 
     @property
     def datapath(self) -> str:
@@ -131,19 +132,22 @@ class UserspaceBackend(Backend):
 
     def _dataplane(self) -> DataPlane:
         sender = Sender(self.sock, self.config.backend.port, self.counters)
-        cls = FastUdpDataPlane if self.datapath == "c" else DataPlane
-        return cls(self.dev_fd, self.sock, self.codec, sender, self.counters, vnet_hdr=self.vnet_hdr)
+        if self.datapath == "c":
+            return FastUdpDataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters,
+                                    vnet_hdr=self.vnet_hdr, udp_gso=self.options.udp_checksum)
+        return DataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters, vnet_hdr=self.vnet_hdr)
 
     async def run(self) -> None:
         """Forward between the device (from :meth:`setup`) and the socket (from :meth:`preflight`)
         until cancelled, or until the data plane fails (raised here)."""
         dp = self._plane = self._dataplane()
         if self.datapath == "c":
-            how = "C engine threads" + (", tun superpackets" if self.vnet_hdr else "")
+            how = "C engine threads" + (", tun superpackets" if self.vnet_hdr else "") + \
+                (", UDP GSO" if self.options.udp_checksum else "")
         else:
             how = f"Python data path, {'uvloop' if self.options.use_uvloop else 'asyncio'} loop"
-        log.info("data plane: %s <-> udp %s:%d (%s)", self.device, self.underlay.public_ip,
-                 self.config.backend.port, how)
+        log.info("data plane: %s <-> udp %s:%d, UDP checksum %s (%s)", self.device, self.underlay.public_ip,
+                 self.config.backend.port, "on" if self.options.udp_checksum else "0", how)
         if self.options.use_uvloop and self.datapath == "python":
             await self._run_on_uvloop(dp)
             return

@@ -101,6 +101,10 @@ def _event_loop(ctx, param, value):
               help="UDP backend data path: the pure Python loop, or the C fast path (batched "
                    "recvmmsg/sendmmsg; VXLAN always uses Python). Default: c when it was built, "
                    "else python.")
+@click.option("--udp-checksum", is_flag=True, show_envvar=True,
+              help="Send the userspace backends' datagrams with UDP checksums instead of checksum 0, so the "
+                   "C engine can hand the kernel whole superpackets (UDP GSO; much faster). Receivers accept "
+                   "both forms whatever this flag, so nodes may differ.")
 @click.option("--resync-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_envvar=True,
               metavar="SECONDS", help="How often the kernel state overlayd owns (routes, devices, peers' "
                                       "entries, cni0, nft table) is checked and repaired if changed.")
@@ -114,7 +118,7 @@ def _event_loop(ctx, param, value):
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: also etcd and netlink).")
 def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface_can_reach, public_ip, subnet_file,
         status_file, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, datapath, resync_interval, cleanup_on_exit, healthz_addr, verbose):
+        event_loop, datapath, udp_checksum, resync_interval, cleanup_on_exit, healthz_addr, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -136,7 +140,8 @@ def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface
         iface_regex=iface_regex, iface_can_reach=iface_can_reach,
         public_ip=public_ip, subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
         resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
-        node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath),
+        node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath,
+                         udp_checksum=udp_checksum),
     )
     sys.exit(run(options))
 

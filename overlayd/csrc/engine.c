@@ -3,6 +3,8 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,10 +16,23 @@
 
 #include "gso.h"
 
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
 #define BEAT_MS 500                    /* an idle thread still turns this often (liveness) */
 #define SEND_MAX 256                   /* datagrams per sendmmsg, at most */
 #define ARENA (2 * (PKT_MAX + 1))      /* segment bytes per sendmmsg: always room for one superpacket's */
 #define SLOT (VNET_HDR_LEN + PKT_MAX)
+#define GSO_SEGS_MAX 64                /* datagrams per UDP GSO send (the kernel's UDP_MAX_SEGMENTS, 5.x) */
+#define GSO_BYTES_MAX 65507            /* UDP payload bytes per send: 65535 - IPv4 and UDP headers */
+#define ACCEPT_MAX (4 * BATCH)         /* accepted datagrams written per round (UDP_GRO buffers split) */
 
 #define COUNT(c, field, n) __atomic_fetch_add(&(c)->field, (uint64_t)(n), __ATOMIC_RELAXED)
 
@@ -108,9 +123,20 @@ typedef struct {
     unsigned char arena[ARENA];
     struct mmsghdr msgs[SEND_MAX];
     struct iovec iovs[SEND_MAX];
+    unsigned char ctrl[SEND_MAX][CMSG_SPACE(sizeof(uint16_t))];  /* UDP_SEGMENT, when segs > 1 */
+    int segs[SEND_MAX];   /* datagrams per message: > 1 is one UDP GSO send of equal-size segments */
     int nmsgs;
     size_t used;  /* arena bytes */
 } out_state_t;
+
+/* The datagrams in msgs[from:to]. */
+static int datagrams(const out_state_t *s, int from, int to)
+{
+    int n = 0;
+    for (int i = from; i < to; i++)
+        n += s->segs[i];
+    return n;
+}
 
 /* sendmmsg every queued datagram; a full socket buffer drops the rest, as UDP does. */
 static void flush_sends(engine_t *e, out_state_t *s)
@@ -123,30 +149,53 @@ static void flush_sends(engine_t *e, out_state_t *s)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                COUNT(c, tx_dropped, s->nmsgs - at);
+                COUNT(c, tx_dropped, datagrams(s, at, s->nmsgs));
                 break;
             }
-            COUNT(c, tx_error[errno_slot(errno)], 1);  /* this datagram failed: send the others */
+            COUNT(c, tx_error[errno_slot(errno)], s->segs[at]);  /* this message failed: send the others */
             at++;
             continue;
         }
-        uint64_t bytes = 0;
-        for (int i = at; i < at + r; i++)
+        uint64_t bytes = 0, gso_sends = 0;
+        for (int i = at; i < at + r; i++) {
             bytes += s->iovs[i].iov_len;
-        COUNT(c, tx_packets, r);
+            gso_sends += s->segs[i] > 1;
+        }
+        COUNT(c, tx_packets, datagrams(s, at, at + r));
         COUNT(c, tx_bytes, bytes);
+        COUNT(c, tx_gso_sends, gso_sends);
         at += r;
     }
     s->nmsgs = 0;
     s->used = 0;
 }
 
-static void queue_send(out_state_t *s, const route_t *r, unsigned char *p, size_t n)
+/* Queue p[0:n] to r: one datagram, or (segs > 1) segs datagrams of seg bytes (the last may be
+ * shorter) that the kernel cuts from one UDP GSO send. */
+static void queue_send(out_state_t *s, const route_t *r, unsigned char *p, size_t n, int segs, size_t seg)
 {
+    struct msghdr *m = &s->msgs[s->nmsgs].msg_hdr;
     s->iovs[s->nmsgs] = (struct iovec){.iov_base = p, .iov_len = n};
-    s->msgs[s->nmsgs].msg_hdr = (struct msghdr){.msg_name = (void *)&r->addr, .msg_namelen = sizeof(r->addr),
-                                                .msg_iov = &s->iovs[s->nmsgs], .msg_iovlen = 1};
+    *m = (struct msghdr){.msg_name = (void *)&r->addr, .msg_namelen = sizeof(r->addr),
+                         .msg_iov = &s->iovs[s->nmsgs], .msg_iovlen = 1};
+    s->segs[s->nmsgs] = segs;
+    if (segs > 1) {
+        uint16_t size = (uint16_t)seg;
+        m->msg_control = s->ctrl[s->nmsgs];
+        m->msg_controllen = sizeof(s->ctrl[0]);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(m);
+        *cm = (struct cmsghdr){.cmsg_len = CMSG_LEN(sizeof(size)), .cmsg_level = SOL_UDP, .cmsg_type = UDP_SEGMENT};
+        memcpy(CMSG_DATA(cm), &size, sizeof(size));
+    }
     s->nmsgs++;
+}
+
+/* How many segments of at most seg bytes one send carries: with UDP GSO as many as the kernel
+ * takes in one datagram's worth of bytes, else one. */
+static int segments_per_send(const engine_t *e, size_t seg)
+{
+    size_t fit = GSO_BYTES_MAX / seg;
+    return !e->udp_gso || fit < 1 ? 1 : fit < GSO_SEGS_MAX ? (int)fit : GSO_SEGS_MAX;
 }
 
 /* Classify one packet read from the device and queue its datagrams (segments of a superpacket). */
@@ -179,15 +228,20 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
         return;
     }
     if (h.gso_type == GSO_NONE) {
-        queue_send(s, r, p, n);
-    } else {
+        queue_send(s, r, p, n, 1, n);
+    } else {  /* every segment but the last is room bytes long: equal sizes, as UDP GSO wants */
         COUNT(c, dev_rx_superpackets, 1);
         size_t room = gro_payload_offset(p) + h.gso_size;
-        for (int i = 0; i < count; i++) {
-            if (s->nmsgs == SEND_MAX || s->used + room > ARENA)
+        int per_send = segments_per_send(e, room);
+        for (int i = 0; i < count; i += per_send) {
+            int k = count - i < per_send ? count - i : per_send;
+            if (s->nmsgs == SEND_MAX || s->used + (size_t)k * room > ARENA)
                 flush_sends(e, s);
-            size_t len = gso_segment(&h, p, i, count, s->arena + s->used);
-            queue_send(s, r, s->arena + s->used, len);
+            unsigned char *at = s->arena + s->used;
+            size_t len = 0;
+            for (int j = i; j < i + k; j++)
+                len += gso_segment(&h, p, j, count, at + len);
+            queue_send(s, r, at, len, k, room);
             s->used += len;
         }
     }
@@ -237,11 +291,17 @@ static void *out_main(void *arg)
 /* ---- UDP -> tun ---------------------------------------------------------- */
 
 typedef struct {
-    unsigned char data[BATCH][SLOT];   /* a virtio header's room, then the datagram */
+    unsigned char data[BATCH][PKT_MAX];  /* a datagram, or a UDP_GRO buffer of several */
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
     struct sockaddr_in from[BATCH];
+    unsigned char ctrl[BATCH][CMSG_SPACE(sizeof(int))];  /* UDP_GRO: the segment size */
+    unsigned char *pkts[ACCEPT_MAX];     /* accepted datagrams, waiting to be written */
+    size_t lens[ACCEPT_MAX];
+    int accepted;
 } in_state_t;
+
+static unsigned char no_offload[VNET_HDR_LEN];  /* an empty virtio header (never written) */
 
 /* Write packets[0:count] (one run) to the device: a superpacket when count > 1. */
 static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *lens, int count)
@@ -256,10 +316,9 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
             size_t skip = gro_payload_offset(pkts[i]);
             iov[niov++] = (struct iovec){.iov_base = pkts[i] + skip, .iov_len = lens[i] - skip};
         }
-    } else if (e->vnet) {
-        memset(pkts[0] - VNET_HDR_LEN, 0, VNET_HDR_LEN);  /* the slot's header room: no offload asked */
-        iov[niov++] = (struct iovec){.iov_base = pkts[0] - VNET_HDR_LEN, .iov_len = lens[0] + VNET_HDR_LEN};
     } else {
+        if (e->vnet)
+            iov[niov++] = (struct iovec){.iov_base = no_offload, .iov_len = VNET_HDR_LEN};
         iov[niov++] = (struct iovec){.iov_base = pkts[0], .iov_len = lens[0]};
     }
     ssize_t w;
@@ -274,6 +333,31 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
     }
 }
 
+/* Write the accepted datagrams, coalescing TCP runs into superpackets on a vnet_hdr device. */
+static void deliver(engine_t *e, in_state_t *s)
+{
+    for (int i = 0; i < s->accepted;) {
+        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->accepted - i) : 1;
+        write_run(e, s->pkts + i, s->lens + i, run);
+        i += run;
+    }
+    s->accepted = 0;
+}
+
+/* The size of the datagrams a received buffer of n bytes holds: UDP_GRO's cmsg, else n (one). */
+static size_t segment_size(struct msghdr *m, size_t n)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm != NULL; cm = CMSG_NXTHDR(m, cm)) {
+        int size;
+        if (cm->cmsg_level != SOL_UDP || cm->cmsg_type != UDP_GRO)
+            continue;
+        memcpy(&size, CMSG_DATA(cm), sizeof(size));
+        if (size > 0 && (size_t)size < n)
+            return (size_t)size;
+    }
+    return n;
+}
+
 static void *in_main(void *arg)
 {
     engine_t *e = arg;
@@ -284,15 +368,18 @@ static void *in_main(void *arg)
         return NULL;
     }
     for (int i = 0; i < BATCH; i++) {
-        s->iovs[i] = (struct iovec){.iov_base = s->data[i] + VNET_HDR_LEN, .iov_len = PKT_MAX};
+        s->iovs[i] = (struct iovec){.iov_base = s->data[i], .iov_len = PKT_MAX};
         s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
         s->msgs[i].msg_hdr.msg_iovlen = 1;
     }
     while (wait_readable(e, IN, e->sock_fd, "udp reader (poll)") > 0) {
         int got = 0, errors = 0;
         for (int i = 0; i < BATCH; i++) {
-            s->msgs[i].msg_hdr.msg_name = &s->from[i];
-            s->msgs[i].msg_hdr.msg_namelen = sizeof(s->from[i]);
+            struct msghdr *m = &s->msgs[i].msg_hdr;
+            m->msg_name = &s->from[i];
+            m->msg_namelen = sizeof(s->from[i]);
+            m->msg_control = s->ctrl[i];
+            m->msg_controllen = sizeof(s->ctrl[i]);
         }
         while (errors < BATCH) {
             int r = recvmmsg(e->sock_fd, s->msgs, (unsigned)(BATCH - errors), MSG_DONTWAIT, NULL);
@@ -306,34 +393,38 @@ static void *in_main(void *arg)
                 errors++;  /* e.g. ECONNREFUSED surfaced from ICMP: costs one slot, as in Python */
         }
         COUNT(c, sock_read_error, errors);
-        unsigned char *pkts[BATCH];
-        size_t lens[BATCH];
-        int accepted = 0;
-        uint64_t bytes = 0;
+        uint64_t count = 0, bytes = 0, coalesced = 0;
         peer_table_t *t = table_hold(e);
         for (int i = 0; i < got; i++) {
             const struct sockaddr_in *from = &s->from[i];
             int has_sender = s->msgs[i].msg_hdr.msg_namelen >= sizeof(*from) && from->sin_family == AF_INET;
-            unsigned char *p = s->data[i] + VNET_HDR_LEN;
-            size_t n = s->msgs[i].msg_len;
+            int port_ok = ntohs(from->sin_port) == e->port;
+            size_t n = s->msgs[i].msg_len, seg = segment_size(&s->msgs[i].msg_hdr, n), len;
             bytes += n;
-            int v = table_inbound(t, p, n, has_sender, ntohl(from->sin_addr.s_addr),
-                                  ntohs(from->sin_port) == e->port, e->subnet, e->mask);
-            if (v != V_OK) {
-                COUNT(c, drops[v], 1);
-                continue;
+            coalesced += seg < n;
+            for (size_t at = 0; at == 0 || at < n; at += len) {  /* an empty datagram is one, too */
+                unsigned char *p = s->data[i] + at;
+                len = n - at < seg ? n - at : seg;
+                count++;
+                int v = table_inbound(t, p, len, has_sender, ntohl(from->sin_addr.s_addr), port_ok, e->subnet,
+                                      e->mask);
+                if (v != V_OK) {
+                    COUNT(c, drops[v], 1);
+                } else {
+                    if (s->accepted == ACCEPT_MAX)
+                        deliver(e, s);
+                    s->pkts[s->accepted] = p;
+                    s->lens[s->accepted++] = len;
+                }
+                if (n == 0)
+                    break;
             }
-            pkts[accepted] = p;
-            lens[accepted++] = n;
         }
         table_unref(t);
-        COUNT(c, rx_packets, got);
+        COUNT(c, rx_packets, count);
         COUNT(c, rx_bytes, bytes);
-        for (int i = 0; i < accepted;) {
-            int run = e->vnet ? gro_run(pkts + i, lens + i, accepted - i) : 1;
-            write_run(e, pkts + i, lens + i, run);
-            i += run;
-        }
+        COUNT(c, rx_coalesced, coalesced);
+        deliver(e, s);
     }
     free(s);
     return NULL;
@@ -341,13 +432,16 @@ static void *in_main(void *arg)
 
 /* ---- life cycle ------------------------------------------------------------ */
 
-int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, uint16_t port, uint32_t subnet, uint32_t mask,
-                peer_table_t *table)
+int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uint16_t port, uint32_t subnet,
+                uint32_t mask, peer_table_t *table)
 {
     memset(e, 0, sizeof(*e));
     e->dev_fd = dev_fd;
     e->sock_fd = sock_fd;
     e->vnet = vnet;
+    e->udp_gso = udp_gso;
+    int one = 1;  /* take UDP GSO sends whole, whatever this node sends; a kernel without it (< 5.0) splits them */
+    (void)setsockopt(sock_fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
     e->port = port;
     e->subnet = subnet;
     e->mask = mask;

@@ -25,6 +25,7 @@ typedef struct {
     uint64_t dev_rx_packets, dev_rx_bytes, dev_read_error, tx_packets, tx_bytes, tx_dropped;
     uint64_t rx_packets, rx_bytes, sock_read_error, dev_tx_packets;
     uint64_t dev_rx_superpackets, dev_tx_superpackets;  /* reads segmented, coalesced writes */
+    uint64_t tx_gso_sends, rx_coalesced;  /* UDP GSO sends (several datagrams each), UDP_GRO buffers split */
     uint64_t drops[V_COUNT];
     uint64_t tx_error[ERRNO_SLOTS];         /* by errno; 0: the peer's node IP is not an address */
     uint64_t dev_write_error[ERRNO_SLOTS];
@@ -37,6 +38,7 @@ typedef struct {
 
 typedef struct {
     int dev_fd, sock_fd, vnet;   /* vnet: the device speaks virtio_net_hdr (superpackets) */
+    int udp_gso;                 /* send a superpacket's segments with UDP GSO (the socket checksums) */
     uint16_t port;
     uint32_t subnet, mask;
     int stop_fd;                 /* eventfd: the threads end when it is readable */
@@ -53,9 +55,9 @@ typedef struct {
     const char *error_where;
 } engine_t;
 
-/* 0, or an errno (the eventfds could not be made). */
-int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, uint16_t port, uint32_t subnet, uint32_t mask,
-                peer_table_t *table);
+/* 0, or an errno (the eventfds could not be made). Turns UDP_GRO on for sock_fd. */
+int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uint16_t port, uint32_t subnet,
+                uint32_t mask, peer_table_t *table);
 /* Make t (one reference handed over) the table every later batch uses. */
 void engine_set_table(engine_t *e, peer_table_t *t);
 /* Start the threads: 0 or an errno. */

@@ -50,16 +50,19 @@ class FastUdpDataPlane(DataPlane):
 
     Takes the same arguments; the ``sender`` is not used (the engine sends
     itself). With ``vnet_hdr`` the device must have been opened with
-    IFF_VNET_HDR; the engine then segments and coalesces superpackets.
+    IFF_VNET_HDR; the engine then segments and coalesces superpackets. With
+    ``udp_gso`` (``--udp-checksum``; the socket must not have SO_NO_CHECK) a
+    superpacket's segments leave in UDP GSO sends; UDP_GRO buffers are taken
+    and split in either mode.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, udp_gso: bool = False, **kwargs):
         if not available():
             raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
         super().__init__(*args, **kwargs)
         codec = self.codec
         self.engine = _fastpath.Engine(self.dev_fd, self.sock.fileno(), codec.port, codec.subnet_int, codec.mask,
-                                       codec.table, self.vnet_hdr)
+                                       codec.table, self.vnet_hdr, udp_gso)
 
     def start(self, loop) -> None:
         """Start the engine's threads; watch its eventfd on ``loop``."""

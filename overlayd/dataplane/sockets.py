@@ -1,4 +1,4 @@
-"""The encapsulation socket: UDP on the node's public IP, checksum 0, big buffers."""
+"""The encapsulation socket: UDP on the node's public IP, checksum 0 (unless --udp-checksum), big buffers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
     ``no_check`` sets SO_NO_CHECK so datagrams leave with UDP checksum 0, as
     the design asks (the inner packet has its own checksums). Note the kernel
     then refuses UDP GSO on this socket (EINVAL), so batching must use
-    sendmmsg rather than UDP_SEGMENT. No SO_REUSEADDR: UDP has no TIME_WAIT
+    sendmmsg rather than UDP_SEGMENT; ``--udp-checksum`` opens it without
+    (``no_check=False``) for the C engine's UDP GSO sends. No SO_REUSEADDR: UDP has no TIME_WAIT
     to skip, and with it a second overlayd (or anything else asking for
     reuse) could silently share the port. A port in use is a
     :class:`PlumbingError` naming what holds it, when that can be found.

@@ -2,9 +2,9 @@
 a datagram socketpair stands in for the tun, peers live on 127.0.0.x. Here the
 engine's threads are checked (bursts in order to several peers, peer-table
 swaps while they run, a stop that does not wait for traffic, a thread failure
-that ends the plane, superpackets through a stand-in vnet_hdr device) and the
-C plane must leave exactly the counters the Python plane leaves for the same
-traffic."""
+that ends the plane, superpackets through a stand-in vnet_hdr device, UDP GSO
+sends and UDP_GRO receives in the checksummed mode) and the C plane must leave
+exactly the counters the Python plane leaves for the same traffic."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ PEERS = {"127.0.0.2": ipaddress.IPv4Network("10.244.2.0/24"),
 BROADCAST_SUBNET = ipaddress.IPv4Network("10.244.4.0/24")  # its "node" refuses datagrams (EACCES)
 ROGUE = "127.0.0.4"  # holds no lease
 OFF_PORT = "off-port"  # send_in from a peer's address but not from the backend's port
+SOL_UDP, UDP_SEGMENT = 17, 103
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> bytes:
@@ -48,7 +49,7 @@ def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> byt
 class Rig:
     """A data plane of class ``cls`` between a stand-in tun and two loopback peers."""
 
-    def __init__(self, cls, vnet_hdr: bool = False):
+    def __init__(self, cls, vnet_hdr: bool = False, udp_gso: bool = False):
         self.port = free_port()
         self.table = PeerTable(24)
         for ip, subnet in PEERS.items():
@@ -57,7 +58,7 @@ class Rig:
         self.counters = Counters()
         self.dev_ours, self.dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.dev.setblocking(False)
-        self.sock = open_udp("127.0.0.1", self.port)
+        self.sock = open_udp("127.0.0.1", self.port, no_check=not udp_gso)
         self.peers = {}
         for ip in [*PEERS, ROGUE]:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -68,12 +69,18 @@ class Rig:
         self.off_port.bind(("127.0.0.2", 0))
         self.codec = UdpCodec(self.table, OWN, self.port)
         self.plane = cls(self.dev_ours.fileno(), self.sock, self.codec,
-                         Sender(self.sock, self.port, self.counters), self.counters, vnet_hdr=vnet_hdr)
+                         Sender(self.sock, self.port, self.counters), self.counters, vnet_hdr=vnet_hdr,
+                         **({"udp_gso": True} if udp_gso else {}))
 
     def send_in(self, sender: str, dgram: bytes) -> None:
         """Send ``dgram`` from ``sender``'s port (``OFF_PORT``: from 127.0.0.2, another port)."""
         sock = self.off_port if sender == OFF_PORT else self.peers[sender]
         sock.sendto(dgram, ("127.0.0.1", self.port))
+
+    def send_in_gso(self, sender: str, dgrams: list[bytes]) -> None:
+        """Send ``dgrams`` (equal sizes but the last) from ``sender``'s port in one UDP GSO sendmsg."""
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(dgrams[0])))]
+        self.peers[sender].sendmsg([b"".join(dgrams)], cmsg, 0, ("127.0.0.1", self.port))
 
     def sender(self, name: str) -> tuple[str, int]:
         """The (address, port) a datagram from ``send_in(name, ...)`` arrives from."""
@@ -97,8 +104,8 @@ class Rig:
 def rigs():
     made = []
 
-    def make(cls=fast.FastUdpDataPlane, vnet_hdr: bool = False):
-        made.append(Rig(cls, vnet_hdr))
+    def make(cls=fast.FastUdpDataPlane, vnet_hdr: bool = False, udp_gso: bool = False):
+        made.append(Rig(cls, vnet_hdr, udp_gso))
         return made[-1]
 
     yield make
@@ -315,3 +322,47 @@ async def test_superpackets_through_a_vnet_hdr_device(rigs):
     rig.dev.send(gso.NO_OFFLOAD_HEADER + ipv4("10.244.1.5", "10.244.9.9"))
     answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
     assert answer[:gso.HEADER_LEN] == gso.NO_OFFLOAD_HEADER and answer[gso.HEADER_LEN + 9] == 1
+
+
+async def test_udp_gso_sends_a_superpacket_as_the_reference_segments(rigs):
+    rig = rigs(vnet_hdr=True, udp_gso=True)
+    hdr, superpacket = tso(bytes(range(256)) * 250, 1420)
+    rig.dev.send(hdr.pack() + superpacket)
+    rig.plane.start(asyncio.get_running_loop())
+    # the peer's socket has no UDP_GRO: the kernel cuts each GSO send back into the datagrams it carries
+    want = gso.segment(hdr, superpacket)
+    assert len(want) == 46 and len(set(map(len, want[:-1]))) == 1
+    assert [await asyncio.to_thread(rig.peers["127.0.0.2"].recv, 65535) for _ in want] == want
+    snap = await rig.wait_for(tx_packets=46)
+    # 44 segments of 1460 bytes fill one send (65507 bytes at most): two sends for 46
+    assert (snap["tx_packets"], snap["tx_gso_sends"], snap["tx_bytes"]) == (46, 2, sum(map(len, want)))
+
+
+def test_udp_gso_needs_a_checksumming_socket(rigs):
+    rig = rigs()
+    with pytest.raises(ValueError, match="SO_NO_CHECK"):
+        fast.FastUdpDataPlane(rig.dev_ours.fileno(), rig.sock, rig.codec, None, Counters(), udp_gso=True)
+
+
+@pytest.mark.parametrize("udp_gso", [False, True])
+async def test_udp_gro_buffers_are_split_and_judged_datagram_by_datagram(rigs, udp_gso):
+    """Whatever its own mode, the engine takes a peer's UDP GSO send as one UDP_GRO buffer, splits it
+    and decides on each datagram as on a lone one: the spoofed one in the middle is dropped."""
+    rig = rigs(vnet_hdr=True, udp_gso=udp_gso)
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    back = [tcp(bytes([i]) * 1420, seq=9000 + i * 1420, src="10.244.2.7", dst="10.244.1.5") for i in range(5)]
+    rig.send_in_gso("127.0.0.2", back)
+    (joined_hdr, joined), = gso.coalesce(back)
+    assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == joined_hdr.pack() + joined
+
+    mixed = [ipv4("10.244.2.7", "10.244.1.5", payload=bytes([i]) * 100) for i in range(3)]
+    mixed[1] = ipv4("10.244.3.7", "10.244.1.5", payload=b"s" * 100)  # 10.244.3.0/24 is not 127.0.0.2's
+    rig.send_in_gso("127.0.0.2", mixed + [ipv4("10.244.2.7", "10.244.1.5", payload=b"end")])
+    for want in (mixed[0], mixed[2]):
+        assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == gso.NO_OFFLOAD_HEADER + want
+    assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == \
+        gso.NO_OFFLOAD_HEADER + ipv4("10.244.2.7", "10.244.1.5", payload=b"end")  # the shorter last one
+    snap = await rig.wait_for(dev_tx_packets=8)
+    assert (snap["rx_packets"], snap["rx_coalesced"], snap["drop_spoofed_source"]) == (9, 2, 1)
+    assert snap["rx_bytes"] == sum(map(len, back + mixed)) + 23
