@@ -74,6 +74,8 @@ CONFIGS = {
     "udp-uvloop": Config("udp", {"datapath": "python", "event_loop": "uvloop"},
                          "overlayd UDP backend, Python data path, uvloop thread"),
     "udp-c": Config("udp", {"datapath": "c"}, "overlayd UDP backend, C engine threads, tun superpackets"),
+    "udp-c-csum": Config("udp", {"datapath": "c", "extra_args": ["--udp-checksum"]},
+                         "overlayd UDP backend, C engine, --udp-checksum (UDP GSO + UDP_GRO)"),
     "vxlan-user": Config("vxlan", {"vxlan_impl": "user"}, "overlayd userspace VXLAN"),
 }
 REFERENCES = ("kvx-default", "kvx-tx-off")
