@@ -85,7 +85,8 @@ def print_matrix(lab: Lab, tries: int = 5) -> bool:
 
 
 def print_summary(lab: Lab) -> None:
-    click.echo(f"\nlab {lab.prefix}: backend {lab.backend}, network {lab.network}, etcd {lab.etcd_endpoint}")
+    click.echo(f"\nlab {lab.prefix}: backend {lab.backend}, network {lab.network}, etcd {lab.etcd_endpoints}"
+               f"{' (client certificates in ' + lab.pki.directory + ')' if lab.pki else ''}")
     for node in lab.nodes:
         env_file = lab.subnet_file(node)
         subnet = "-"
@@ -94,7 +95,7 @@ def print_summary(lab: Lab) -> None:
         impl = f" ({node.vxlan_impl})" if lab.backend == "vxlan" else ""
         click.echo(f"  {node.name}{impl}: {node.ip}, pod subnet {subnet}, pid {node.pid}, "
                    f"pods {', '.join(f'{p.name}={p.ip}' for p in node.pods) or '-'}")
-    if lab.etcd_pid is None:
+    if not any(lab.etcd_pids):
         click.echo("\netcd is stopped ('scripts/lab start etcd')")
     elif lab.nodes:
         click.echo("\n" + lab.overlayctl("subnets", netns=lab.nodes[0].netns).stdout.rstrip())
@@ -127,13 +128,18 @@ def cli(ctx, state_dir, prefix):
               help="user or kernel, or a comma list cycled over the nodes (e.g. user,kernel).")
 @node_options
 @click.option("--lease-ttl", type=click.IntRange(2), default=3600, show_default=True)
+@click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="etcd cluster size: 3 members on 198.18.0.2-4, each in its own namespace.")
+@click.option("--etcd-tls", is_flag=True, help="etcd client URLs over https with client certificates "
+                                               "(a CA and certificates made in STATE_DIR/pki).")
 @click.pass_obj
 @one_line_errors(PROG)
-def up(obj, nodes, pods_per_node, backend, vxlan_impl, lease_ttl, **node):
+def up(obj, nodes, pods_per_node, backend, vxlan_impl, lease_ttl, etcd_members, etcd_tls, **node):
     """Build the lab, then show the subnets and a pod-to-pod ping matrix."""
     variants = _variants(nodes, vxlan_impl, **node)
     state_dir = obj["state_dir"]
-    lab = Lab(state_dir, obj["prefix"], backend=backend, lease_ttl=lease_ttl, progress=_progress)
+    lab = Lab(state_dir, obj["prefix"], backend=backend, lease_ttl=lease_ttl, progress=_progress,
+              etcd_members=int(etcd_members), etcd_tls=etcd_tls)
     click.echo(f"bringing up {nodes} nodes ({backend}), {pods_per_node} pod(s) each", err=True)
     try:
         lab.up(nodes=nodes, pods_per_node=pods_per_node, variants=variants)
@@ -182,14 +188,16 @@ def status(obj, as_json):
 @click.pass_obj
 @one_line_errors(PROG)
 def exec_(obj, target, command):
-    """Run COMMAND inside TARGET's namespace (a node, a pod, or etcd).
+    """Run COMMAND inside TARGET's namespace (a node, a pod, or etcd: etcd, or etcd1..3 in a cluster).
 
-    OVERLAYD_ETCD_ENDPOINTS and OVERLAYD_ETCD_PREFIX point at the lab's
-    etcd, so e.g. ``scripts/lab exec node1 -- overlayctl subnets`` works.
+    The OVERLAYD_ETCD_* variables point at the lab's etcd (with the client
+    certificate in a TLS lab), so e.g. ``scripts/lab exec node1 -- overlayctl
+    subnets`` works.
     """
     lab = _load(obj)
     names = {n.name: n.netns for n in lab.nodes}
     names.update({p.name: p.netns for p in lab.pods()})
+    names.update({f"etcd{i + 1}": lab.etcd_member_ns(i) for i in range(len(lab.etcd_pids))})
     names["etcd"] = lab.etcd_ns
     if target not in names:
         raise LabError(f"no node or pod {target!r} (have: {', '.join(sorted(names))})")
@@ -201,14 +209,20 @@ def exec_(obj, target, command):
 
 
 def _process_command(name: str, doc: str, on_node, on_etcd) -> None:
-    """``scripts/lab NAME TARGET``: act on a node's overlayd or on etcd, by its recorded PID."""
+    """``scripts/lab NAME TARGET``: act on a node's overlayd or on etcd, by its recorded PID.
+
+    TARGET ``etcd`` is every etcd member in a cluster lab; ``etcd1``..``etcd3`` is one.
+    """
     @click.argument("target")
     @click.pass_obj
     @one_line_errors(PROG)
     def command(obj, target):
         lab = _load(obj)
+        members = {f"etcd{i + 1}": i for i in range(len(lab.etcd_pids))}
         if target == "etcd":
-            on_etcd(lab)
+            on_etcd(lab, None)
+        elif target in members:
+            on_etcd(lab, members[target])
         else:
             on_node(lab, lab.node(target))
         click.echo(f"{target}: {name} done", err=True)
@@ -217,14 +231,14 @@ def _process_command(name: str, doc: str, on_node, on_etcd) -> None:
     cli.command(name)(command)
 
 
-_process_command("stop", "Stop TARGET (a node's overlayd, or etcd) with SIGTERM; the lease stays.",
-                 Lab.stop_node, Lab.stop_etcd)
+_process_command("stop", "Stop TARGET (a node's overlayd, etcd, or etcd1..3) with SIGTERM; the lease stays.",
+                 Lab.stop_node, lambda lab, m: lab.stop_etcd(member=m))
 _process_command("start", "Start TARGET again (etcd: same port and data, so leases survive).",
-                 Lab.start_node, Lab.start_etcd)
+                 Lab.start_node, lambda lab, m: lab.start_etcd(member=m))
 _process_command("restart", "Stop and start TARGET (a node's overlayd keeps its flags).",
                  Lab.restart_node, Lab.restart_etcd)
 _process_command("kill", "SIGKILL TARGET: its state stays as a crash leaves it.",
-                 Lab.kill_node, lambda lab: lab.stop_etcd(signal.SIGKILL))
+                 Lab.kill_node, lambda lab, m: lab.stop_etcd(signal.SIGKILL, member=m))
 _process_command("pause", "Freeze TARGET (SIGSTOP): a hung process; 'resume' lets it run.",
                  Lab.pause_node, Lab.pause_etcd)
 _process_command("resume", "Let a paused TARGET run again (SIGCONT).",

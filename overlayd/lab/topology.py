@@ -5,6 +5,7 @@ One implementation serves ``scripts/lab`` and the end-to-end tests. Layout
 
     P-ul    the underlay: bridge br0 and one veth port per attached namespace
     P-etcd  etcd on 198.18.0.2, on a port the lab picks
+    P-etcd2 with ``etcd_members=3``: members 2 and 3 on 198.18.0.3 and .4 (P-etcd3)
     P-n1    node1: eth0 198.18.0.11/24, overlayd, cni0, tun0/overlay0/flannel.1
     P-n1p1  a pod of node1, joined to node1's cni0 by our CNI plugin
 
@@ -21,7 +22,12 @@ Fault tests drive the same processes: :meth:`Lab.stop_node`,
 :meth:`Lab.kill_node` (SIGKILL: devices, routes and files stay as a crash
 leaves them), :meth:`Lab.restart_node`, :meth:`Lab.stop_etcd` /
 :meth:`Lab.start_etcd` (same data directory and ports, so leases survive)
-and :meth:`Lab.pause_etcd` / :meth:`Lab.resume_etcd` (SIGSTOP/SIGCONT).
+and :meth:`Lab.pause_etcd` / :meth:`Lab.resume_etcd` (SIGSTOP/SIGCONT), each
+for every etcd member or, with ``member=i``, for member i alone (0-based).
+With ``etcd_tls`` the lab makes a CA, a server certificate per member and a
+client certificate in ``<state_dir>/pki`` (:class:`LabPKI`); client URLs are
+https with ``--client-cert-auth`` and every client the lab runs (daemons,
+overlayctl, etcdctl) gets the certificate flags or variables.
 A node's ``extra_args`` are added to its daemon's command line on every start.
 """
 
@@ -43,10 +49,11 @@ from typing import Callable
 
 from ..atomicfile import write_atomic
 from ..errors import OverlayError
-from .etcd import EtcdServer
+from .etcd import EtcdServer, LabPKI, free_port
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
-ETCD_IP = "198.18.0.2"
+ETCD_IP = "198.18.0.2"      # etcd member i (0-based) gets 198.18.0.(2 + i)
+ETCD_MEMBERS = (1, 3)
 NODE_IP_BASE = 10           # node N gets 198.18.0.(10 + N)
 EXTRA_IP_BASE = 200         # extra hosts on the underlay (an "external" host, a rogue sender)
 PREFIX = "/coreos.com/network"
@@ -121,9 +128,12 @@ class Lab:
 
     def __init__(self, state_dir: str, prefix: str = "ovl-lab", backend: str = "udp",
                  network: str = "10.244.0.0/16", vni: int = 1, port: int = 8472,
-                 lease_ttl: int = 3600, progress: Callable[[str], None] | None = None):
+                 lease_ttl: int = 3600, progress: Callable[[str], None] | None = None,
+                 etcd_members: int = 1, etcd_tls: bool = False):
         if len(prefix) > 8:
             raise LabError(f"lab prefix {prefix!r} is too long (8 characters at most)")
+        if etcd_members not in ETCD_MEMBERS:
+            raise LabError(f"etcd_members must be one of {ETCD_MEMBERS}, not {etcd_members}")
         self.state_dir = os.path.abspath(state_dir)
         self.prefix = prefix
         self.backend = backend
@@ -133,7 +143,8 @@ class Lab:
         self.lease_ttl = lease_ttl
         self.etcd_port = 0
         self.etcd_peer_port = 0
-        self.etcd_pid: int | None = None
+        self.etcd_pids: list[int | None] = [None] * etcd_members  # one per member
+        self.etcd_tls = etcd_tls
         self.nodes: list[Node] = []
         self.hosts: list[Host] = []
         self.namespaces: list[str] = []  # every namespace created, in creation order
@@ -148,11 +159,38 @@ class Lab:
 
     @property
     def etcd_ns(self) -> str:
-        return f"{self.prefix}-etcd"
+        """Member 0's namespace (etcd's, in a one-member lab)."""
+        return self.etcd_member_ns(0)
+
+    def etcd_member_ns(self, member: int) -> str:
+        return f"{self.prefix}-etcd{member + 1 if member else ''}"
+
+    @staticmethod
+    def etcd_member_ip(member: int) -> str:
+        return str(ipaddress.IPv4Address(ETCD_IP) + member)
+
+    def etcd_member_endpoint(self, member: int) -> str:
+        return f"{'https' if self.etcd_tls else 'http'}://{self.etcd_member_ip(member)}:{self.etcd_port}"
+
+    @property
+    def etcd_pid(self) -> int | None:
+        """Member 0's PID (etcd's, in a one-member lab)."""
+        return self.etcd_pids[0]
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://{ETCD_IP}:{self.etcd_port}"
+        """Member 0's client URL (etcd's, in a one-member lab)."""
+        return self.etcd_member_endpoint(0)
+
+    @property
+    def etcd_endpoints(self) -> str:
+        """Every member's client URL, comma-separated, as overlayd's --etcd-endpoints takes them."""
+        return ",".join(self.etcd_member_endpoint(i) for i in range(len(self.etcd_pids)))
+
+    @property
+    def pki(self) -> LabPKI | None:
+        """The lab's certificates (``etcd_tls``), else None."""
+        return LabPKI(os.path.join(self.state_dir, "pki")) if self.etcd_tls else None
 
     def to_dict(self) -> dict:
         """The lab's topology, as ``scripts/lab status --json`` prints it."""
@@ -162,6 +200,10 @@ class Lab:
             "underlay": {"netns": self.underlay_ns, "network": str(UNDERLAY)},
             "etcd": {"netns": self.etcd_ns, "endpoint": self.etcd_endpoint if self.etcd_port else None,
                      "port": self.etcd_port, "peer_port": self.etcd_peer_port, "pid": self.etcd_pid,
+                     "tls": self.etcd_tls, "pki": self.pki.directory if self.pki else None,
+                     "members": [{"netns": self.etcd_member_ns(i), "ip": self.etcd_member_ip(i),
+                                  "endpoint": self.etcd_member_endpoint(i), "pid": pid}
+                                 for i, pid in enumerate(self.etcd_pids)],
                      "prefix": PREFIX},
             "nodes": [dataclasses.asdict(n) for n in self.nodes],
             "hosts": [dataclasses.asdict(h) for h in self.hosts],
@@ -181,9 +223,10 @@ class Lab:
             raise LabError(f"no lab in {state_dir} (start one with 'scripts/lab up')") from None
         except (OSError, ValueError) as exc:
             raise LabError(f"cannot read {state_dir}/lab.json: {exc}") from None
+        members = data["etcd"].get("members") or [{"pid": data["etcd"]["pid"]}]
         lab = cls(state_dir, data["prefix"], data["backend"], data["network"], data["vni"], data["port"],
-                  data["lease_ttl"], progress)
-        lab.etcd_port, lab.etcd_pid = data["etcd"]["port"], data["etcd"]["pid"]
+                  data["lease_ttl"], progress, len(members), data["etcd"].get("tls", False))
+        lab.etcd_port, lab.etcd_pids = data["etcd"]["port"], [m["pid"] for m in members]
         lab.etcd_peer_port = data["etcd"].get("peer_port", 0)
         for n in data["nodes"]:
             pods = [Pod(**p) for p in n.pop("pods")]
@@ -231,8 +274,13 @@ class Lab:
         self._add_netns(self.underlay_ns)
         self._ip(self.underlay_ns, "link", "add", "br0", "type", "bridge")
         self._ip(self.underlay_ns, "link", "set", "br0", "up")
-        self.progress("etcd")
-        self._attach(self.etcd_ns, "etcd", ETCD_IP)
+        members = range(len(self.etcd_pids))
+        self.progress(f"etcd ({len(members)} member{'s' if len(members) > 1 else ''}"
+                      f"{', TLS' if self.etcd_tls else ''})")
+        for i in members:
+            self._attach(self.etcd_member_ns(i), f"etcd{i + 1 if i else ''}", self.etcd_member_ip(i))
+        if self.etcd_tls:
+            LabPKI.create(self.pki.directory, {self._etcd_name(i): self.etcd_member_ip(i) for i in members})
         self.start_etcd()
         self.set_config()
         for i in range(nodes):
@@ -266,40 +314,85 @@ class Lab:
         self._children.add(proc.pid)
         return proc.pid
 
-    def start_etcd(self, timeout: float = 20) -> None:
-        """Start etcd, again after :meth:`stop_etcd` on the same ports and data (leases survive)."""
-        if _alive(self.etcd_pid):
-            raise LabError(f"etcd already runs (pid {self.etcd_pid})")
-        server = EtcdServer(os.path.join(self.state_dir, "etcd"), host=ETCD_IP, port=self.etcd_port or None,
-                            peer_port=self.etcd_peer_port or None, netns=self.etcd_ns, name=self.prefix)
+    def _etcd_name(self, member: int) -> str:
+        return f"{self.prefix}{member + 1 if member else ''}"
+
+    def _etcd_members(self, member: int | None) -> list[int]:
+        if member is None:
+            return list(range(len(self.etcd_pids)))
+        if not 0 <= member < len(self.etcd_pids):
+            raise LabError(f"no etcd member {member} (this lab has {len(self.etcd_pids)}: 0-based)")
+        return [member]
+
+    def _etcd_server(self, member: int) -> EtcdServer:
+        if not self.etcd_port:
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        names = range(len(self.etcd_pids))
+        data_dir = os.path.join(self.state_dir, f"etcd{member + 1 if member else ''}")
+        cluster = {self._etcd_name(i): f"http://{self.etcd_member_ip(i)}:{self.etcd_peer_port}" for i in names}
+        return EtcdServer(data_dir, host=self.etcd_member_ip(member), port=self.etcd_port,
+                          peer_port=self.etcd_peer_port, netns=self.etcd_member_ns(member),
+                          name=self._etcd_name(member), cluster=cluster, pki=self.pki)
+
+    def start_etcd(self, timeout: float = 20, member: int | None = None) -> None:
+        """Start etcd (every member that is not running, or ``member``), again after
+        :meth:`stop_etcd` on the same ports and data (leases survive)."""
+        todo = [i for i in self._etcd_members(member) if not _alive(self.etcd_pids[i])]
+        if not todo:
+            raise LabError(f"etcd already runs (pid {', '.join(str(p) for p in self.etcd_pids)})")
+        servers = {i: self._etcd_server(i) for i in todo}
         try:
-            server.start(timeout)
+            for i, server in servers.items():  # all first: a new cluster's members need each other
+                server.start(timeout, wait=False)
+                self.etcd_pids[i] = server.pid
+                self._children.add(server.pid)
+                self.save()
+            for server in servers.values():
+                server.wait_healthy(timeout)
         except RuntimeError as exc:
-            server.stop()
+            for i, server in servers.items():
+                server.stop()
+                self.etcd_pids[i] = None
+            self.save()
             raise LabError(str(exc)) from None
-        self.etcd_port, self.etcd_peer_port, self.etcd_pid = server.port, server.peer_port, server.pid
-        self._children.add(server.pid)
+
+    def stop_etcd(self, sig: int = signal.SIGTERM, member: int | None = None) -> None:
+        """Stop etcd, every member or ``member`` (``sig``: SIGTERM, or SIGKILL for a crash);
+        :meth:`start_etcd` brings it back."""
+        for i in self._etcd_members(member):
+            if self.etcd_pids[i] is not None:
+                self._stop_pid(self.etcd_pids[i], sig)
+            self.etcd_pids[i] = None
         self.save()
 
-    def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
-        """Stop etcd (``sig``: SIGTERM, or SIGKILL for a crash); :meth:`start_etcd` brings it back."""
-        if self.etcd_pid is not None:
-            self._stop_pid(self.etcd_pid, sig)
-        self.etcd_pid = None
-        self.save()
+    def restart_etcd(self, member: int | None = None) -> None:
+        """Stop (SIGTERM) and start etcd (every member, or ``member``) on the same ports and data."""
+        self.stop_etcd(member=member)
+        self.start_etcd(member=member)
 
-    def restart_etcd(self) -> None:
-        """Stop (SIGTERM) and start etcd on the same ports and data."""
-        self.stop_etcd()
-        self.start_etcd()
+    def pause_etcd(self, member: int | None = None) -> None:
+        """Freeze etcd, every member or ``member`` (SIGSTOP): its port stays open, nothing answers."""
+        for i in self._etcd_members(member):
+            self._signal(self.etcd_pids[i], signal.SIGSTOP, f"etcd member {i}")
 
-    def pause_etcd(self) -> None:
-        """Freeze etcd (SIGSTOP): its port stays open, nothing answers (a hung server)."""
-        self._signal(self.etcd_pid, signal.SIGSTOP, "etcd")
+    def resume_etcd(self, member: int | None = None) -> None:
+        """Let paused etcd members (or ``member``) run again (SIGCONT)."""
+        for i in self._etcd_members(member):
+            self._signal(self.etcd_pids[i], signal.SIGCONT, f"etcd member {i}")
 
-    def resume_etcd(self) -> None:
-        """Let a paused etcd run again (SIGCONT)."""
-        self._signal(self.etcd_pid, signal.SIGCONT, "etcd")
+    def etcd_members_used(self, node: Node) -> set[int]:
+        """The etcd members ``node``'s overlayd has a TCP connection to right now (``ss``)."""
+        res = run(["ip", "netns", "exec", node.netns, "ss", "-Htnp", "state", "established"], timeout=10)
+        ips = {self.etcd_member_ip(i): i for i in range(len(self.etcd_pids))}
+        used = set()
+        for line in res.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and f"pid={node.pid}," in line:
+                host, _, port = fields[3].rpartition(":")
+                host = host.strip("[]").removeprefix("::ffff:")  # IPv4-mapped on a dual-stack socket
+                if host in ips and port == str(self.etcd_port):
+                    used.add(ips[host])
+        return used
 
     def pause_node(self, node: Node) -> None:
         """Freeze overlayd on ``node`` (SIGSTOP): a wedged daemon whose kernel state stays."""
@@ -315,8 +408,12 @@ class Lab:
         os.kill(pid, sig)
 
     def etcd_env(self) -> dict:
-        """The environment that points overlayd/overlayctl at the lab's etcd."""
-        return {"OVERLAYD_ETCD_ENDPOINTS": self.etcd_endpoint, "OVERLAYD_ETCD_PREFIX": PREFIX}
+        """The environment that points overlayd/overlayctl at the lab's etcd (all members, certificates)."""
+        env = {"OVERLAYD_ETCD_ENDPOINTS": self.etcd_endpoints, "OVERLAYD_ETCD_PREFIX": PREFIX}
+        if self.pki:
+            env.update(OVERLAYD_ETCD_CAFILE=self.pki.ca, OVERLAYD_ETCD_CERTFILE=self.pki.client_cert,
+                       OVERLAYD_ETCD_KEYFILE=self.pki.client_key)
+        return env
 
     def overlayctl(self, *args: str, netns: str | None = None, check: bool = True,
                    input: str | None = None) -> subprocess.CompletedProcess:
@@ -324,9 +421,12 @@ class Lab:
         return run(["ip", "netns", "exec", netns or self.etcd_ns, _bin("overlayctl"), *args],
                    check=check, input=input, env=dict(os.environ, **self.etcd_env()))
 
-    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run ``etcdctl ARGS`` (v3 API) inside etcd's namespace, as an operator would."""
-        return run(["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint, *args],
+    def etcdctl(self, *args: str, check: bool = True, member: int = 0) -> subprocess.CompletedProcess:
+        """Run ``etcdctl ARGS`` (v3 API) inside ``member``'s namespace against that member,
+        as an operator would (with the client certificate in a TLS lab)."""
+        tls = self.pki.etcdctl_args() if self.pki else []
+        return run(["ip", "netns", "exec", self.etcd_member_ns(member), "etcdctl", "--endpoints",
+                    self.etcd_member_endpoint(member), *tls, *args],
                    check=check, env=dict(os.environ, ETCDCTL_API="3"))
 
     def set_config(self) -> None:
@@ -527,9 +627,10 @@ class Lab:
             if node.pid is not None:
                 self.progress(f"{node.name}: stopping overlayd")
                 self._stop_pid(node.pid)
-        if self.etcd_pid is not None:
-            self.progress("etcd: stopping")
-            self._stop_pid(self.etcd_pid)
+        for pid in self.etcd_pids:
+            if pid is not None:
+                self.progress(f"etcd: stopping pid {pid}")
+                self._stop_pid(pid)
         for name in reversed(self.namespaces):
             if netns_exists(name):
                 run(["ip", "netns", "del", name], check=False)

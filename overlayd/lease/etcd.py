@@ -247,6 +247,7 @@ class EtcdStore:
         # "kv" and "watch": one channel each, with the index of the endpoint it talks to
         self._clients: dict[str, tuple[int, aetcd.Client]] = {}
         self._connecting = asyncio.Lock()
+        self._watch_left: str | None = None  # the endpoint a failover took the watch channel off
         self._unsettled: set[int] = set()  # lease IDs of creates that failed with no known outcome
         self._decoded: dict[bytes, tuple[int, Lease | None]] = {}  # key -> (mod revision, lease)
 
@@ -274,15 +275,14 @@ class EtcdStore:
                 log.debug("closing etcd client failed", exc_info=True)
 
     async def _leave(self, index: int) -> None:
-        """Fail over from endpoint ``index``: drop every channel on it, move to the next."""
-        for role, (on, _) in list(self._clients.items()):
-            if on == index:
-                await self._drop_client(role)
+        """Fail over from endpoint ``index``: move to the next, drop every channel on it."""
         if self._current == index:
             self._current = (index + 1) % len(self.endpoints)
-            if len(self.endpoints) > 1:
-                log.info("etcd: %s does not answer; now using %s", self._endpoint_str(index),
-                         self._endpoint_str(self._current))
+        for role, (on, _) in list(self._clients.items()):
+            if on == index:
+                if role == "watch":
+                    self._watch_left = self._endpoint_str(index)
+                await self._drop_client(role)
 
     async def _attempt(self, role: str, op):
         return await op(await self._connect(role))
@@ -298,7 +298,10 @@ class EtcdStore:
             if attempts > 1:
                 limit = min(limit, FAILOVER_AFTER)
             try:
-                return await asyncio.wait_for(self._attempt(role, op), limit + 1)
+                result = await asyncio.wait_for(self._attempt(role, op), limit + 1)
+                if errors:  # one line per failover that worked; none while every endpoint fails
+                    log.info("etcd: now using %s (%s)", endpoint, _join(errors))
+                return result
             except _UNAVAILABLE as exc:
                 text, tls = _describe(exc)
                 errors.append((endpoint, text))
@@ -517,6 +520,7 @@ class EtcdStore:
         prefix = subnets_prefix(self.prefix).encode()
         watch = await self._call(lambda c: c.watch_prefix(prefix, start_revision=revision + 1),
                                  role="watch")
+        self._watch_left = None
         try:
             async for ev in watch:
                 event = self._event(ev)
@@ -530,16 +534,23 @@ class EtcdStore:
         except asyncio.CancelledError:
             if _really_cancelled():
                 raise
-            await self._drop_client("watch")
-            raise StoreUnavailable("etcd watch cancelled (channel closed)") from None
+            await self._watch_closed("etcd watch cancelled (channel closed)")
         finally:
             try:
                 await watch.cancel()
             except Exception:
                 log.debug("cancelling the watch failed", exc_info=True)
         # The stream ended without an error (client closed): treat as broken.
+        await self._watch_closed("etcd watch ended")
+
+    async def _watch_closed(self, what: str) -> None:
+        """The watch's channel was closed under it: by a failover (the caller re-lists
+        and watches on the live member), else treat it as an outage."""
+        left, self._watch_left = self._watch_left, None
         await self._drop_client("watch")
-        raise StoreUnavailable("etcd watch ended")
+        if left:
+            raise WatchReset(f"{left} does not answer: the watch moves to {self._endpoint_str(self._current)}")
+        raise StoreUnavailable(what)
 
     def _event(self, ev) -> LeaseEvent | None:
         key = ev.kv.key.decode(errors="replace")

@@ -19,12 +19,13 @@ from .tools import lab_diagnostics
 
 @pytest.fixture
 def make_lab(tmp_path, request):
-    """``make_lab(backend=..., nodes=..., pods=..., variants=..., lease_ttl=...)`` -> an up Lab."""
+    """``make_lab(backend=..., nodes=..., pods=..., variants=..., lease_ttl=..., **Lab options)`` -> an up Lab."""
     labs: list[Lab] = []
 
-    def make(backend: str = "udp", nodes: int = 3, pods: int = 1, variants=None, lease_ttl: int = 3600) -> Lab:
+    def make(backend: str = "udp", nodes: int = 3, pods: int = 1, variants=None, lease_ttl: int = 3600,
+             **options) -> Lab:
         prefix = "t" + uuid.uuid4().hex[:6]
-        lab = Lab(str(tmp_path / prefix), prefix, backend=backend, lease_ttl=lease_ttl)
+        lab = Lab(str(tmp_path / prefix), prefix, backend=backend, lease_ttl=lease_ttl, **options)
         labs.append(lab)
         lab.up(nodes=nodes, pods_per_node=pods, variants=variants)
         return lab
