@@ -15,9 +15,9 @@ do (see :data:`UNSUPPORTED`, :data:`FLANNEL_ONLY_BACKENDS`):
 * ``EnableIPv6`` true is refused (overlayd carries IPv4 only); without it the
   ``IPv6*`` fields are ignored, as flannel ignores them.
 * ``EnableNFTables`` is accepted either way: overlayd always uses nftables.
-* vxlan's ``GBP``, ``Learning`` and ``DirectRouting`` are accepted when false
-  and refused when true; ``MacPrefix`` and ``Name`` are Windows-only in flannel
-  and ignored. Fields accepted without effect are listed in
+* vxlan's ``GBP`` and ``Learning`` are accepted when false and refused when
+  true; ``DirectRouting`` works as in flannel (with ``--vxlan-impl kernel``);
+  ``MacPrefix`` and ``Name`` are Windows-only in flannel and ignored. Fields accepted without effect are listed in
   :attr:`NetworkConfig.notes` so tools can say so.
 * As Go's ``encoding/json``, which flannel reads the config with, field names
   match case-insensitively (``"network"``, ``"vni"``); a field given twice in
@@ -113,8 +113,6 @@ UNSUPPORTED = {
     ("Backend.", "GBP"): (False, "no VXLAN Group Based Policy (set it false)"),
     ("Backend.", "Learning"): (False, "peers' FDB entries come from their leases, "
                                       "not from MAC learning (set it false)"),
-    ("Backend.", "DirectRouting"): (False, "not implemented yet, every peer is encapsulated "
-                                           "(set it false, or use host-gw if all nodes share a segment)"),
 }
 
 
@@ -126,7 +124,7 @@ class BackendConfig:
     port: int = DEFAULT_PORT
     vni: int = DEFAULT_VNI
     mtu: int | None = None  # MTU of the encapsulated packets (flannel's); None: the underlay's
-    direct_routing: bool = False  # vxlan: host-gw routes to peers on our segment (refused for now)
+    direct_routing: bool = False  # vxlan: host-gw routes to peers on our segment, the others encapsulated
 
     def overlay_mtu(self, underlay_mtu: int) -> int:
         """The MTU pods and the overlay device get, per flannel's rules: the outgoing MTU
@@ -309,7 +307,7 @@ def _parse_backend(raw: Any, notes: list[str]) -> BackendConfig:
     vni = _int_field(raw, "VNI", "Backend.", 0, MAX_VNI, DEFAULT_VNI)
     mtu = _int_field(raw, "MTU", "Backend.", 576, 65535, None)
     return BackendConfig(type=btype, port=port, vni=vni, mtu=mtu,
-                         direct_routing=switches.get("DirectRouting", False))
+                         direct_routing=bool(_bool_field(raw, "DirectRouting", "Backend.")))
 
 
 def parse_config(data: str | bytes | dict) -> NetworkConfig:

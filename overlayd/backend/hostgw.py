@@ -22,6 +22,16 @@ from .base import Backend
 log = logging.getLogger(__name__)
 
 
+async def delete_peer_routes(nl: Netlink, backend: Backend) -> None:
+    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network, known or
+    not (host-gw's routes, and VXLAN's direct routes)."""
+    config, lease = backend.config, backend.lease
+    for dst in await nl.routes(backend.underlay.iface):
+        if dst.subnet_of(config.network) and dst.prefixlen == config.subnet_len \
+                and (lease is None or dst != lease.subnet):
+            await nl.delete_route(dst, dev=backend.underlay.iface)
+
+
 class HostGwBackend(Backend):
     """Routes to peers' subnets through their node IPs."""
 
@@ -41,20 +51,13 @@ class HostGwBackend(Backend):
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
         async with Netlink() as nl:  # peer routes left from before a restart: the listing re-adds live ones
-            await self._delete_peer_routes(nl)
+            await delete_peer_routes(nl, self)
 
     async def teardown(self, nl: Netlink) -> None:
         """``--cleanup-on-exit``: every peer route goes (there is no device)."""
         async with self._lock:
-            await self._delete_peer_routes(nl)
+            await delete_peer_routes(nl, self)
             self.routes.clear()
-
-    async def _delete_peer_routes(self, nl: Netlink) -> None:
-        """Delete every route on the underlay to a peer-sized subnet of the Network, known or not."""
-        for dst in await nl.routes(self.underlay.iface):
-            if dst.subnet_of(self.config.network) and dst.prefixlen == self.config.subnet_len \
-                    and (self.lease is None or dst != self.lease.subnet):
-                await nl.delete_route(dst, dev=self.underlay.iface)
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:

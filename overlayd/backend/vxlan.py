@@ -63,6 +63,7 @@ from ..lease.watcher import Batch
 from ..plumbing import ethtool, sysctl
 from ..plumbing.netlink import DeviceState, Netlink
 from .base import Backend
+from .hostgw import delete_peer_routes
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class KernelVxlanBackend(Backend):
         self.vni = self.config.backend.vni
         self.device = f"flannel.{self.vni}"
         self.mac = vtep_mac(self.underlay.public_ip, self.vni)
-        self.peers: dict[ipaddress.IPv4Network, tuple[str, str]] = {}
+        # peer subnet -> (public IP, VtepMAC, the underlay device of its direct route or None: encapsulated)
+        self.peers: dict[ipaddress.IPv4Network, tuple[str, str, str | None]] = {}
         self.skipped = 0
         self._offload_decided_on: int | None = None  # ifindex of the device whose offload we set
         self._lock = asyncio.Lock()  # apply and reconcile: a peer being removed is never put back
@@ -133,6 +135,8 @@ class KernelVxlanBackend(Backend):
         async with Netlink() as nl:
             await self._ensure_device(nl)
             stale = await nl.flush_peer_state(self.device)  # the first listing re-adds live peers
+            if self.config.backend.direct_routing:
+                await delete_peer_routes(nl, self)
             if stale:
                 log.info("%s: removed %d route/neighbour/FDB entries left from before", self.device, stale)
 
@@ -159,10 +163,10 @@ class KernelVxlanBackend(Backend):
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:
             await self._ensure_device(nl)
-            state = await nl.device_state(self.device)  # one read for every peer: O(peers) a pass
-            for subnet, (public_ip, mac) in self.peers.items():
+            state = await self._state(nl)  # one read for every peer: O(peers) a pass
+            for subnet, (public_ip, mac, direct) in self.peers.items():
                 try:
-                    await self._ensure_peer(nl, subnet, ipaddress.IPv4Address(public_ip), mac, state)
+                    await self._ensure_peer(nl, subnet, ipaddress.IPv4Address(public_ip), mac, direct, state)
                 except PlumbingError as exc:  # the other peers are still repaired
                     log.warning("peer %s on %s: cannot repair: %s", subnet, public_ip, exc)
 
@@ -171,7 +175,7 @@ class KernelVxlanBackend(Backend):
             for lease in batch.removed:
                 await self._forget(nl, lease.subnet)
             # one read for the whole batch, taken after the removals it must not see
-            state = await nl.device_state(self.device) if batch.added else None
+            state = await self._state(nl) if batch.added else None
             for lease in batch.added:
                 mac = vxlan_peer_mac(lease, self.vni)
                 if mac is None:
@@ -187,23 +191,57 @@ class KernelVxlanBackend(Backend):
                     self.skipped += 1
                     await self._forget(nl, lease.subnet)
 
-    async def _program(self, nl: Netlink, lease: Lease, mac: str, state: DeviceState) -> None:
-        old = self.peers.get(lease.subnet)
-        if old is not None and old != (str(lease.public_ip), mac):
-            await nl.delete_fdb(old[1], self.device, old[0])
-            state.fdb.discard((old[1], old[0]))
-        await self._ensure_peer(nl, lease.subnet, lease.public_ip, mac, state)
-        self.peers[lease.subnet] = (str(lease.public_ip), mac)
+    async def teardown(self, nl: Netlink) -> None:
+        """The device goes with its entries (:meth:`Backend.teardown`), and direct routes with it."""
+        await super().teardown(nl)
+        if self.config.backend.direct_routing:
+            await delete_peer_routes(nl, self)
 
-    async def _ensure_peer(self, nl: Netlink, subnet: ipaddress.IPv4Network,
-                           public_ip: ipaddress.IPv4Address, mac: str, state: DeviceState) -> None:
-        await nl.ensure_fdb(mac, public_ip, self.device, state)
-        await nl.ensure_neighbour(vtep_gateway(subnet), mac, self.device, state)
-        await nl.ensure_route(subnet, self.device, gateway=vtep_gateway(subnet), onlink=True, state=state)
+    async def _state(self, nl: Netlink) -> tuple[DeviceState, DeviceState | None]:
+        """Snapshots of the device (and with DirectRouting, of the underlay's routes)."""
+        underlay = self.config.backend.direct_routing
+        return (await nl.device_state(self.device),
+                await nl.device_state(self.underlay.iface, peers=False) if underlay else None)
+
+    async def _direct(self, nl: Netlink, public_ip: ipaddress.IPv4Address) -> str | None:
+        """With DirectRouting, the device a peer at ``public_ip`` is reached on without a gateway
+        (flannel's test: the kernel's route to it has none, so it is on our L2 segment); else None."""
+        if not self.config.backend.direct_routing:
+            return None
+        route = await nl.route_to(str(public_ip))
+        return route.iface if route is not None and route.gateway is None else None
+
+    async def _program(self, nl: Netlink, lease: Lease, mac: str, state: tuple) -> None:
+        new = (str(lease.public_ip), mac, await self._direct(nl, lease.public_ip))
+        old = self.peers.get(lease.subnet)
+        if old is not None and old != new:  # moved, new MAC, or direct <-> encapsulated: start afresh
+            await self._forget(nl, lease.subnet)
+            state = (None, None)  # the snapshots hold what was just removed: read the kernel instead
+        await self._ensure_peer(nl, lease.subnet, lease.public_ip, mac, new[2], state)
+        self.peers[lease.subnet] = new
+        if new[2]:
+            log.info("peer %s on %s: direct route via %s (same segment, not encapsulated)",
+                     lease.subnet, lease.public_ip, new[2])
+
+    async def _ensure_peer(self, nl: Netlink, subnet: ipaddress.IPv4Network, public_ip: ipaddress.IPv4Address,
+                           mac: str, direct: str | None, state: tuple) -> None:
+        """A direct peer: a route via its public IP on ``direct`` (host-gw style); any other: the
+        FDB entry, neighbour and onlink route through the VXLAN device."""
+        device, underlay = state
+        if direct:
+            await nl.ensure_route(subnet, direct, gateway=public_ip, state=underlay if direct == self.underlay.iface
+                                  else None)
+            return
+        await nl.ensure_fdb(mac, public_ip, self.device, device)
+        await nl.ensure_neighbour(vtep_gateway(subnet), mac, self.device, device)
+        await nl.ensure_route(subnet, self.device, gateway=vtep_gateway(subnet), onlink=True, state=device)
 
     async def _forget(self, nl: Netlink, subnet: ipaddress.IPv4Network) -> None:
-        """Remove a peer's route, neighbour and FDB entry (whatever of them exists)."""
+        """Remove a peer's route, neighbour and FDB entry, or its direct route (whatever of them exists)."""
         old = self.peers.pop(subnet, None)
+        if old is not None and old[2]:
+            await nl.delete_route(subnet, dev=old[2])
+            return
         await nl.delete_route(subnet, dev=self.device)
         await nl.delete_neighbour(vtep_gateway(subnet), self.device)
         if old is not None:
@@ -213,4 +251,5 @@ class KernelVxlanBackend(Backend):
         return sorted(str(s) for s in self.peers)
 
     def stats(self) -> dict:
-        return {"peers": len(self.peers), "skipped_peers": self.skipped}
+        return {"peers": len(self.peers), "skipped_peers": self.skipped,
+                "direct_peers": sum(1 for *_, direct in self.peers.values() if direct)}

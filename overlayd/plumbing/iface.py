@@ -60,10 +60,12 @@ class Choice:
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """Where the kernel sends packets for one destination: the output interface and source address."""
+    """Where the kernel sends packets for one destination: the output interface, source address
+    and gateway (None: the destination is on the interface's own segment)."""
 
     iface: str
     source: ipaddress.IPv4Address | None = None
+    gateway: ipaddress.IPv4Address | None = None
 
 
 def parse_ip(value: str) -> ipaddress.IPv4Address | None:

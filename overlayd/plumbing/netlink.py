@@ -133,14 +133,14 @@ class Netlink:
         async for link in await self.ipr.link("dump"):
             addresses = tuple(a.ip for a in await self.ipv4_addresses(link.get("ifname")))
             interfaces.append(Interface(link.get("ifname"), addresses, link.get("mtu")))
-        reach = await self._route_to(can_reach) if can_reach else None
+        reach = await self.route_to(can_reach) if can_reach else None
         return choose(interfaces, ifaces=tuple(ifaces), regexes=tuple(regexes), can_reach=can_reach,
-                      reach_route=reach, default_route=await self._route_to("0.0.0.0", default=True),
+                      reach_route=reach, default_route=await self.route_to("0.0.0.0", default=True),
                       public_ip=public_ip)
 
-    async def _route_to(self, ip: str, default: bool = False) -> Route | None:
-        """The interface and source address of the kernel's route to ``ip`` (``default``: of the
-        main table's default route itself); None if there is none."""
+    async def route_to(self, ip: str, default: bool = False) -> Route | None:
+        """The interface, source address and gateway of the kernel's route to ``ip``, as ``ip route
+        get`` shows it (``default``: of the main table's default route itself); None if there is none."""
         try:
             if default:
                 routes = [r async for r in await self.ipr.route("dump", family=socket.AF_INET)
@@ -152,8 +152,9 @@ class Netlink:
         if not routes or not routes[0].get("oif"):
             return None
         name = (await self.ipr.link("get", index=routes[0].get("oif")))[0].get("ifname")
-        source = routes[0].get("prefsrc")
-        return Route(name, ipaddress.IPv4Address(source) if source else None)
+        source, gateway = routes[0].get("prefsrc"), routes[0].get("gateway")
+        return Route(name, ipaddress.IPv4Address(source) if source else None,
+                     ipaddress.IPv4Address(gateway) if gateway else None)
 
     async def vxlan_devices(self, port: int) -> list[str]:
         """The VXLAN devices that are up on UDP ``port`` (the kernel shares one socket among them)."""

@@ -225,10 +225,6 @@ def test_zero_values_are_the_defaults():
      "Backend.GBP: true is not supported by overlayd: no VXLAN Group Based Policy"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Learning": True}},
      "Backend.Learning: true is not supported by overlayd"),
-    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": True}},
-     "Backend.DirectRouting: true is not supported by overlayd: not implemented yet"),
-    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "directrouting": True}},
-     "Backend.DirectRouting: true is not supported"),
     # wrong types
     ({"Network": "10.244.0.0/16", "EnableIPv6": "false"}, 'EnableIPv6: must be true or false, got "false"'),
     ({"Network": "10.244.0.0/16", "EnableNFTables": 1}, "EnableNFTables: must be true or false, got 1"),
