@@ -10,31 +10,9 @@ import pytest
 
 from overlayd.lab.topology import run
 
-from .tools import wait_for
+from .tools import BEHIND, ip, put_behind_router, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
-
-BEHIND = "198.19.0"  # the segment behind the router: .1 the router, .2 node3
-
-
-def ip(netns: str, *args: str) -> str:
-    return run(["ip", "-n", netns, *args]).stdout
-
-
-def put_behind_router(lab, node, router) -> None:
-    """Move ``node``'s underlay port from the lab's bridge into ``router`` (forwarding, routes both ways)."""
-    port = f"n{lab.nodes.index(node) + 1}"
-    ip(lab.underlay_ns, "link", "set", port, "nomaster")
-    ip(lab.underlay_ns, "link", "set", port, "netns", router.netns)
-    ip(router.netns, "addr", "add", f"{BEHIND}.1/24", "dev", port)
-    ip(router.netns, "link", "set", port, "up")
-    run(["ip", "netns", "exec", router.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    ip(node.netns, "addr", "flush", "dev", "eth0")
-    ip(node.netns, "addr", "add", f"{BEHIND}.2/24", "dev", "eth0")
-    ip(node.netns, "route", "add", "default", "via", f"{BEHIND}.1")
-    for netns in [n.netns for n in lab.nodes if n is not node] + [lab.etcd_ns]:
-        ip(netns, "route", "add", f"{BEHIND}.0/24", "via", router.ip)
-
 
 def routes(netns: str) -> dict[str, dict]:
     return {r["dst"]: r for r in json.loads(ip(netns, "-j", "route", "show"))}

@@ -1,6 +1,7 @@
 """Interface selection against a real kernel: Netlink.underlay in a namespace of our own with three
 interfaces, a default route and a route through a gateway (the flags' rules are unit-tested in
-tests/unit/test_iface.py; here: that the kernel is read right, 'ip route get' included)."""
+tests/unit/test_iface.py; here: that the kernel is read right, 'ip route get' included); and a lab
+node behind a NAT router with --public-ip."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import uuid
 import pytest
 
 from overlayd.lab.topology import run
+
+from .tools import BEHIND, ip, put_behind_router, wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -81,3 +84,26 @@ def test_underlay_selection_reads_the_kernel(node_ns):
         else:
             assert answer == expected, f
 
+
+
+@pytest.mark.etcd
+def test_public_ip_behind_nat(make_lab):
+    """node2 sits behind a NAT router and publishes the router's address (--public-ip): node1 sends to
+    the router, which forwards UDP to node2; node2's VXLAN device keeps its own address as local end."""
+    lab = make_lab(backend="vxlan", nodes=0, pods=0)
+    router = lab.add_host("router")
+    node1 = lab.add_node(vxlan_impl="kernel", pods=1)
+    node2 = lab.add_node(vxlan_impl="kernel", extra_args=["--cleanup-on-exit"])
+    lab.stop_node(node2)  # lease revoked: it comes back with its address behind the router
+    put_behind_router(lab, node2, router, nat=True)
+    node2.extra_args += ["--public-ip", router.ip]
+    lab.start_node(node2)
+    lab.add_pod(node2)
+    assert wait_for(lambda: lab.node_status(node1)["peers"] and lab.node_status(node2)["peers"])
+
+    assert lab.node_status(node2)["public_ip"] == router.ip
+    assert f"local {BEHIND}.2 " in ip(node2.netns, "-d", "link", "show", f"flannel.{lab.vni}")
+    fdb = run(["bridge", "-n", node1.netns, "fdb", "show", "dev", f"flannel.{lab.vni}"]).stdout
+    assert f"dst {router.ip} " in fdb
+    reached = lab.reachability(tries=5)
+    assert all(reached.values()), [pair for pair, ok in reached.items() if not ok]

@@ -95,3 +95,43 @@ def lab_diagnostics(lab: Lab) -> str:
             tail = ["(no log)\n"]
         parts.append(f"--- {node.name} ({node.ip}) ---\n" + "".join(tail))
     return "\n".join(parts)
+
+
+BEHIND = "198.19.0"  # a segment behind a router namespace: .1 the router, .2 the node
+
+
+def ip(netns: str, *args: str) -> str:
+    """``ip -n NETNS ARGS``' output."""
+    return run(["ip", "-n", netns, *args]).stdout
+
+
+def put_behind_router(lab: Lab, node, router, nat: bool = False) -> None:
+    """Move ``node``'s underlay port from the lab's bridge into ``router`` (a lab host, forwarding), the
+    node on BEHIND.2. Routed: the other nodes and etcd get a route to BEHIND.0/24 via the router. With
+    ``nat``: none; the router masquerades the node's traffic and forwards UDP ``lab.port`` arriving on
+    its own address to the node (a node behind NAT, reachable at ``router.ip``)."""
+    port = f"n{lab.nodes.index(node) + 1}"
+    ip(lab.underlay_ns, "link", "set", port, "nomaster")
+    ip(lab.underlay_ns, "link", "set", port, "netns", router.netns)
+    ip(router.netns, "addr", "add", f"{BEHIND}.1/24", "dev", port)
+    ip(router.netns, "link", "set", port, "up")
+    run(["ip", "netns", "exec", router.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    ip(node.netns, "addr", "flush", "dev", "eth0")
+    ip(node.netns, "addr", "add", f"{BEHIND}.2/24", "dev", "eth0")
+    ip(node.netns, "route", "add", "default", "via", f"{BEHIND}.1")
+    if nat:
+        run(["ip", "netns", "exec", router.netns, "nft", "-f", "-"], input=f"""
+table ip lab_nat {{
+  chain pre {{
+    type nat hook prerouting priority dstnat;
+    iifname "eth0" udp dport {lab.port} dnat to {BEHIND}.2
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat;
+    oifname "eth0" ip saddr {BEHIND}.0/24 masquerade
+  }}
+}}
+""")
+        return
+    for netns in [n.netns for n in lab.nodes if n is not node] + [lab.etcd_ns]:
+        ip(netns, "route", "add", f"{BEHIND}.0/24", "via", router.ip)
