@@ -280,7 +280,7 @@ class EtcdStore:
             self._current = (index + 1) % len(self.endpoints)
         for role, (on, _) in list(self._clients.items()):
             if on == index:
-                if role == "watch":
+                if role == "watch" and len(self.endpoints) > 1:  # alone, it is an outage
                     self._watch_left = self._endpoint_str(index)
                 await self._drop_client(role)
 
