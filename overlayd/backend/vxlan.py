@@ -42,7 +42,13 @@ Weighed and left: turning it on only when no peer is a userspace VTEP
 segmentation off on the underlay instead (the node's own device, and every
 receiver then pays per packet). Once the userspace receive path takes
 superpackets, offload can be on everywhere (tests/e2e/test_vxlan_offload.py
-holds the case, expected to fail until then). Set at setup and when drift repair recreates
+holds the case, expected to fail until then). Measured with a stand-in cut
+in the Python loop (``encap.gso.segment`` to the tap's MTU, not kept): the
+transfer then arrives, but kernel -> user moved 0.11 Gbit/s against 0.24
+with offload off (3 x 3 s): cutting and checksumming 64 KB in Python costs
+more than offload saves the sender; the C engine writing the superpacket to
+a vnet_hdr tap as GSO (the checksum field already holds the pseudo-header
+sum NEEDS_CSUM wants) is the way. Set at setup and when drift repair recreates
 the device; in between, an operator's change (``python -m
 overlayd.plumbing.ethtool flannel.<VNI> on|off``) stays.
 """
