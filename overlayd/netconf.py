@@ -16,7 +16,7 @@ do (see :data:`UNSUPPORTED`, :data:`FLANNEL_ONLY_BACKENDS`):
   ``IPv6*`` fields are ignored, as flannel ignores them.
 * ``EnableNFTables`` is accepted either way: overlayd always uses nftables.
 * vxlan's ``GBP`` and ``Learning`` are accepted when false and refused when
-  true; ``DirectRouting`` works as in flannel (with ``--vxlan-impl kernel``);
+  true; ``DirectRouting`` works as in flannel (both VXLAN implementations);
   ``MacPrefix`` and ``Name`` are Windows-only in flannel and ignored. Fields accepted without effect are listed in
   :attr:`NetworkConfig.notes` so tools can say so.
 * As Go's ``encoding/json``, which flannel reads the config with, field names

@@ -17,9 +17,6 @@ def backend_class(config: NetworkConfig, options: NodeOptions) -> type[Backend]:
         if options.vxlan_impl == "kernel":
             from .vxlan import KernelVxlanBackend
             return KernelVxlanBackend
-        if config.backend.direct_routing:  # not done for the userspace data plane yet
-            raise ConfigError("Backend.DirectRouting: true needs the kernel VXLAN implementation "
-                              "(--vxlan-impl kernel)")
         from .vxlan_user import UserVxlanBackend
         return UserVxlanBackend
     if btype == "host-gw":

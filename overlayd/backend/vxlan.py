@@ -66,6 +66,7 @@ from ..encap.ether import mac_to_bytes, mac_to_str, stable_mac
 from ..errors import EncapError, PlumbingError
 from ..lease.model import Lease
 from ..lease.watcher import Batch
+from ..netconf import NetworkConfig
 from ..plumbing import ethtool, sysctl
 from ..plumbing.netlink import DeviceState, Netlink
 from .base import Backend
@@ -99,6 +100,16 @@ def vxlan_peer_mac(lease: Lease, vni: int) -> str | None:
 def vtep_gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     """The peer-side address routes point at: the subnet's network address (flannel's ``.0``)."""
     return subnet.network_address
+
+
+async def direct_device(nl: Netlink, config: NetworkConfig, public_ip: ipaddress.IPv4Address) -> str | None:
+    """With ``config``'s DirectRouting, the device a peer at ``public_ip`` is reached on without a gateway
+    (flannel's test: the kernel's route to it has none, so it is on our L2 segment); else None. Both
+    VXLAN implementations decide with it, so a kernel and a userspace node route to each other alike."""
+    if not config.backend.direct_routing:
+        return None
+    route = await nl.route_to(str(public_ip))
+    return route.iface if route is not None and route.gateway is None else None
 
 
 class KernelVxlanBackend(Backend):
@@ -209,16 +220,8 @@ class KernelVxlanBackend(Backend):
         return (await nl.device_state(self.device),
                 await nl.device_state(self.underlay.iface, peers=False) if underlay else None)
 
-    async def _direct(self, nl: Netlink, public_ip: ipaddress.IPv4Address) -> str | None:
-        """With DirectRouting, the device a peer at ``public_ip`` is reached on without a gateway
-        (flannel's test: the kernel's route to it has none, so it is on our L2 segment); else None."""
-        if not self.config.backend.direct_routing:
-            return None
-        route = await nl.route_to(str(public_ip))
-        return route.iface if route is not None and route.gateway is None else None
-
     async def _program(self, nl: Netlink, lease: Lease, mac: str, state: tuple) -> None:
-        new = (str(lease.public_ip), mac, await self._direct(nl, lease.public_ip))
+        new = (str(lease.public_ip), mac, await direct_device(nl, self.config, lease.public_ip))
         old = self.peers.get(lease.subnet)
         if old is not None and old != new:  # moved, new MAC, or direct <-> encapsulated: start afresh
             await self._forget(nl, lease.subnet)

@@ -11,22 +11,42 @@ owning peer's VtepMAC. One route, no ARP traffic, no neighbour table to keep.
 The tap's MAC is the VtepMAC, derived from the public IP and VNI, so it is
 the same after a restart. The outer UDP source port is the bound port (a
 plain socket cannot vary it per flow; see the README on ECMP entropy).
+
+DirectRouting (flannel's, as the kernel backend does it): a peer whose public
+IP the kernel routes without a gateway (:func:`~.vxlan.direct_device`) gets
+``<subnet> via <public IP> dev <underlay>``, more specific than the Network's
+route to the tap, so the kernel forwards those packets itself and they never
+reach the data plane; its pods' replies arrive unencapsulated on the underlay
+and are forwarded to cni0 like any routed packet (the reverse path of their
+source is that same route, so a strict rp_filter passes them, and the nft
+forward chain accepts the Network). Direct peers stay in the data plane's
+peer table, on purpose: a packet that still reaches the tap (the route
+deleted by an operator, until drift repair puts it back) is encapsulated
+instead of answered "no lease", and a peer that does not see us as direct
+(its route to us has a gateway, or it runs without DirectRouting during a
+rollout) sends encapsulated packets that the receive path must accept from a
+known sender. So the table always holds every VXLAN peer; ``direct`` only
+says which of them also have a kernel route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
 from ..dataplane.codecs import VxlanCodec
 from ..encap.ether import mac_to_bytes
 from ..encap.table import Peer
+from ..errors import PlumbingError
 from ..lease.model import Lease
+from ..lease.watcher import Batch
 from ..plumbing import sysctl
 from ..plumbing.netlink import Netlink
 from ..plumbing.tuntap import open_tap
+from .hostgw import delete_peer_routes
 from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
-from .vxlan import vtep_mac, vxlan_peer_mac
+from .vxlan import direct_device, vtep_mac, vxlan_peer_mac
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +63,9 @@ class UserVxlanBackend(UserspaceBackend):
         super().__init__(*args, **kwargs)
         self.vni = self.config.backend.vni
         self.mac = vtep_mac(self.underlay.public_ip, self.vni)
+        # DirectRouting: peer subnet -> (its public IP, the device of its direct route)
+        self.direct: dict[ipaddress.IPv4Network, tuple[ipaddress.IPv4Address, str]] = {}
+        self._lock = asyncio.Lock()  # apply and reconcile: a direct route being removed is never put back
 
     def backend_data(self) -> dict:
         return {"VNI": self.vni, "VtepMAC": self.mac}
@@ -62,6 +85,8 @@ class UserVxlanBackend(UserspaceBackend):
             self.dev_fd = open_tap(TAP, self.mac, self.mtu)
         sysctl.disable_ipv6(TAP)
         async with Netlink() as nl:
+            if self.config.backend.direct_routing:  # left from before a restart: the listing re-adds live ones
+                await delete_peer_routes(nl, self)
             await self.reconcile(nl)
         sysctl.set_rp_filter(TAP, 2)
         self.codec = VxlanCodec(self.table, lease.subnet, self.vni, mac_to_bytes(self.mac))
@@ -73,3 +98,56 @@ class UserVxlanBackend(UserspaceBackend):
         await nl.ensure_address(TAP, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
         await nl.ensure_link_up(TAP)
         await nl.ensure_route(self.config.network, TAP)
+        async with self._lock:
+            state = await nl.device_state(self.underlay.iface, peers=False) if self.direct else None
+            for subnet, (public_ip, dev) in self.direct.items():
+                try:
+                    await nl.ensure_route(subnet, dev, gateway=public_ip,
+                                          state=state if dev == self.underlay.iface else None)
+                except PlumbingError as exc:  # the other peers are still repaired
+                    log.warning("peer %s on %s: cannot repair its direct route: %s", subnet, public_ip, exc)
+
+    async def apply(self, batch: Batch) -> None:
+        """The data plane's table takes every peer (direct ones too, see the module's note); with
+        DirectRouting, peers on our segment also get (or lose) their direct route."""
+        await super().apply(batch)
+        if not self.config.backend.direct_routing:
+            return
+        async with self._lock, Netlink() as nl:
+            for lease in batch.removed:
+                await self._undirect(nl, lease.subnet)
+            for lease in batch.added:
+                dev = None
+                if vxlan_peer_mac(lease, self.vni) is not None:
+                    dev = await direct_device(nl, self.config, lease.public_ip)
+                if self.direct.get(lease.subnet) not in (None, (lease.public_ip, dev)):
+                    await self._undirect(nl, lease.subnet)  # moved, or now encapsulated
+                if dev is None:
+                    continue
+                try:
+                    await nl.ensure_route(lease.subnet, dev, gateway=lease.public_ip)
+                except PlumbingError as exc:  # it stays reachable through the tap
+                    log.warning("peer %s on %s: no direct route (%s), encapsulated", lease.subnet,
+                                lease.public_ip, exc)
+                    continue
+                if lease.subnet not in self.direct:
+                    log.info("peer %s on %s: direct route via %s (same segment, not encapsulated)",
+                             lease.subnet, lease.public_ip, dev)
+                self.direct[lease.subnet] = (lease.public_ip, dev)
+
+    async def _undirect(self, nl: Netlink, subnet: ipaddress.IPv4Network) -> None:
+        """Remove ``subnet``'s direct route, if it has one (the tap's Network route then covers it)."""
+        old = self.direct.pop(subnet, None)
+        if old is not None:
+            await nl.delete_route(subnet, dev=old[1])
+
+    async def teardown(self, nl: Netlink) -> None:
+        """The tap goes with its route (:meth:`Backend.teardown`), and direct routes with it."""
+        await super().teardown(nl)
+        if self.config.backend.direct_routing:
+            async with self._lock:
+                await delete_peer_routes(nl, self)
+                self.direct.clear()
+
+    def stats(self) -> dict:
+        return {**super().stats(), "direct_peers": len(self.direct)}
