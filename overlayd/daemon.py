@@ -184,6 +184,7 @@ class Daemon:
         self.health: health.HealthServer | None = None
         self.peers_seen: dict[ipaddress.IPv4Network, tuple[Lease, float]] = {}  # lease, first seen
         self._peers_json: str | None = None  # the status file's peer fields, until peers change
+        self._peers_routed: list[str] = []  # the backend's peer list they were built from
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
@@ -355,8 +356,12 @@ class Daemon:
         ``failed`` (with ``error``), written once on the way out.
         """
         backend, lease = self.backend, self.lease
-        if self._peers_json is None:  # built again only after a peer change: at 1000 peers it
-            routed = backend.peer_subnets()  # costs ~10 ms, and the file is rewritten every 2 s
+        # the peer fields are built again only when they change (at 1000 peers that costs ~10 ms,
+        # and the file is rewritten every 2 s): after a peer change, or when the backend's own
+        # list moves (a data plane on another thread applies changes a moment later)
+        routed = backend.peer_subnets()
+        if self._peers_json is None or routed != self._peers_routed:
+            self._peers_routed = routed
             self._peers_json = json.dumps({"peers": routed, "peer_table": peer_table(self.peers_seen, routed)})
         status = {
             "state": state, "subnet": str(lease.subnet), "public_ip": str(lease.public_ip),

@@ -31,7 +31,8 @@ SCRIPT = textwrap.dedent('''
         sh("ip", "addr", "add", "198.18.0.11/24", "dev", "eth0")
         sh("ip", "link", "set", "eth0", "up")
         async with Netlink() as nl:
-            seen["underlay"] = [str(x) for x in await nl.underlay("eth0", None)]
+            chosen = await nl.underlay(("eth0",), None)
+            seen["underlay"] = [chosen.iface, str(chosen.address), str(chosen.public_ip), str(chosen.mtu)]
             for _ in range(2):
                 await nl.ensure_bridge("cni0", mtu=1450)
                 await nl.ensure_address("cni0", gw)
@@ -133,7 +134,7 @@ def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     seen = json.loads(res.stdout)
-    assert seen["underlay"] == ["eth0", "198.18.0.11", "1500"]
+    assert seen["underlay"] == ["eth0", "198.18.0.11", "198.18.0.11", "1500"]
     assert seen["cni0_addrs"] == ["10.244.3.1/24"]
     cni0 = json.loads(seen["cni0"])[0]
     assert cni0["mtu"] == 1450 and "UP" in cni0["flags"]
