@@ -122,7 +122,7 @@ class UserspaceBackend(Backend):
     async def preflight(self) -> None:
         """Bind the encapsulation socket (kept for :meth:`run`): a port in use fails here."""
         if self.sock is None:
-            self.sock = open_udp(str(self.underlay.public_ip), self.config.backend.port,
+            self.sock = open_udp(str(self.underlay.address), self.config.backend.port,
                                  no_check=not self.options.udp_checksum)
 
     @property
@@ -146,7 +146,7 @@ class UserspaceBackend(Backend):
                 (", UDP GSO" if self.options.udp_checksum else "")
         else:
             how = f"Python data path, {'uvloop' if self.options.use_uvloop else 'asyncio'} loop"
-        log.info("data plane: %s <-> udp %s:%d, UDP checksum %s (%s)", self.device, self.underlay.public_ip,
+        log.info("data plane: %s <-> udp %s:%d, UDP checksum %s (%s)", self.device, self.underlay.address,
                  self.config.backend.port, "on" if self.options.udp_checksum else "0", how)
         if self.options.use_uvloop and self.datapath == "python":
             await self._run_on_uvloop(dp)
