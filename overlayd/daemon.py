@@ -69,7 +69,6 @@ class DaemonOptions:
         return os.path.join(os.path.dirname(self.status_file), "sysctl-journal.json")
 
 
-
 class _Reporter:
     """Logs a recurring problem once, and again only when it changes."""
 

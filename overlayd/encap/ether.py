@@ -87,12 +87,6 @@ def _ipv4_payload_check(frame: bytes) -> Drop | None:
     return ipv4.check(frame[ETH_HEADER_LEN:])
 
 
-def _fold(total: int) -> int:
-    """Fold a ones'-complement sum to 16 bits (end-around carry)."""
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
 
 def complete_partial_checksum(pkt: bytes) -> bytes | None:
     """``pkt`` with its CHECKSUM_PARTIAL TCP/UDP checksum completed, or None to leave it as it is.
@@ -114,7 +108,7 @@ def complete_partial_checksum(pkt: bytes) -> bytes | None:
     if len(l4) < min_len:
         return None
     field = (l4[offset] << 8) | l4[offset + 1]
-    pseudo = _fold(sum(struct.unpack("!4H", pkt[12:20])) + proto + len(l4))
+    pseudo = ipv4.fold(sum(struct.unpack("!4H", pkt[12:20])) + proto + len(l4))
     if field != pseudo or field == 0:
         return None
     full = ipv4.internet_checksum(l4)

@@ -65,11 +65,6 @@ NO_OFFLOAD = VnetHdr()
 NO_OFFLOAD_HEADER = NO_OFFLOAD.pack()
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
 
 def _sum(data: bytes) -> int:
     """The ones'-complement sum of ``data``, folded, not complemented."""
@@ -77,7 +72,7 @@ def _sum(data: bytes) -> int:
 
 
 def _pseudo(pkt: bytes, l4len: int) -> int:
-    return _fold(_sum(pkt[12:20]) + pkt[9] + l4len)
+    return ipv4.fold(_sum(pkt[12:20]) + pkt[9] + l4len)
 
 
 def _with_ip_checksum(header: bytearray) -> bytearray:
@@ -110,7 +105,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
         at = hdr.csum_start + hdr.csum_offset
         if hdr.csum_start < (pkt[0] & 0x0F) * 4 or at + 2 > total:
             return Drop.BAD_IP_HEADER
-        c = ~_fold(_sum(pkt[hdr.csum_start:total]) + 0) & 0xFFFF
+        c = ~ipv4.fold(_sum(pkt[hdr.csum_start:total]) + 0) & 0xFFFF
         if c == 0 and pkt[9] == PROTO_UDP:
             c = 0xFFFF
         return [pkt[:at] + c.to_bytes(2, "big") + pkt[at + 2:]]
@@ -136,7 +131,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
         tcp[16:18] = b"\0\0"
         ip = _with_ip_checksum(ip)
         l4 = bytes(tcp) + data
-        tcp[16:18] = (~_fold(_pseudo(bytes(ip), len(l4)) + _sum(l4)) & 0xFFFF).to_bytes(2, "big")
+        tcp[16:18] = (~ipv4.fold(_pseudo(bytes(ip), len(l4)) + _sum(l4)) & 0xFFFF).to_bytes(2, "big")
         out.append(bytes(ip) + bytes(tcp) + data)
     return out
 
@@ -148,7 +143,7 @@ def _candidate(pkt: bytes) -> bool:
     layout = _tcp_layout(pkt)
     if layout is None or layout[1] == 0 or pkt[33] & ~PSH != ACK:
         return False
-    return _sum(pkt[:20]) == 0xFFFF and _fold(_pseudo(pkt, len(pkt) - 20) + _sum(pkt[20:])) == 0xFFFF
+    return _sum(pkt[:20]) == 0xFFFF and ipv4.fold(_pseudo(pkt, len(pkt) - 20) + _sum(pkt[20:])) == 0xFFFF
 
 
 def _extends(run: list[bytes], pkt: bytes, run_bytes: int) -> bool:

@@ -10,14 +10,18 @@ HEADER_LEN = 20
 PROTO_ICMP = 1
 
 
+def fold(total: int) -> int:
+    """Fold a ones'-complement sum to 16 bits (end-around carry), not complemented."""
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def internet_checksum(data: bytes) -> int:
     """RFC 1071 ones'-complement sum of ``data`` (odd lengths padded with a zero byte)."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
 def check(pkt: bytes) -> Drop | None:
