@@ -308,7 +308,7 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
 {
     counters_t *c = &e->counters[IN];
     unsigned char hdr[GRO_HDR_MAX];
-    struct iovec iov[BATCH + 1];
+    struct iovec iov[GRO_MAX_SEGS + 1];  /* a run is at most GRO_MAX_SEGS packets (gro_run) */
     int niov = 0;
     if (count > 1) {
         iov[niov++] = (struct iovec){.iov_base = hdr, .iov_len = gro_header(pkts, lens, count, hdr)};

@@ -139,7 +139,7 @@ int gro_run(unsigned char *const *pkts, const size_t *lens, int n)
         return 1;
     int count = 1;
     size_t bytes = lens[0];
-    while (count < n && gro_candidate(pkts[count], lens[count]) &&
+    while (count < n && count < GRO_MAX_SEGS && gro_candidate(pkts[count], lens[count]) &&
            gro_extends(pkts[0], pkts[count - 1], lens[count - 1], pkts[count], lens[count], bytes)) {
         bytes += lens[count] - gro_payload_offset(pkts[count]);
         count++;

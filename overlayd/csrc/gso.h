@@ -17,6 +17,8 @@
 #define GSO_TCPV6 4
 #define GSO_ECN 0x80
 #define SUPER_MAX 65535   /* bytes in a coalesced packet, at most (the IP total length) */
+#define GRO_MAX_SEGS 64   /* segments in a coalesced packet, at most: the writer's iovec array
+                             holds that many (small segments from the wire must not overflow it) */
 #define GRO_HDR_MAX (VNET_HDR_LEN + 20 + 60)
 
 /* struct virtio_net_hdr, in the host's byte order (a legacy tun's). */

@@ -36,6 +36,7 @@ HEADER_LEN = 10
 NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_ECN = 0, 1, 4, 0x80
 SUPER_MAX = 65535
+GRO_MAX_SEGS = 64  # segments merged into one write, at most (the C writer's iovec array holds that many)
 PROTO_TCP, PROTO_UDP = 6, 17
 FIN, PSH, ACK, CWR = 0x01, 0x08, 0x10, 0x80
 _HDR = struct.Struct("=BBHHHH")  # the host's byte order, as a legacy tun uses
@@ -180,8 +181,8 @@ def coalesce(pkts: list[bytes]) -> list[tuple[VnetHdr, bytes]]:
     while i < len(pkts):
         run, run_bytes = [pkts[i]], len(pkts[i])
         if _candidate(pkts[i]):
-            while i + len(run) < len(pkts) and _candidate(nxt := pkts[i + len(run)]) \
-                    and _extends(run, nxt, run_bytes):
+            while i + len(run) < len(pkts) and len(run) < GRO_MAX_SEGS \
+                    and _candidate(nxt := pkts[i + len(run)]) and _extends(run, nxt, run_bytes):
                 run_bytes += len(nxt) - 20 - (nxt[32] >> 4) * 4
                 run.append(nxt)
         out.append(_join(run))

@@ -202,3 +202,15 @@ def test_random_mutations_agree():
             raw[rng.randrange(10)] = rng.randrange(256)
         hdr = VnetHdr.unpack(bytes(raw))
         assert c_segment(hdr, bytes(pkt)) == py_segment(hdr, bytes(pkt)), (hdr, bytes(pkt).hex())
+
+
+def test_many_small_segments_make_runs_of_at_most_gro_max_segs():
+    """200 contiguous 100-byte segments (well under 64 KB): a run used to take all of them,
+    and the engine's writer has room for GRO_MAX_SEGS iovecs: a stack overflow any sender
+    of small segments could cause. Runs are cut at GRO_MAX_SEGS, in C and in Python alike."""
+    pkts = [tcp(data(100), seq=1000 + i * 100) for i in range(200)]
+    writes = fastpath.coalesce(pkts)
+    assert writes == py_coalesce(pkts)
+    runs = [gso.VnetHdr.unpack(h) for h, _ in writes]
+    assert [r.gso_type != gso.GSO_NONE for r in runs].count(True) == 4  # 64 + 64 + 64 + 8
+    assert sum((len(p) - 40) // 100 for _, p in writes) == 200
