@@ -310,8 +310,11 @@ class Daemon:
         failures: list[OverlayError] = []
         if self.lease is not None:
             try:
-                await self.store.delete_lease(self.lease.subnet)
-                log.info("revoked the lease on %s", self.lease.subnet)
+                if await self.store.revoke_lease(self.lease):
+                    log.info("revoked the lease on %s", self.lease.subnet)
+                else:
+                    log.info("the reservation of %s is kept (remove it with 'overlayctl lease "
+                             "delete')", self.lease.subnet)
             except StoreError as exc:
                 failures.append(StoreError(f"cannot revoke the lease on {self.lease.subnet}: {exc}"))
         async with Netlink() as nl:

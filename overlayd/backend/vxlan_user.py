@@ -42,7 +42,7 @@ from ..errors import PlumbingError
 from ..lease.model import Lease
 from ..lease.watcher import Batch
 from ..plumbing import sysctl
-from ..plumbing.netlink import Netlink
+from ..plumbing.netlink import DeviceState, Netlink
 from ..plumbing.tuntap import open_tap
 from .hostgw import delete_peer_routes
 from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
@@ -116,16 +116,21 @@ class UserVxlanBackend(UserspaceBackend):
         async with self._lock, Netlink() as nl:
             for lease in batch.removed:
                 await self._undirect(nl, lease.subnet)
+            states: dict[str, DeviceState] = {}  # one route read per device a batch, not per peer
             for lease in batch.added:
                 dev = None
                 if vxlan_peer_mac(lease, self.vni) is not None:
                     dev = await direct_device(nl, self.config, lease.public_ip)
                 if self.direct.get(lease.subnet) not in (None, (lease.public_ip, dev)):
                     await self._undirect(nl, lease.subnet)  # moved, or now encapsulated
+                    for state in states.values():
+                        state.routes.pop(lease.subnet, None)
                 if dev is None:
                     continue
+                if dev not in states:
+                    states[dev] = await nl.device_state(dev, peers=False)
                 try:
-                    await nl.ensure_route(lease.subnet, dev, gateway=lease.public_ip)
+                    await nl.ensure_route(lease.subnet, dev, gateway=lease.public_ip, state=states[dev])
                 except PlumbingError as exc:  # it stays reachable through the tap
                     log.warning("peer %s on %s: no direct route (%s), encapsulated", lease.subnet,
                                 lease.public_ip, exc)

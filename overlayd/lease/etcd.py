@@ -311,6 +311,10 @@ class EtcdStore:
                     raise
                 errors.append((endpoint, "call cancelled (channel closed)"))
                 all_tls = False
+            except ConfigError as exc:
+                # the TLS files are re-read on every reconnect; the flags were checked at start, so
+                # a file missing now is one being rotated: retried, not fatal (found in review)
+                errors.append((endpoint, str(exc)))
             except aex.RevisionCompactedError as exc:  # from watch() at creation
                 raise WatchReset(f"watch revision compacted: {_short(exc)}") from None
             except aex.UnauthenticatedError as exc:
@@ -483,6 +487,19 @@ class EtcdStore:
     async def delete_lease(self, subnet):
         key = subnet_key(self.prefix, subnet).encode()
         return bool(await self._call(lambda c: c.delete(key)))
+
+    async def revoke_lease(self, lease: Lease) -> bool:
+        """Give ``lease`` up: revoke its etcd lease, which deletes the key only while it is still
+        bound to it (a subnet another node has taken since is left alone) and frees the grant.
+        A reservation (no etcd lease) is the operator's and is kept: False."""
+        if not lease.handle:
+            return False
+        try:
+            await self._call(lambda c: c.revoke_lease(lease.handle))
+        except StoreError as exc:
+            if "not found" not in str(exc):  # expired already: nothing left to give up
+                raise
+        return True
 
     async def reserve(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs) -> Lease:
         """Pin ``subnet`` to the node with ``attrs.public_ip``: a lease key without TTL.

@@ -104,6 +104,15 @@ class MemoryStore:
         self._leases[lease.subnet] = renewed
         return renewed
 
+    async def revoke_lease(self, lease):
+        self._check()
+        if not lease.handle:
+            return False
+        current = self._leases.get(lease.subnet)
+        if current is not None and current.handle == lease.handle:
+            await self.delete_lease(lease.subnet)
+        return True
+
     async def delete_lease(self, subnet):
         self._check()
         if self._leases.pop(subnet, None) is None:

@@ -56,6 +56,10 @@ class Store(Protocol):
         A reservation is only checked.
         """
 
+    async def revoke_lease(self, lease: Lease) -> bool:
+        """Give up our own ``lease``: its key goes only if still bound to it. A reservation
+        (``handle == 0``) is kept: False."""
+
     async def delete_lease(self, subnet: ipaddress.IPv4Network) -> bool:
         """Delete a lease; True if it existed."""
 

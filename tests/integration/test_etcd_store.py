@@ -512,3 +512,26 @@ async def test_reservation_round_trip(own_etcd, etcd_prefix):
             await store.release(reserved, 60)
     finally:
         await store.close()
+
+
+async def test_revoking_our_lease_frees_key_and_grant_but_never_anothers(own_etcd, etcd_prefix):
+    """--cleanup-on-exit gives the lease up by revoking our etcd lease: it used to delete the key by
+    subnet, leaking the grant and deleting whatever held the subnet by then (found in review)."""
+    store = EtcdStore(own_etcd.endpoint, etcd_prefix)
+    try:
+        mine = await store.create_lease(ipaddress.IPv4Network("10.244.2.0/24"), attrs(2), 300)
+        assert await store.revoke_lease(mine)
+        assert (await store.list_leases())[0] == [] and etcd_leases(own_etcd) == 0
+
+        lapsed = await store.create_lease(ipaddress.IPv4Network("10.244.3.0/24"), attrs(3), 300)
+        await store.delete_lease(lapsed.subnet)  # ours went (expired, deleted) ...
+        other = await store.create_lease(lapsed.subnet, attrs(4), 300)  # ... and another node took it
+        assert await store.revoke_lease(lapsed)
+        listed, _ = await store.list_leases()
+        assert [(l.subnet, l.public_ip) for l in listed] == [(other.subnet, other.public_ip)]
+
+        pinned = await store.reserve(ipaddress.IPv4Network("10.244.5.0/24"), attrs(5))
+        assert not await store.revoke_lease(pinned)
+        assert pinned.subnet in {l.subnet for l in (await store.list_leases())[0]}
+    finally:
+        await store.close()

@@ -169,3 +169,25 @@ async def test_a_wrong_password_is_an_error_not_an_outage(auth_etcd, etcd_prefix
         assert not isinstance(info.value, StoreUnavailable)
     finally:
         await store.close()
+
+
+async def test_a_cert_file_missing_at_reconnect_is_retried_not_fatal(tls_cluster, etcd_prefix, tmp_path):
+    """Certificates are re-read on every reconnect; one caught mid-rotation (the file briefly
+    absent) used to raise ConfigError out of the renew or watch loop and kill the daemon."""
+    import shutil
+    pki, servers = tls_cluster
+    key = tmp_path / "client.key"
+    shutil.copy(pki.client_key, key)
+    store = EtcdStore(endpoints(servers), etcd_prefix,
+                      credentials=EtcdCredentials(pki.ca, pki.client_cert, str(key)))
+    try:
+        await store.put_config(b"{}")
+        key.unlink()  # rotation: the old file is gone, the new one not yet there
+        for role in list(store._clients):
+            await store._drop_client(role)  # the next call reconnects (as after a failover)
+        with pytest.raises(StoreUnavailable, match="client.key"):
+            await store.get_config()
+        shutil.copy(pki.client_key, key)
+        assert await store.get_config() == b"{}"
+    finally:
+        await store.close()
