@@ -440,7 +440,7 @@ class EtcdStore:
 
         try:
             return await self._call(op)
-        except StoreUnavailable:
+        except StoreError:  # unreachable, or an error after the grant: its fate is unknown
             if lease_id:  # granted or not, bound or not: settled once etcd answers again
                 self._unsettled.add(lease_id)
             raise
