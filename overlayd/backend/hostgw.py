@@ -98,7 +98,8 @@ class HostGwBackend(Backend):
             del self.routes[subnet]
 
     def peer_subnets(self) -> list[str]:
-        return sorted(str(s) for s in self.routes)
+        # list() copies in C, under the GIL: the health server's thread reads this too
+        return sorted(str(s) for s in list(self.routes))
 
     def stats(self) -> dict:
         return {"routes": len(self.routes), "skipped_peers": self.skipped}

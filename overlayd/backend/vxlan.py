@@ -256,9 +256,11 @@ class KernelVxlanBackend(Backend):
         if old is not None:
             await nl.delete_fdb(old[1], self.device, old[0])
 
+    # These two are also read by the health server's thread: list() copies the dict in C, under
+    # the GIL, before any Python-level iteration (which a peer change could interrupt).
     def peer_subnets(self) -> list[str]:
-        return sorted(str(s) for s in self.peers)
+        return sorted(str(s) for s in list(self.peers))
 
     def stats(self) -> dict:
         return {"peers": len(self.peers), "skipped_peers": self.skipped,
-                "direct_peers": sum(1 for *_, direct in self.peers.values() if direct)}
+                "direct_peers": sum(1 for *_, direct in list(self.peers.values()) if direct)}

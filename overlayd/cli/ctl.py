@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import sys
 import time
 
@@ -232,8 +233,10 @@ STALE_INTERVALS = 5  # a running daemon's status older than this many refresh in
 def status_verdict(data: dict, now: float) -> tuple[str, int]:
     """The first line of ``overlayctl status`` for a status file's ``data``, and the exit status."""
     updated, interval = data.get("updated"), data.get("interval", 2.0)
-    if not all(isinstance(x, (int, float)) and x >= 0 for x in (updated, interval)):
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in (updated, interval)):
         raise OverlayError("no valid 'updated' time or refresh 'interval'")
+    if updated > now + STALE_INTERVALS * interval:  # a file from the future is never judged stale
+        raise OverlayError(f"'updated' is {updated - now:.0f}s in the future (was the clock set back?)")
     age = f"{max(now - updated, 0):.0f}s ago"
     state = data.get("state", "running")  # files from before "state" existed were written while running
     if state == "stopped":
@@ -258,7 +261,9 @@ def read_status(status_file: str) -> tuple[dict, str, int]:
         raise OverlayError(f"{status_file} does not exist: is overlayd running on this node?") from None
     except (OSError, ValueError) as exc:
         raise OverlayError(f"cannot read {status_file}: {exc}") from None
-    if not isinstance(data, dict) or not {"subnet", "public_ip", "backend", "mtu", "peers"} <= data.keys():
+    if not isinstance(data, dict) or not {"subnet", "public_ip", "backend", "mtu", "peers"} <= data.keys() \
+            or not isinstance(data["peers"], list) or not all(isinstance(p, str) for p in data["peers"]) \
+            or not isinstance(data.get("stats", {}), dict):
         raise OverlayError(f"{status_file} is not an overlayd status file")
     try:
         verdict, code = status_verdict(data, time.time())

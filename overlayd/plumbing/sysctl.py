@@ -76,7 +76,10 @@ def restore(journal: str) -> list[str]:
     for path, value in noted.items():
         _write(path, value)
     if noted:
-        os.unlink(journal)
+        try:
+            os.unlink(journal)
+        except OSError as exc:
+            raise PlumbingError(f"cannot remove sysctl journal {journal}: {exc.strerror}") from None
     return [f"{path}={value}" for path, value in noted.items()]
 
 

@@ -312,3 +312,20 @@ def test_config_set_validates_flannel_fields_before_touching_etcd():
     config = '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56"}'
     one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "--json", "-"], input=config),
                    "EnableIPv6: true is not supported by overlayd")
+
+
+@pytest.mark.parametrize("change", [
+    {"peers": [1, 2]}, {"stats": [1]}, {"updated": float("inf")}, {"updated": 4e9},
+])
+def test_status_refuses_a_malformed_or_future_status_file(tmp_path, change):
+    """A status file with non-text peers, non-dict stats or an impossible time used to give a
+    traceback or a 'running' verdict that could never go stale (found in review)."""
+    import time as _time
+    data = {"state": "running", "subnet": "10.244.3.0/24", "public_ip": "198.18.0.11", "backend": "udp",
+            "device": "tun0", "mtu": 1472, "peers": [], "stats": {}, "updated": _time.time(), "interval": 2.0}
+    data.update(change)
+    path = tmp_path / "status.json"
+    path.write_text(json.dumps(data))
+    res = CliRunner().invoke(ctl, ["status", "--status-file", str(path)])
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
