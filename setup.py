@@ -34,9 +34,9 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[Extension("overlayd._fastpath",
                            ["overlayd/_fastpath.c", "overlayd/csrc/engine.c", "overlayd/csrc/gso.c",
-                            "overlayd/csrc/table.c"],
+                            "overlayd/csrc/table.c", "overlayd/csrc/vxlan.c"],
                            depends=["overlayd/csrc/engine.h", "overlayd/csrc/gso.h", "overlayd/csrc/packet.h",
-                                    "overlayd/csrc/table.h"],
+                                    "overlayd/csrc/table.h", "overlayd/csrc/vxlan.h"],
                            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -1,12 +1,28 @@
 /*
- * overlayd._fastpath: the UDP backend's data plane in C.
+ * overlayd._fastpath: the userspace backends' data plane in C.
  *
  * Design note. The pure Python code in overlayd/encap (ipv4.check,
- * udp.outbound/inbound, receive.admit, gso.segment/coalesce) is the
- * reference; the C parts make the same decisions, and the parity tests
- * (tests/unit/test_fastpath_parity.py, test_gso_parity.py) hold them to it
- * through classify_outbound, classify_inbound, segment and coalesce below,
- * which run the very functions the engine runs.
+ * udp.outbound/inbound, receive.admit, gso.segment/coalesce, and for VXLAN
+ * ether.tap_outbound/tap_inbound/complete_partial_checksum and
+ * vxlan.encapsulate/decapsulate) is the reference; the C parts make the same
+ * decisions, and the parity tests (tests/unit/test_fastpath_parity.py,
+ * test_gso_parity.py) hold them to it through classify_outbound,
+ * classify_inbound, classify_tap_outbound, classify_vxlan_inbound,
+ * complete_partial_checksum, segment and coalesce below, which run the very
+ * functions the engine runs.
+ *
+ * Userspace VXLAN (csrc/vxlan.c) runs on the same engine: an Engine made
+ * with vni and own_mac reads frames from a tap instead of packets from a
+ * tun. Each read lands VXLAN_HDR_LEN bytes into its slot, so the header is
+ * written in front of the frame and the destination MAC rewritten in place
+ * (no copy); the table entries carry the peers' VtepMACs (a peer without one
+ * is "no lease", as in Python). Inbound, the VXLAN header and VNI, our MAC
+ * (or broadcast), admit() and the sender's VtepMAC are checked, and a
+ * CHECKSUM_PARTIAL inner checksum is completed in place before the frame is
+ * written; any source port is accepted (kernel VTEPs vary it per flow).
+ * Everything else (threads, batching, table swaps, counters, ICMP answers)
+ * is shared with the UDP wire. Not yet: superpackets on the tap (a VXLAN
+ * engine refuses vnet_hdr).
  *
  * Threads (csrc/engine.c). Engine.start() makes two threads, one per
  * direction, that own the hot loop and never take the GIL: tun -> UDP blocks
@@ -71,10 +87,12 @@
 #include "csrc/gso.h"
 #include "csrc/packet.h"
 #include "csrc/table.h"
+#include "csrc/vxlan.h"
 
 const char *const reason_names[V_COUNT] = {
     NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "wrong_source_port",
-    "not_our_subnet", "to_broadcast_address", "spoofed_source",
+    "not_our_subnet", "to_broadcast_address", "spoofed_source", "wrong_source_mac", "bad_vxlan", "wrong_vni",
+    "not_for_us",
 };
 
 /* ---- the peer table, built from a Python PeerTable ------------------------------ */
@@ -95,8 +113,29 @@ static void parse_ip(PyObject *text, uint32_t *ip, int *send_ok, int *canonical)
     PyErr_Clear();  /* an unusable node_ip is a send error, as sendto() would make it */
 }
 
-/* A C table holding the PeerTable's peers (its `mask` and `_by_subnet`: int -> Peer with .node_ip),
- * addresses on port; NULL with an exception set. */
+/* A Peer's vtep_mac: 0 with *mac NULL (None) or set (6 bytes), -1 with an exception set. */
+static int peer_mac(PyObject *peer, const unsigned char **mac, unsigned char *buf)
+{
+    PyObject *v = PyObject_GetAttrString(peer, "vtep_mac");
+    *mac = NULL;
+    if (v == NULL)
+        return -1;
+    int rc = 0;
+    if (v != Py_None) {
+        if (!PyBytes_Check(v) || PyBytes_GET_SIZE(v) != MAC_LEN) {
+            PyErr_SetString(PyExc_ValueError, "a Peer's vtep_mac is None or 6 bytes");
+            rc = -1;
+        } else {
+            memcpy(buf, PyBytes_AS_STRING(v), MAC_LEN);
+            *mac = buf;
+        }
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+/* A C table holding the PeerTable's peers (its `mask` and `_by_subnet`: int -> Peer with .node_ip
+ * and .vtep_mac), addresses on port; NULL with an exception set. */
 static peer_table_t *table_from(PyObject *table, uint16_t port)
 {
     PyObject *mask = PyObject_GetAttrString(table, "mask");
@@ -126,7 +165,14 @@ static peer_table_t *table_from(PyObject *table, uint16_t port)
         int send_ok, canonical;
         parse_ip(node_ip, &ip, &send_ok, &canonical);
         Py_DECREF(node_ip);
-        table_add(t, subnet, ip, send_ok, canonical, port);
+        unsigned char buf[MAC_LEN];
+        const unsigned char *mac;
+        if (peer_mac(peer, &mac, buf) < 0) {
+            table_unref(t);
+            t = NULL;
+            goto done;
+        }
+        table_add(t, subnet, ip, send_ok, canonical, port, mac);
     }
 done:
     Py_XDECREF(mask);
@@ -135,6 +181,21 @@ done:
 }
 
 /* ---- Python API: one packet (parity with overlayd.encap) ------------------------ */
+
+/* (node_ip, payload) for an accepted outbound packet routed by r: the verdict is the C table's, the
+ * node IP as the Python table spells it. */
+static PyObject *routed(PyObject *table, const route_t *r, PyObject *payload)
+{
+    PyObject *by_subnet = PyObject_GetAttrString(table, "_by_subnet");
+    PyObject *key = PyLong_FromUnsignedLong(r->subnet);
+    PyObject *peer = by_subnet && key ? PyDict_GetItemWithError(by_subnet, key) : NULL;
+    PyObject *ip = peer ? PyObject_GetAttrString(peer, "node_ip") : NULL;
+    PyObject *result = ip ? PyTuple_Pack(2, ip, payload) : NULL;
+    Py_XDECREF(ip);
+    Py_XDECREF(key);
+    Py_XDECREF(by_subnet);
+    return result;
+}
 
 static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
 {
@@ -148,18 +209,7 @@ static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
     if (PyObject_GetBuffer(pkt, &buf, PyBUF_SIMPLE) == 0) {
         const route_t *r;
         int v = table_outbound(t, buf.buf, (size_t)buf.len, &r);
-        if (v != V_OK) {
-            result = PyUnicode_FromString(reason_names[v]);
-        } else {  /* the verdict is the C table's; the node IP as Python spells it */
-            PyObject *by_subnet = PyObject_GetAttrString(table, "_by_subnet");
-            PyObject *key = PyLong_FromUnsignedLong(r->subnet);
-            PyObject *peer = by_subnet && key ? PyDict_GetItemWithError(by_subnet, key) : NULL;
-            PyObject *ip = peer ? PyObject_GetAttrString(peer, "node_ip") : NULL;
-            result = ip ? PyTuple_Pack(2, ip, pkt) : NULL;
-            Py_XDECREF(ip);
-            Py_XDECREF(key);
-            Py_XDECREF(by_subnet);
-        }
+        result = v != V_OK ? PyUnicode_FromString(reason_names[v]) : routed(table, r, pkt);
         PyBuffer_Release(&buf);
     }
     table_unref(t);
@@ -188,6 +238,96 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
         PyBuffer_Release(&buf);
     }
     table_unref(t);
+    return result;
+}
+
+/* ---- Python API: userspace VXLAN (parity with overlayd.dataplane.codecs.VxlanCodec) -- */
+
+static int vni_ok(unsigned long vni)
+{
+    if (vni > 0xFFFFFFul) {
+        PyErr_Format(PyExc_ValueError, "VNI %lu is outside 0..16777215", vni);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *py_classify_tap_outbound(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned long vni;
+    PyObject *table, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*kO:classify_tap_outbound", &fb, &vni, &table))
+        return NULL;
+    peer_table_t *t = vni_ok(vni) ? table_from(table, 0) : NULL;
+    unsigned char *buf = t ? PyMem_Malloc(VXLAN_HDR_LEN + (size_t)fb.len) : NULL;
+    if (t != NULL && buf == NULL)
+        PyErr_NoMemory();
+    if (buf != NULL) {  /* the engine's slot: headroom for the VXLAN header, then the frame */
+        unsigned char *f = buf + VXLAN_HDR_LEN;
+        memcpy(f, fb.buf, (size_t)fb.len);
+        const route_t *r;
+        int v = vxlan_outbound(t, f, (size_t)fb.len, &r);
+        if (v != V_OK) {
+            result = PyUnicode_FromString(reason_names[v]);
+        } else {
+            PyObject *payload = PyBytes_FromStringAndSize((const char *)vxlan_encapsulate(f, r, (uint32_t)vni),
+                                                          VXLAN_HDR_LEN + fb.len);
+            result = payload ? routed(table, r, payload) : NULL;
+            Py_XDECREF(payload);
+        }
+    }
+    PyMem_Free(buf);
+    table_unref(t);
+    PyBuffer_Release(&fb);
+    return result;
+}
+
+static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
+{
+    Py_buffer db, mb;
+    PyObject *sender_ip, *table, *result = NULL;
+    unsigned long vni;
+    unsigned long long subnet, mask;
+    if (!PyArg_ParseTuple(args, "y*OKy*KKO:classify_vxlan_inbound", &db, &sender_ip, &vni, &mb, &subnet, &mask,
+                          &table))
+        return NULL;
+    peer_table_t *t = NULL;
+    unsigned char *d = NULL;
+    if (mb.len != MAC_LEN)
+        PyErr_SetString(PyExc_ValueError, "own_mac is 6 bytes");
+    else if (vni_ok(vni) && (t = table_from(table, 0)) != NULL && (d = PyMem_Malloc(db.len > 0 ? (size_t)db.len : 1)) == NULL)
+        PyErr_NoMemory();
+    if (d != NULL) {
+        memcpy(d, db.buf, (size_t)db.len);
+        uint32_t ip;
+        int parsed, canonical;
+        parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
+        int v = vxlan_inbound(t, d, (size_t)db.len, canonical, ip, (uint32_t)vni, mb.buf, (uint32_t)subnet,
+                              (uint32_t)mask);
+        result = v != V_OK ? PyUnicode_FromString(reason_names[v])
+                           : PyBytes_FromStringAndSize((const char *)d + VXLAN_HDR_LEN, db.len - VXLAN_HDR_LEN);
+    }
+    PyMem_Free(d);
+    table_unref(t);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&mb);
+    return result;
+}
+
+static PyObject *py_complete_partial_checksum(PyObject *self, PyObject *arg)
+{
+    Py_buffer pb;
+    if (PyObject_GetBuffer(arg, &pb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (ipv4_check(pb.buf, (size_t)pb.len) != V_OK) {
+        PyErr_SetString(PyExc_ValueError, "complete_partial_checksum() takes a checked IPv4 packet");
+    } else if ((result = PyBytes_FromStringAndSize(pb.buf, pb.len)) != NULL
+               && !complete_partial_checksum((unsigned char *)PyBytes_AS_STRING(result), (size_t)pb.len)) {
+        Py_SETREF(result, Py_NewRef(Py_None));
+    }
+    PyBuffer_Release(&pb);
     return result;
 }
 
@@ -298,22 +438,41 @@ typedef struct {
     PyObject_HEAD
     engine_t engine;
     int ready;  /* engine_init succeeded */
+    unsigned char mac[MAC_LEN];  /* own_mac, for a VXLAN engine */
 } EngineObject;
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", "udp_gso",
-                             NULL};
+                             "vni", "own_mac", NULL};
     int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0;
     socklen_t optlen = sizeof(no_check);
     unsigned long long subnet, mask;
-    PyObject *table;
+    PyObject *table, *vni_obj = Py_None;
+    Py_buffer mac = {0};
+    unsigned long vni = 0;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|pp:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
-                                     &mask, &table, &vnet, &udp_gso))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|ppOy*:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
+                                     &mask, &table, &vnet, &udp_gso, &vni_obj, &mac))
+        return -1;
+    int vxlan = vni_obj != Py_None, bad = 0;
+    if (vxlan) {  /* a tap speaking VXLAN; superpackets on the tap are not done yet (frames, not IP packets) */
+        vni = PyLong_AsUnsignedLong(vni_obj);
+        bad = PyErr_Occurred() || !vni_ok(vni);
+        if (!bad && (mac.buf == NULL || mac.len != MAC_LEN || vnet)) {
+            PyErr_SetString(PyExc_ValueError, vnet ? "VXLAN on a vnet_hdr tap is not supported"
+                                                   : "a VXLAN engine needs own_mac (6 bytes)");
+            bad = 1;
+        }
+        if (!bad)
+            memcpy(self->mac, mac.buf, MAC_LEN);
+    }
+    if (mac.buf != NULL)
+        PyBuffer_Release(&mac);
+    if (bad)
         return -1;
     if (udp_gso && getsockopt(sock_fd, SOL_SOCKET, SO_NO_CHECK, &no_check, &optlen) == 0 && no_check) {
         PyErr_SetString(PyExc_ValueError, "udp_gso needs UDP checksums: the kernel refuses UDP_SEGMENT on a "
@@ -334,6 +493,8 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    if (vxlan)
+        engine_set_vxlan(&self->engine, (uint32_t)vni, self->mac);
     self->ready = 1;
     return 0;
 }
@@ -519,11 +680,13 @@ static PyTypeObject EngineType = {
     .tp_name = "overlayd._fastpath.Engine",
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False, udp_gso=False)\n\n"
-              "The UDP backend's forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
+    .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False, udp_gso=False, vni=None, "
+              "own_mac=None)\n\n"
+              "The forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
               "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
               "peers' port `port`. udp_gso: send superpackets' segments with UDP GSO (the socket must "
-              "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way.",
+              "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way. With vni (and "
+              "own_mac, our VtepMAC, 6 bytes) dev_fd is a tap and the wire is VXLAN on vni (no vnet_hdr).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
@@ -540,6 +703,16 @@ static PyMethodDef methods[] = {
      "classify_inbound(dgram, (sender_ip, sender_port), port, subnet_int, mask, table) -> dgram | reason\n\n"
      "overlayd.encap.udp.inbound through the engine's C table: the packet to write to the tun, or the drop "
      "reason."},
+    {"classify_tap_outbound", py_classify_tap_outbound, METH_VARARGS,
+     "classify_tap_outbound(frame, vni, table) -> (node_ip, payload) | reason\n\n"
+     "overlayd.dataplane.codecs.VxlanCodec.outbound through the engine's C table: the owning peer's node IP "
+     "and the VXLAN payload (destination MAC rewritten to its VtepMAC), or the drop reason."},
+    {"classify_vxlan_inbound", py_classify_vxlan_inbound, METH_VARARGS,
+     "classify_vxlan_inbound(payload, sender_ip, vni, own_mac, subnet_int, mask, table) -> frame | reason\n\n"
+     "overlayd.dataplane.codecs.VxlanCodec.inbound through the engine's C table: the frame to write to the "
+     "tap (a partial inner checksum completed), or the drop reason."},
+    {"complete_partial_checksum", py_complete_partial_checksum, METH_O,
+     "complete_partial_checksum(pkt) -> bytes | None\n\noverlayd.encap.ether.complete_partial_checksum in C."},
     {"segment", py_segment, METH_VARARGS,
      "segment(vnet_hdr, pkt) -> [packet, ...] | reason\n\noverlayd.encap.gso.segment in C."},
     {"coalesce", py_coalesce, METH_O,
@@ -549,7 +722,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "overlayd._fastpath",
-    "The UDP backend's data plane in C: the forwarding engine (see overlayd/dataplane/fast.py).", -1, methods,
+    "The userspace backends' data plane in C: the forwarding engine (see overlayd/dataplane/fast.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 
-from ..dataplane.fast import FastUdpDataPlane
+from ..dataplane.fast import FastDataPlane
 from ..dataplane.loop import DataPlane, Sender
 from ..dataplane.sockets import open_udp
 from ..encap.drops import Counters
@@ -52,9 +52,9 @@ class EngineHeartbeat:
     """
 
     def __init__(self):
-        self._plane: FastUdpDataPlane | None = None
+        self._plane: FastDataPlane | None = None
 
-    def start(self, plane: FastUdpDataPlane) -> "EngineHeartbeat":
+    def start(self, plane: FastDataPlane) -> "EngineHeartbeat":
         self._plane = plane
         return self
 
@@ -127,13 +127,13 @@ class UserspaceBackend(Backend):
 
     @property
     def datapath(self) -> str:
-        """The data path in use: ``c`` (the C engine) or ``python`` (only the UDP backend has a C twin)."""
-        return "c" if self.options.datapath == "c" and self.type_name == "udp" else "python"
+        """The data path in use: ``c`` (the C engine, for both userspace backends) or ``python``."""
+        return "c" if self.options.datapath == "c" else "python"
 
     def _dataplane(self) -> DataPlane:
         sender = Sender(self.sock, self.config.backend.port, self.counters)
         if self.datapath == "c":
-            return FastUdpDataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters,
+            return FastDataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters,
                                     vnet_hdr=self.vnet_hdr, udp_gso=self.options.udp_checksum)
         return DataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters, vnet_hdr=self.vnet_hdr)
 
@@ -142,7 +142,7 @@ class UserspaceBackend(Backend):
         until cancelled, or until the data plane fails (raised here)."""
         dp = self._plane = self._dataplane()
         if self.datapath == "c":
-            how = "C engine threads" + (", tun superpackets" if self.vnet_hdr else "") + \
+            how = "C engine threads" + (f", {self.device} superpackets" if self.vnet_hdr else "") + \
                 (", UDP GSO" if self.options.udp_checksum else "")
         else:
             how = f"Python data path, {'uvloop' if self.options.use_uvloop else 'asyncio'} loop"

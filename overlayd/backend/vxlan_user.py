@@ -89,7 +89,7 @@ class UserVxlanBackend(UserspaceBackend):
                 await delete_peer_routes(nl, self)
             await self.reconcile(nl)
         sysctl.set_rp_filter(TAP, 2)
-        self.codec = VxlanCodec(self.table, lease.subnet, self.vni, mac_to_bytes(self.mac))
+        self.codec = VxlanCodec(self.table, lease.subnet, self.vni, mac_to_bytes(self.mac), self.config.backend.port)
 
     async def reconcile(self, nl: Netlink) -> None:
         await nl.ensure_mtu(TAP, self.mtu)

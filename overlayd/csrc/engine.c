@@ -198,7 +198,15 @@ static int segments_per_send(const engine_t *e, size_t seg)
     return !e->udp_gso || fit < 1 ? 1 : fit < GSO_SEGS_MAX ? (int)fit : GSO_SEGS_MAX;
 }
 
-/* Classify one packet read from the device and queue its datagrams (segments of a superpacket). */
+/* The bytes a read leaves free at the start of a slot: the VXLAN header is written there, in front
+ * of the frame, so a frame is never copied (a vnet_hdr device has no VXLAN mode: see Engine). */
+static size_t headroom(const engine_t *e)
+{
+    return e->vxlan ? VXLAN_HDR_LEN : 0;
+}
+
+/* Classify one packet read from the device (at slot, after headroom(e) free bytes) and queue its
+ * datagrams (segments of a superpacket). */
 static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsigned char *slot, size_t got)
 {
     counters_t *c = &e->counters[OUT];
@@ -214,7 +222,7 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
     COUNT(c, dev_rx_packets, 1);
     COUNT(c, dev_rx_bytes, n);
     const route_t *r = NULL;
-    int v = table_outbound(t, p, n, &r), count = 1;
+    int v = e->vxlan ? vxlan_outbound(t, p, n, &r) : table_outbound(t, p, n, &r), count = 1;
     if (v == V_OK && e->vnet && (count = gso_prepare(&h, p, n)) < 0)
         v = -count;
     if (v != V_OK) {
@@ -228,6 +236,10 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
         return;
     }
     if (h.gso_type == GSO_NONE) {
+        if (e->vxlan) {
+            p = vxlan_encapsulate(p, r, e->vni);
+            n += VXLAN_HDR_LEN;
+        }
         queue_send(s, r, p, n, 1, n);
     } else {  /* every segment but the last is room bytes long: equal sizes, as UDP GSO wants */
         COUNT(c, dev_rx_superpackets, 1);
@@ -259,11 +271,12 @@ static void *out_main(void *arg)
         return NULL;
     }
     int ready;
+    size_t head = headroom(e);
     while ((ready = wait_readable(e, OUT, e->dev_fd, "tun reader (poll)")) > 0) {
         size_t lens[BATCH];
         int nread = 0, gone = 0;
         while (nread < BATCH) {
-            ssize_t r = read(e->dev_fd, s->slots[nread], SLOT);
+            ssize_t r = read(e->dev_fd, s->slots[nread] + head, SLOT - head);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -280,7 +293,7 @@ static void *out_main(void *arg)
         }
         peer_table_t *t = table_hold(e);
         for (int i = 0; i < nread; i++)
-            forward_one(e, s, t, s->slots[i], lens[i]);
+            forward_one(e, s, t, s->slots[i] + head, lens[i]);
         table_unref(t);
         flush_sends(e, s);
     }
@@ -406,15 +419,22 @@ static void *in_main(void *arg)
                 unsigned char *p = s->data[i] + at;
                 len = n - at < seg ? n - at : seg;
                 count++;
-                int v = table_inbound(t, p, len, has_sender, ntohl(from->sin_addr.s_addr), port_ok, e->subnet,
-                                      e->mask);
+                uint32_t sender = ntohl(from->sin_addr.s_addr);
+                size_t skip = 0;  /* VXLAN: the frame follows the header */
+                int v;
+                if (e->vxlan) {  /* any source port: kernel VTEPs pick one per flow */
+                    v = vxlan_inbound(t, p, len, has_sender, sender, e->vni, e->own_mac, e->subnet, e->mask);
+                    skip = VXLAN_HDR_LEN;
+                } else {
+                    v = table_inbound(t, p, len, has_sender, sender, port_ok, e->subnet, e->mask);
+                }
                 if (v != V_OK) {
                     COUNT(c, drops[v], 1);
                 } else {
                     if (s->accepted == ACCEPT_MAX)
                         deliver(e, s);
-                    s->pkts[s->accepted] = p;
-                    s->lens[s->accepted++] = len;
+                    s->pkts[s->accepted] = p + skip;  /* V_OK: len > skip */
+                    s->lens[s->accepted++] = len - skip;
                 }
                 if (n == 0)
                     break;
@@ -455,6 +475,13 @@ int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uin
         return code;
     }
     return 0;
+}
+
+void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac)
+{
+    e->vxlan = 1;
+    e->vni = vni;
+    memcpy(e->own_mac, own_mac, MAC_LEN);
 }
 
 void engine_set_table(engine_t *e, peer_table_t *t)

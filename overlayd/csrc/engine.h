@@ -11,6 +11,7 @@
 
 #include "packet.h"
 #include "table.h"
+#include "vxlan.h"
 
 #define BATCH 64          /* reads or datagrams per round, at most */
 #define PKT_MAX 65535     /* bytes per packet */
@@ -41,6 +42,9 @@ typedef struct {
     int udp_gso;                 /* send a superpacket's segments with UDP GSO (the socket checksums) */
     uint16_t port;
     uint32_t subnet, mask;
+    int vxlan;                   /* the device is a tap and the wire VXLAN on vni (else a tun, IP in UDP) */
+    uint32_t vni;
+    unsigned char own_mac[MAC_LEN];  /* our VtepMAC: inbound frames must be addressed to it (or broadcast) */
     int stop_fd;                 /* eventfd: the threads end when it is readable */
     int notify_fd;               /* eventfd: Python has answers to take or an error to read */
     pthread_mutex_t lock;        /* guards table (the pointer), answers and the error */
@@ -58,6 +62,8 @@ typedef struct {
 /* 0, or an errno (the eventfds could not be made). Turns UDP_GRO on for sock_fd. */
 int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uint16_t port, uint32_t subnet,
                 uint32_t mask, peer_table_t *table);
+/* Before engine_start: speak VXLAN on vni over a tap whose (and our VTEP's) MAC is own_mac. */
+void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac);
 /* Make t (one reference handed over) the table every later batch uses. */
 void engine_set_table(engine_t *e, peer_table_t *t);
 /* Start the threads: 0 or an errno. */

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "packet.h"
 
@@ -46,7 +47,8 @@ static sender_t *sender_slot(const peer_table_t *t, uint32_t ip)
     return &t->senders[i];
 }
 
-void table_add(peer_table_t *t, uint32_t subnet, uint32_t node_ip, int send_ok, int canonical, uint16_t port)
+void table_add(peer_table_t *t, uint32_t subnet, uint32_t node_ip, int send_ok, int canonical, uint16_t port,
+               const unsigned char *vtep_mac)
 {
     route_t *r = route_slot(t, subnet);
     r->used = 1;
@@ -57,6 +59,9 @@ void table_add(peer_table_t *t, uint32_t subnet, uint32_t node_ip, int send_ok, 
     r->addr.sin_family = AF_INET;
     r->addr.sin_port = htons(port);
     r->addr.sin_addr.s_addr = htonl(node_ip);
+    r->has_mac = vtep_mac != NULL;
+    if (vtep_mac != NULL)
+        memcpy(r->vtep_mac, vtep_mac, sizeof(r->vtep_mac));
     if (r->canonical) {
         sender_t *s = sender_slot(t, node_ip);
         s->used = 1;
@@ -91,25 +96,34 @@ int table_outbound(const peer_table_t *t, const unsigned char *p, size_t n, cons
     return V_OK;
 }
 
-/* receive.admit for a checked packet from sender. */
-static int admit(const peer_table_t *t, const unsigned char *p, uint32_t sender, uint32_t subnet, uint32_t mask)
+int table_knows_sender(const peer_table_t *t, uint32_t sender)
+{
+    return sender_slot(t, sender)->used;
+}
+
+int table_admit(const peer_table_t *t, const unsigned char *p, uint32_t sender, uint32_t subnet, uint32_t mask,
+                const route_t **owner)
 {
     uint32_t dst = be32(p + 16), host_bits = ~mask;
     if ((dst & mask) != subnet)
         return V_NOT_OUR_SUBNET;
     if (host_bits > 1 && dst == (subnet | host_bits))
         return V_TO_BROADCAST_ADDRESS;
-    const route_t *owner = route_slot(t, be32(p + 12) & mask);  /* held.get(src & mask) */
-    return owner->used && owner->canonical && owner->node_ip == sender ? V_OK : V_SPOOFED_SOURCE;
+    const route_t *r = route_slot(t, be32(p + 12) & mask);  /* held.get(src & mask) */
+    if (!(r->used && r->canonical && r->node_ip == sender))
+        return V_SPOOFED_SOURCE;
+    *owner = r;
+    return V_OK;
 }
 
 int table_inbound(const peer_table_t *t, const unsigned char *p, size_t n, int has_sender, uint32_t sender,
                   int port_ok, uint32_t subnet, uint32_t mask)
 {
-    if (!has_sender || !sender_slot(t, sender)->used)
+    if (!has_sender || !table_knows_sender(t, sender))
         return V_UNKNOWN_SENDER;
     if (!port_ok)
         return V_WRONG_SOURCE_PORT;
+    const route_t *owner;
     int v = ipv4_check(p, n);
-    return v != V_OK ? v : admit(t, p, sender, subnet, mask);
+    return v != V_OK ? v : table_admit(t, p, sender, subnet, mask, &owner);
 }

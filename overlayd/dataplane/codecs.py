@@ -48,10 +48,12 @@ class VxlanCodec:
     drops frames not addressed to its MAC) and wrap the frame in VXLAN.
     """
 
-    def __init__(self, table: PeerTable, own_subnet: ipaddress.IPv4Network, vni: int, own_mac: bytes):
+    def __init__(self, table: PeerTable, own_subnet: ipaddress.IPv4Network, vni: int, own_mac: bytes,
+                 port: int = 0):
         self.table = table
         self.subnet_int = int(own_subnet.network_address)
         self.mask = int(own_subnet.netmask)
+        self.port = port  # the backend's Port, where peers listen (any source port is accepted)
         self.vni = vni
         self.own_mac = own_mac
         self.limiter = icmp.RateLimiter(ICMP_RATE, ICMP_BURST)

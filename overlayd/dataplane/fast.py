@@ -1,6 +1,6 @@
-"""The UDP backend's data plane as a C engine (``overlayd._fastpath.Engine``).
+"""The userspace backends' data plane as a C engine (``overlayd._fastpath.Engine``).
 
-Design note. :class:`FastUdpDataPlane` keeps the :class:`~.loop.DataPlane`
+Design note. :class:`FastDataPlane` keeps the :class:`~.loop.DataPlane`
 interface (start, stop, counters, the codec's ICMP answers) but forwards in
 two C threads, one per direction, that block in the kernel with the GIL
 released: no asyncio wake-up between a packet's arrival and its departure
@@ -21,8 +21,18 @@ event loop:
 * counters: :meth:`snapshot` sums the engine's with the few kept here
   (ICMP answers written), under the Python plane's names.
 
-The C code decides like :mod:`overlayd.encap.udp` and
-:mod:`overlayd.encap.gso`; the parity tests hold it to identical verdicts.
+Both userspace backends run on it: the codec says which wire. A
+:class:`~.codecs.UdpCodec` makes a tun <-> IP-in-UDP engine; a
+:class:`~.codecs.VxlanCodec` makes a tap <-> VXLAN engine (its VNI and
+VtepMAC handed over: the header, the VNI check, the destination MAC rewrite,
+the VtepMAC and anti-spoofing checks and the partial-checksum completion all
+in C, ``overlayd/csrc/vxlan.c``), with the same threads, table, batching
+and counters. Superpackets on the tap are not done yet: a VXLAN engine takes
+plain frames.
+
+The C code decides like :mod:`overlayd.encap.udp`, :mod:`overlayd.encap.ether`,
+:mod:`overlayd.encap.vxlan` and :mod:`overlayd.encap.gso`; the parity tests
+hold it to identical verdicts.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import time
 
 from ..encap.drops import Drop
 from ..errors import PlumbingError
+from .codecs import VxlanCodec
 from .loop import DataPlane, error_counter
 
 try:
@@ -45,11 +56,12 @@ def available() -> bool:
     return _fastpath is not None
 
 
-class FastUdpDataPlane(DataPlane):
-    """:class:`~.loop.DataPlane` for the UDP backend, forwarding in the C engine's threads.
+class FastDataPlane(DataPlane):
+    """:class:`~.loop.DataPlane` for a userspace backend, forwarding in the C engine's threads.
 
     Takes the same arguments; the ``sender`` is not used (the engine sends
-    itself). With ``vnet_hdr`` the device must have been opened with
+    itself). The codec is a :class:`~.codecs.UdpCodec` (tun) or a
+    :class:`~.codecs.VxlanCodec` (tap, no ``vnet_hdr``). With ``vnet_hdr`` the device must have been opened with
     IFF_VNET_HDR; the engine then segments and coalesces superpackets. With
     ``udp_gso`` (``--udp-checksum``; the socket must not have SO_NO_CHECK) a
     superpacket's segments leave in UDP GSO sends; UDP_GRO buffers are taken
@@ -61,8 +73,9 @@ class FastUdpDataPlane(DataPlane):
             raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
         super().__init__(*args, **kwargs)
         codec = self.codec
+        wire = {"vni": codec.vni, "own_mac": codec.own_mac} if isinstance(codec, VxlanCodec) else {}
         self.engine = _fastpath.Engine(self.dev_fd, self.sock.fileno(), codec.port, codec.subnet_int, codec.mask,
-                                       codec.table, self.vnet_hdr, udp_gso)
+                                       codec.table, self.vnet_hdr, udp_gso, **wire)
 
     def start(self, loop) -> None:
         """Start the engine's threads; watch its eventfd on ``loop``."""
@@ -109,3 +122,6 @@ class FastUdpDataPlane(DataPlane):
         if error is not None and not self.ended.done():
             where, code = error
             self.ended.set_exception(PlumbingError(f"data plane engine: {where} failed: {os.strerror(code)}"))
+
+
+FastUdpDataPlane = FastDataPlane  # its name from when only the UDP backend ran on the engine

@@ -76,7 +76,10 @@ CONFIGS = {
     "udp-c": Config("udp", {"datapath": "c"}, "overlayd UDP backend, C engine threads, tun superpackets"),
     "udp-c-csum": Config("udp", {"datapath": "c", "extra_args": ["--udp-checksum"]},
                          "overlayd UDP backend, C engine, --udp-checksum (UDP GSO + UDP_GRO)"),
-    "vxlan-user": Config("vxlan", {"vxlan_impl": "user"}, "overlayd userspace VXLAN"),
+    "vxlan-user": Config("vxlan", {"vxlan_impl": "user", "datapath": "python"},
+                         "overlayd userspace VXLAN, Python data path, asyncio"),
+    "vxlan-user-c": Config("vxlan", {"vxlan_impl": "user", "datapath": "c"},
+                           "overlayd userspace VXLAN, C engine threads (plain frames on the tap)"),
 }
 REFERENCES = ("kvx-default", "kvx-tx-off")
 PINGS = 200

@@ -19,7 +19,8 @@ BACKENDS = {
     # name: (Backend.Type, per-node variants)
     # the Python data path (asyncio, uvloop) and the C fast path, side by side in one cluster
     "udp": ("udp", [{"datapath": "python"}, {"datapath": "python", "event_loop": "uvloop"}, {"datapath": "c"}]),
-    "vxlan-user": ("vxlan", [{"vxlan_impl": "user"}] * 3),
+    "vxlan-user": ("vxlan", [{"vxlan_impl": "user", "datapath": "c"}, {"vxlan_impl": "user", "datapath": "c"},
+                            {"vxlan_impl": "user", "datapath": "python"}]),
     "vxlan-kernel": ("vxlan", [{"vxlan_impl": "kernel"}] * 3),
     "host-gw": ("host-gw", [{}] * 3),
 }

@@ -67,10 +67,15 @@ def test_offload_off_on_veth_and_partial_checksums_from_a_kernel_vtep_are_comple
     assert tx_offload(kernel.netns, "flannel.1") == "on"  # drift repair left the operator's setting
 
 
-@pytest.mark.xfail(strict=True, reason="the userspace VXLAN receive path cannot deliver a kernel VTEP's GSO "
-                                       "superpacket yet (cut it to the MTU, or write it to a vnet_hdr tap as GSO)")
-def test_tcp_from_a_kernel_vtep_with_offload_on_reaches_a_userspace_node(make_lab, tmp_path):
-    lab = make_lab("vxlan", nodes=2, variants=VARIANTS)
+@pytest.mark.parametrize("datapath", [
+    pytest.param("python", marks=pytest.mark.xfail(strict=True, reason=(
+        "the userspace VXLAN receive path cannot deliver a kernel VTEP's GSO superpacket yet (cut it to the "
+        "MTU, or write it to a vnet_hdr tap as GSO)"))),
+    pytest.param("c", marks=pytest.mark.xfail(strict=False, reason=(
+        "on the C engine the 4 MB transfer often arrives intact, but not reliably (stalled past 20 s in 2 of 6 "
+        "runs here; why it passes at all, and why not always, is not investigated yet)")))])
+def test_tcp_from_a_kernel_vtep_with_offload_on_reaches_a_userspace_node(make_lab, tmp_path, datapath):
+    lab = make_lab("vxlan", nodes=2, variants=[{**VARIANTS[0], "datapath": datapath}, VARIANTS[1]])
     user, kernel = lab.nodes
     tx_offload(kernel.netns, "flannel.1", "on")
     data = os.urandom(4 << 20)

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from overlayd.dataplane import fast
-from overlayd.dataplane.codecs import UdpCodec
+from overlayd.dataplane.codecs import UdpCodec, VxlanCodec
 from overlayd.dataplane.loop import DataPlane, Sender
 from overlayd.dataplane.sockets import open_udp
 from overlayd.encap import gso, udp
@@ -37,6 +37,13 @@ BROADCAST_SUBNET = ipaddress.IPv4Network("10.244.4.0/24")  # its "node" refuses 
 ROGUE = "127.0.0.4"  # holds no lease
 OFF_PORT = "off-port"  # send_in from a peer's address but not from the backend's port
 SOL_UDP, UDP_SEGMENT = 17, 103
+VNI = 7
+OWN_MAC = bytes.fromhex("02aa00000001")
+
+
+def peer_mac(ip: str) -> bytes:
+    """A peer's VtepMAC in the VXLAN rigs."""
+    return bytes([2, 0xbb]) + socket.inet_aton(ip) if ip[0].isdigit() else bytes.fromhex("02cc00000000")
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> bytes:
@@ -49,12 +56,12 @@ def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> byt
 class Rig:
     """A data plane of class ``cls`` between a stand-in tun and two loopback peers."""
 
-    def __init__(self, cls, vnet_hdr: bool = False, udp_gso: bool = False):
+    def __init__(self, cls, vnet_hdr: bool = False, udp_gso: bool = False, vxlan: bool = False):
         self.port = free_port()
         self.table = PeerTable(24)
         for ip, subnet in PEERS.items():
-            self.table.set(subnet, Peer(ip))
-        self.table.set(BROADCAST_SUBNET, Peer("255.255.255.255"))
+            self.table.set(subnet, Peer(ip, peer_mac(ip) if vxlan else None))
+        self.table.set(BROADCAST_SUBNET, Peer("255.255.255.255", peer_mac("x") if vxlan else None))
         self.counters = Counters()
         self.dev_ours, self.dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.dev.setblocking(False)
@@ -67,7 +74,8 @@ class Rig:
             self.peers[ip] = s
         self.off_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a peer's address, another port
         self.off_port.bind(("127.0.0.2", 0))
-        self.codec = UdpCodec(self.table, OWN, self.port)
+        self.codec = VxlanCodec(self.table, OWN, VNI, OWN_MAC, self.port) if vxlan else \
+            UdpCodec(self.table, OWN, self.port)
         self.plane = cls(self.dev_ours.fileno(), self.sock, self.codec,
                          Sender(self.sock, self.port, self.counters), self.counters, vnet_hdr=vnet_hdr,
                          **({"udp_gso": True} if udp_gso else {}))
@@ -116,8 +124,8 @@ class Rig:
 def rigs():
     made = []
 
-    def make(cls=fast.FastUdpDataPlane, vnet_hdr: bool = False, udp_gso: bool = False):
-        made.append(Rig(cls, vnet_hdr, udp_gso))
+    def make(cls=fast.FastDataPlane, vnet_hdr: bool = False, udp_gso: bool = False, vxlan: bool = False):
+        made.append(Rig(cls, vnet_hdr, udp_gso, vxlan))
         return made[-1]
 
     yield make
@@ -378,3 +386,67 @@ async def test_udp_gro_buffers_are_split_and_judged_datagram_by_datagram(rigs, u
     snap = await rig.wait_for(dev_tx_packets=8)
     assert (snap["rx_packets"], snap["rx_coalesced"], snap["drop_spoofed_source"]) == (9, 2, 1)
     assert snap["rx_bytes"] == sum(map(len, back + mixed)) + 23
+
+
+def vxlan_traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
+    """traffic() on the VXLAN wire: tap frames out, VXLAN datagrams in, plus the VXLAN-only refusals."""
+    out, inbound = traffic()
+    frames = [OWN_MAC + OWN_MAC + b"\x08\x00" + pkt for pkt in out]
+    frames += [OWN_MAC + OWN_MAC + b"\x08\x06" + bytes(28), b"\x02" * 13, b""]  # ARP, short, empty
+    vx = bytes([8, 0, 0, 0, 0, 0, VNI, 0])
+    dgrams = [(sender, vx + OWN_MAC + peer_mac(sender if sender[0].isdigit() else "127.0.0.2") + b"\x08\x00" + d)
+              for sender, d in inbound]
+    good = ipv4("10.244.2.7", "10.244.1.5")
+    dgrams += [("127.0.0.2", bytes([0, 0, 0, 0, 0, 0, VNI, 0]) + OWN_MAC + peer_mac("127.0.0.2") + b"\x08\x00" + good),
+               ("127.0.0.2", bytes([8, 0, 0, 0, 0, 0, VNI + 1, 0]) + OWN_MAC + peer_mac("127.0.0.2") + b"\x08\x00"
+                + good),
+               ("127.0.0.2", vx + b"\xff" * 6 + peer_mac("127.0.0.2") + b"\x08\x00" + good),   # broadcast: fine
+               ("127.0.0.2", vx + bytes(6) + peer_mac("127.0.0.2") + b"\x08\x00" + good),       # not for us
+               ("127.0.0.2", vx + OWN_MAC + peer_mac("127.0.0.3") + b"\x08\x00" + good),        # wrong MAC
+               ("127.0.0.2", vx + OWN_MAC + peer_mac("127.0.0.2") + b"\x86\xdd" + good),        # not IPv4
+               ("127.0.0.2", vx + b"\0" * 10)]                                                  # truncated
+    return frames, dgrams
+
+
+async def run_vxlan_traffic(rig: Rig) -> tuple[dict, list[bytes], list[tuple[bytes, str]]]:
+    """Counters, the frames written to the tap, and what reached the peers (payload, peer)."""
+    frames, dgrams = vxlan_traffic()
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    for frame in frames:
+        rig.dev.send(frame)
+    await rig.wait_for(dev_rx_packets=len(frames))
+    for sender, dgram in dgrams:
+        rig.send_in(sender, dgram)
+    snap = await rig.wait_for(rx_packets=len(dgrams))
+    await asyncio.sleep(0.05)
+    written = []
+    while True:
+        try:
+            written.append(rig.dev.recv(65535))
+        except BlockingIOError:
+            break
+    sent = []
+    for ip in PEERS:
+        rig.peers[ip].setblocking(False)
+        while True:
+            try:
+                sent.append((rig.peers[ip].recv(65535), ip))
+            except BlockingIOError:
+                break
+    return rig.plane.snapshot(), written, sent
+
+
+async def test_vxlan_on_the_engine_counts_and_forwards_like_the_python_plane(rigs):
+    python, c = rigs(DataPlane, vxlan=True), rigs(fast.FastDataPlane, vxlan=True)
+    want = await run_vxlan_traffic(python)
+    got = await run_vxlan_traffic(c)
+    assert got == want
+    snap, written, sent = got
+    for reason in ("bad_vxlan", "wrong_vni", "not_for_us", "wrong_source_mac", "not_ipv4", "truncated",
+                   "unknown_sender", "spoofed_source", "no_lease"):
+        assert snap.get("drop_" + reason), reason
+    assert "drop_wrong_source_port" not in snap  # VXLAN takes any source port
+    assert len(sent) == 2 + sum(i % 3 != 2 for i in range(40)) and all(p[:8] == bytes([8, 0, 0, 0, 0, 0, VNI, 0]) for p, _ in sent)
+    assert all(p[8:14] == peer_mac(ip) for p, ip in sent)  # re-addressed to the peer's VtepMAC
+    assert any(w[14:] == ipv4("10.244.2.7", "10.244.1.5") for w in written)

@@ -181,3 +181,229 @@ def test_every_c_reason_is_a_drop():
     assert reasons <= {d.value for d in Drop}
     assert {"unknown_sender", "wrong_source_port", "spoofed_source", "to_broadcast_address",
             "not_our_subnet"} <= reasons
+
+
+# ---- userspace VXLAN: the engine's tap <-> VXLAN framing against VxlanCodec -------------------------
+
+from overlayd.dataplane.codecs import VxlanCodec  # noqa: E402
+from overlayd.encap import ether  # noqa: E402
+from overlayd.encap.ipv4 import check as ipv4_check  # noqa: E402
+
+VNI = 1
+OWN_MAC = bytes.fromhex("02aa00000001")
+MAC_12, MAC_13 = bytes.fromhex("02aa0000000c"), bytes.fromhex("02aa0000000d")
+OTHER_MAC = bytes.fromhex("02bb00000099")
+
+
+@pytest.fixture(scope="module")
+def vtable():
+    t = PeerTable(24)
+    t.set(ipaddress.IPv4Network("10.244.2.0/24"), Peer("198.18.0.12", MAC_12))
+    t.set(ipaddress.IPv4Network("10.244.3.0/24"), Peer("198.18.0.13", MAC_13))
+    t.set(ipaddress.IPv4Network("10.244.5.0/24"), Peer("198.18.0.13", MAC_13))  # a second lease, same node
+    t.set(ipaddress.IPv4Network("10.244.6.0/24"), Peer("198.18.0.16"))  # no VtepMAC (not a VXLAN peer)
+    return t
+
+
+def codec(table):
+    return VxlanCodec(table, OWN, VNI, OWN_MAC, PORT)
+
+
+def py_tap_out(frame, table):
+    v = codec(table).outbound(frame)
+    return v.value if isinstance(v, Drop) else v
+
+
+def c_tap_out(frame, table):
+    return fastpath.classify_tap_outbound(frame, VNI, table)
+
+
+def py_vx_in(payload, sender, table):
+    v = codec(table).inbound(payload, sender)
+    return v.value if isinstance(v, Drop) else v
+
+
+def c_vx_in(payload, sender, table):
+    return fastpath.classify_vxlan_inbound(payload, sender[0], VNI, OWN_MAC, SUBNET_INT, MASK, table)
+
+
+def eth(pkt, dst=OWN_MAC, src=MAC_12, ethertype=b"\x08\x00"):
+    return dst + src + ethertype + pkt
+
+
+def vxh(flags=0x08, vni=VNI, reserved=b"\0\0\0", last=0):
+    return bytes([flags]) + reserved + (vni << 8 | last).to_bytes(4, "big")
+
+
+MACS = [OWN_MAC, ether.BROADCAST, OTHER_MAC, MAC_12, MAC_13]
+SRC_MACS = [MAC_12, MAC_13, OTHER_MAC, OWN_MAC]
+ETHERTYPES = [b"\x08\x00", b"\x08\x06", b"\x86\xdd", b"\x00\x08"]
+VX_HEADERS = [vxh(), vxh(flags=0x0C), vxh(flags=0xFF, reserved=b"\xff\xff\xff", last=0xFF), vxh(flags=0),
+              vxh(flags=0xF7), vxh(vni=2), vxh(vni=VNI + (1 << 16)), vxh(last=0x7F)]
+VX_SENDERS = [(ip, port) for ip in ("198.18.0.12", "198.18.0.13", "198.18.0.16", "198.18.0.99", "not-an-ip", "")
+              for port in (PORT, 41234)]
+
+
+def frames():
+    out = [eth(pkt) for pkt in VECTORS]
+    for pkt in VALID[:6]:
+        out += [eth(pkt, dst, src, et) for dst in MACS for src in SRC_MACS for et in ETHERTYPES]
+    out += [b"", b"\x02" * 13, eth(b"")[:14], eth(b""), b"\xff" * 14 + b"\x45"]
+    return out
+
+
+FRAMES = frames()
+
+
+def test_tap_outbound_vectors(vtable):
+    for frame in FRAMES:
+        assert c_tap_out(frame, vtable) == py_tap_out(frame, vtable), frame.hex()
+
+
+def test_tap_outbound_rewrites_to_the_vtep_mac(vtable):
+    frame = eth(ipv4("10.244.1.5", "10.244.3.9"), dst=OWN_MAC, src=OWN_MAC)
+    ip, payload = c_tap_out(frame, vtable)
+    assert ip == "198.18.0.13"
+    assert payload == bytes([8, 0, 0, 0, 0, 0, VNI, 0]) + MAC_13 + frame[6:]
+    assert c_tap_out(eth(ipv4("10.244.1.5", "10.244.6.9")), vtable) == "no_lease"  # a peer without VtepMAC
+    big = fastpath.classify_tap_outbound(frame, 0xFFFFFF, vtable)[1]
+    assert big[:8] == b"\x08\0\0\0\xff\xff\xff\0"
+    with pytest.raises(ValueError):
+        fastpath.classify_tap_outbound(frame, 1 << 24, vtable)
+
+
+def test_vxlan_inbound_vectors(vtable):
+    srcs = ["10.244.2.7", "10.244.3.7", "10.244.5.7", "10.244.6.7", "10.244.1.7", "8.8.8.8"]
+    dsts = ["10.244.1.5", "10.244.1.0", "10.244.1.255", "10.244.2.5"]
+    bodies = [eth(ipv4(s, d), dst, src) for s in srcs for d in dsts for dst in MACS[:3] for src in SRC_MACS]
+    bodies += FRAMES
+    for body in bodies:
+        for header in VX_HEADERS:
+            payload = header + body
+            for sender in VX_SENDERS:
+                assert c_vx_in(payload, sender, vtable) == py_vx_in(payload, sender, vtable), \
+                    (payload.hex(), sender)
+    for payload in (b"", vxh(), vxh() + b"\0" * 13):
+        assert c_vx_in(payload, VX_SENDERS[0], vtable) == py_vx_in(payload, VX_SENDERS[0], vtable)
+
+
+def test_every_vxlan_refusal_is_reached(vtable):
+    cases = {
+        "unknown_sender": (vxh() + eth(ipv4("10.244.2.7", "10.244.1.5")), "198.18.0.99"),
+        "truncated": (vxh() + b"\0" * 13, "198.18.0.12"),
+        "bad_vxlan": (vxh(flags=0) + eth(ipv4("10.244.2.7", "10.244.1.5")), "198.18.0.12"),
+        "wrong_vni": (vxh(vni=2) + eth(ipv4("10.244.2.7", "10.244.1.5")), "198.18.0.12"),
+        "not_ipv4": (vxh() + eth(ipv4("10.244.2.7", "10.244.1.5"), ethertype=b"\x08\x06"), "198.18.0.12"),
+        "not_for_us": (vxh() + eth(ipv4("10.244.2.7", "10.244.1.5"), dst=OTHER_MAC), "198.18.0.12"),
+        "wrong_source_mac": (vxh() + eth(ipv4("10.244.2.7", "10.244.1.5"), src=MAC_13), "198.18.0.12"),
+        "spoofed_source": (vxh() + eth(ipv4("10.244.3.7", "10.244.1.5")), "198.18.0.12"),
+        "to_broadcast_address": (vxh() + eth(ipv4("10.244.2.7", "10.244.1.255")), "198.18.0.12"),
+        "not_our_subnet": (vxh() + eth(ipv4("10.244.2.7", "10.244.7.5")), "198.18.0.12"),
+    }
+    for reason, (payload, ip) in cases.items():
+        assert c_vx_in(payload, (ip, PORT), vtable) == reason == py_vx_in(payload, (ip, PORT), vtable)
+    ok = vxh() + eth(ipv4("10.244.2.7", "10.244.1.5"), dst=ether.BROADCAST)
+    assert c_vx_in(ok, ("198.18.0.12", 1), vtable) == ok[8:]
+    # a peer without VtepMAC: no source MAC check (as in Python)
+    anymac = vxh() + eth(ipv4("10.244.6.7", "10.244.1.5"), src=OTHER_MAC)
+    assert c_vx_in(anymac, ("198.18.0.16", PORT), vtable) == anymac[8:] == py_vx_in(anymac, ("198.18.0.16", 0), vtable)
+
+
+def l4_packet(proto, payload, checksum, frag=0, src="10.244.2.7", dst="10.244.1.5", extra=b""):
+    """An IPv4 TCP (20-byte header) or UDP packet whose L4 checksum field is ``checksum``
+    ("valid", "partial" or a number)."""
+    if proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", 40000, 80, 1, 2, 5 << 4, 0x18, 512, 0, 0) + payload
+        at = 16
+    else:
+        l4 = struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+        at = 6
+    total = 20 + len(l4)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, frag, 64, proto, 0, socket.inet_aton(src),
+                         socket.inet_aton(dst))
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    pseudo = header[12:20] + bytes([0, proto]) + len(l4).to_bytes(2, "big")
+    if checksum == "valid":
+        value = internet_checksum(pseudo + l4)
+    elif checksum == "partial":
+        value = (~internet_checksum(pseudo)) & 0xFFFF
+    else:
+        value = checksum
+    l4 = l4[:at] + value.to_bytes(2, "big") + l4[at + 2:]
+    return header + l4 + extra
+
+
+def checksum_vectors(rng):
+    out = []
+    for proto in (6, 17):
+        for payload in (b"", b"a", b"hello world", bytes(range(256)) * 3, b"\0" * 7):
+            for checksum in ("valid", "partial", 0, 0xFFFF, 1234):
+                for frag in (0, 0x2000, 0x0001, 0x4000, 0x1fff):
+                    out.append(l4_packet(proto, payload, checksum, frag))
+            out.append(l4_packet(proto, payload, "partial", extra=b"trailer"))
+    out.append(l4_packet(1, b"ping", 0))
+    short = bytearray(l4_packet(17, b"", "partial"))
+    short[2:4] = (20 + 7).to_bytes(2, "big")  # L4 shorter than a UDP header
+    out.append(bytes(short))
+    # a UDP body whose completed checksum computes to 0 (sent as 0xFFFF): search a few payloads
+    for i in range(2000):
+        pkt = l4_packet(17, i.to_bytes(2, "big") + b"xy", "partial")
+        out.append(pkt)
+    for _ in range(500):
+        pkt = bytearray(rng.choice(out[:200]))
+        pkt[rng.randrange(20, len(pkt))] = rng.randrange(256) if len(pkt) > 20 else 0
+        out.append(bytes(pkt))
+    return [p for p in out if ipv4_check(p) is None]
+
+
+def test_complete_partial_checksum_agrees():
+    vectors = checksum_vectors(random.Random(4789))
+    completed = 0
+    for pkt in vectors:
+        want = ether.complete_partial_checksum(pkt)
+        assert fastpath.complete_partial_checksum(pkt) == want, pkt.hex()
+        completed += want is not None
+    assert completed > 100
+    with pytest.raises(ValueError):
+        fastpath.complete_partial_checksum(b"\x45")
+
+
+def test_vxlan_inbound_completes_partial_checksums(vtable):
+    pkt = l4_packet(6, b"data" * 100, "partial")
+    payload = vxh() + eth(pkt)
+    got = c_vx_in(payload, ("198.18.0.12", PORT), vtable)
+    assert got == py_vx_in(payload, ("198.18.0.12", PORT), vtable)
+    assert got == eth(l4_packet(6, b"data" * 100, "valid"))
+
+
+def test_random_and_mutated_vxlan_agree(vtable):
+    rng = random.Random(8472)
+    valid_out = [eth(p, OWN_MAC, OWN_MAC) for p in VALID]
+    valid_in = [vxh() + eth(ipv4(s, "10.244.1.5"), OWN_MAC, m)
+                for s, m in (("10.244.2.7", MAC_12), ("10.244.3.7", MAC_13), ("10.244.5.7", MAC_13))]
+    valid_in.append(vxh() + eth(l4_packet(17, b"x" * 30, "partial")))
+    for pkt in samples(rng):
+        frame = eth(pkt, rng.choice(MACS), rng.choice(SRC_MACS), rng.choice(ETHERTYPES))
+        assert c_tap_out(frame, vtable) == py_tap_out(frame, vtable), frame.hex()
+        sender = rng.choice(VX_SENDERS)
+        payload = rng.choice(VX_HEADERS) + frame
+        assert c_vx_in(payload, sender, vtable) == py_vx_in(payload, sender, vtable), (payload.hex(), sender)
+    for _ in range(1500):
+        base = bytearray(rng.choice(valid_in if rng.random() < 0.6 else valid_out))
+        for _ in range(rng.randrange(1, 4)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        data = bytes(base[:rng.randrange(len(base) + 1)] if rng.random() < 0.3 else base)
+        sender = rng.choice(VX_SENDERS)
+        assert c_vx_in(data, sender, vtable) == py_vx_in(data, sender, vtable), (data.hex(), sender)
+        assert c_tap_out(data, vtable) == py_tap_out(data, vtable), data.hex()
+    for _ in range(300):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 90)))
+        assert c_vx_in(data, ("198.18.0.12", PORT), vtable) == py_vx_in(data, ("198.18.0.12", PORT), vtable)
+
+
+def test_every_c_vxlan_reason_is_a_drop(vtable):
+    verdicts = [c_vx_in(h + f, s, vtable) for h in VX_HEADERS for f in FRAMES[:60] for s in VX_SENDERS]
+    verdicts += [c_tap_out(f, vtable) for f in FRAMES]
+    reasons = {v for v in verdicts if isinstance(v, str)}
+    assert reasons <= {d.value for d in Drop}
+    assert {"unknown_sender", "bad_vxlan", "wrong_vni", "not_ipv4", "no_lease", "truncated"} <= reasons

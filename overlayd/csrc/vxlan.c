@@ -1,0 +1,105 @@
+/* The userspace VXLAN framing (see vxlan.h); every rule mirrors overlayd.encap.ether / .vxlan. */
+#include "vxlan.h"
+
+#include <string.h>
+
+#include "packet.h"
+
+static const unsigned char broadcast[MAC_LEN] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+/* ether._ipv4_payload_check: why frame f[0:n] does not carry a usable IPv4 packet, or V_OK. */
+static int ipv4_payload_check(const unsigned char *f, size_t n)
+{
+    if (n < ETH_HDR_LEN)
+        return V_TRUNCATED;
+    if (f[12] != 0x08 || f[13] != 0x00)
+        return V_NOT_IPV4;
+    return ipv4_check(f + ETH_HDR_LEN, n - ETH_HDR_LEN);
+}
+
+int vxlan_outbound(const peer_table_t *t, const unsigned char *f, size_t n, const route_t **route)
+{
+    int v = ipv4_payload_check(f, n);
+    if (v != V_OK)
+        return v;
+    const route_t *r;
+    v = table_outbound(t, f + ETH_HDR_LEN, n - ETH_HDR_LEN, &r);
+    if (v != V_OK)
+        return v;
+    if (!r->has_mac)  /* peer.vtep_mac is None */
+        return V_NO_LEASE;
+    *route = r;
+    return V_OK;
+}
+
+unsigned char *vxlan_encapsulate(unsigned char *f, const route_t *r, uint32_t vni)
+{
+    unsigned char *h = f - VXLAN_HDR_LEN;
+    memset(h, 0, VXLAN_HDR_LEN);
+    h[0] = VXLAN_FLAG_I;
+    put_be32(h + 4, (vni & 0xFFFFFFu) << 8);
+    memcpy(f, r->vtep_mac, MAC_LEN);
+    return h;
+}
+
+int complete_partial_checksum(unsigned char *p, size_t n)
+{
+    unsigned proto = p[9], min_len, offset;
+    if (proto == PROTO_TCP) {
+        min_len = 20;
+        offset = 16;
+    } else if (proto == PROTO_UDP) {
+        min_len = 8;
+        offset = 6;
+    } else {
+        return 0;
+    }
+    if ((p[6] & 0x3F) || p[7])  /* MF or a fragment offset */
+        return 0;
+    size_t ihl = (p[0] & 0x0Fu) * 4u, total = be16(p + 2);
+    if (total > n || ihl > total || total - ihl < min_len)  /* ipv4_check holds the first two */
+        return 0;
+    unsigned char *l4 = p + ihl;
+    unsigned l4len = (unsigned)(total - ihl), field = be16(l4 + offset);
+    uint64_t pseudo = pseudo_sum(p, l4len);
+    if (field != csum_fold(pseudo) || field == 0)
+        return 0;
+    uint64_t body = csum_add(0, l4, l4len);
+    if (csum_fold(pseudo + body) == 0xFFFF)  /* valid as it is */
+        return 0;
+    unsigned full = ~csum_fold(body) & 0xFFFFu;
+    if (proto == PROTO_UDP && full == 0)
+        full = 0xFFFF;  /* RFC 768: a computed 0 is sent as all ones */
+    put_be16(l4 + offset, full);
+    return 1;
+}
+
+int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sender, uint32_t sender, uint32_t vni,
+                  const unsigned char *own_mac, uint32_t subnet, uint32_t mask)
+{
+    if (!has_sender || !table_knows_sender(t, sender))
+        return V_UNKNOWN_SENDER;
+    /* vxlan.decapsulate */
+    if (n < VXLAN_HDR_LEN + ETH_HDR_LEN)
+        return V_TRUNCATED;
+    if (!(d[0] & VXLAN_FLAG_I))
+        return V_BAD_VXLAN;
+    if ((be32(d + 4) >> 8) != vni)
+        return V_WRONG_VNI;
+    /* ether.tap_inbound */
+    unsigned char *f = d + VXLAN_HDR_LEN;
+    size_t len = n - VXLAN_HDR_LEN;
+    int v = ipv4_payload_check(f, len);
+    if (v != V_OK)
+        return v;
+    if (memcmp(f, own_mac, MAC_LEN) != 0 && memcmp(f, broadcast, MAC_LEN) != 0)
+        return V_NOT_FOR_US;
+    const route_t *owner;
+    v = table_admit(t, f + ETH_HDR_LEN, sender, subnet, mask, &owner);
+    if (v != V_OK)
+        return v;
+    if (owner->has_mac && memcmp(f + MAC_LEN, owner->vtep_mac, MAC_LEN) != 0)
+        return V_WRONG_SOURCE_MAC;
+    complete_partial_checksum(f + ETH_HDR_LEN, len - ETH_HDR_LEN);
+    return V_OK;
+}

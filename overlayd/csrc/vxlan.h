@@ -1,0 +1,37 @@
+/*
+ * The userspace VXLAN backend's framing in C: the twins of
+ * overlayd.encap.ether (tap_outbound, tap_inbound, complete_partial_checksum)
+ * and overlayd.encap.vxlan (the RFC 7348 header). Pure functions, no I/O.
+ */
+#ifndef OVERLAYD_VXLAN_H
+#define OVERLAYD_VXLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "table.h"
+
+#define VXLAN_HDR_LEN 8     /* flags, 24 reserved bits, 24-bit VNI, 8 reserved bits */
+#define VXLAN_FLAG_I 0x08
+#define ETH_HDR_LEN 14
+#define MAC_LEN 6
+
+/* ether.tap_outbound for the frame f[0:n]: V_OK with *route set, or the drop. */
+int vxlan_outbound(const peer_table_t *t, const unsigned char *f, size_t n, const route_t **route);
+
+/* Frame f (V_OK from vxlan_outbound, r its route) as the UDP payload: the VXLAN header for vni is
+ * written in the VXLAN_HDR_LEN bytes before f (the caller's headroom) and the destination MAC
+ * rewritten to r's VtepMAC. Returns f - VXLAN_HDR_LEN. */
+unsigned char *vxlan_encapsulate(unsigned char *f, const route_t *r, uint32_t vni);
+
+/* VxlanCodec.inbound for the datagram d[0:n] from sender (host order; has_sender 0: not an IPv4
+ * address): V_OK with the frame to write at d + VXLAN_HDR_LEN, n - VXLAN_HDR_LEN (a partial inner
+ * checksum completed in place), or the drop. */
+int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sender, uint32_t sender, uint32_t vni,
+                  const unsigned char *own_mac, uint32_t subnet, uint32_t mask);
+
+/* ether.complete_partial_checksum for the checked IPv4 packet p[0:n]: 1 when it completed the
+ * checksum in place, 0 when it left p alone. */
+int complete_partial_checksum(unsigned char *p, size_t n);
+
+#endif
