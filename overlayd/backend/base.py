@@ -44,7 +44,7 @@ class NodeOptions:
 
     vxlan_impl: str = "user"
     use_uvloop: bool = False
-    datapath: str = "python"  # "c": the UDP backend's C fast path (overlayd._fastpath)
+    datapath: str = "python"  # "c": the userspace backends' C engine (overlayd._fastpath)
     udp_checksum: bool = False  # send checksummed UDP (the C engine then uses UDP GSO); default: checksum 0
 
 

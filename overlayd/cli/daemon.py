@@ -98,9 +98,9 @@ def _event_loop(ctx, param, value):
               callback=_event_loop, show_envvar=True, help="Event loop for the userspace data plane (uvloop runs it in "
                                       "its own thread; netlink and etcd stay on asyncio).")
 @click.option("--datapath", type=click.Choice(["python", "c"]), callback=_datapath, show_envvar=True,
-              help="UDP backend data path: the pure Python loop, or the C fast path (batched "
-                   "recvmmsg/sendmmsg; VXLAN always uses Python). Default: c when it was built, "
-                   "else python.")
+              help="Data path of the userspace backends (udp, vxlan --vxlan-impl user): the pure "
+                   "Python loop, or the C engine (forwarding threads, batched syscalls, TSO "
+                   "superpackets on tun0). Default: c when it was built, else python.")
 @click.option("--udp-checksum", is_flag=True, show_envvar=True,
               help="Send the userspace backends' datagrams with UDP checksums instead of checksum 0, so the "
                    "C engine can hand the kernel whole superpackets (UDP GSO; much faster). Receivers accept "
