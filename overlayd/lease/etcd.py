@@ -299,6 +299,10 @@ class EtcdStore:
                 limit = min(limit, FAILOVER_AFTER)
             try:
                 result = await asyncio.wait_for(self._attempt(role, op), limit + 1)
+                if _really_cancelled():
+                    # Python < 3.12: wait_for returns the result and swallows a cancellation that
+                    # races it; the loop that called us must still stop (a stop hung on this)
+                    raise asyncio.CancelledError
                 if errors:  # one line per failover that worked; none while every endpoint fails
                     log.info("etcd: now using %s (%s)", endpoint, _join(errors))
                 return result
