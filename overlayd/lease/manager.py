@@ -156,7 +156,7 @@ class LeaseManager:
         self.lease = lease
         connectivity.notify_on_return(self.wake)
         while True:
-            woken = await sleep_or(self.wake, self.renew_delay(lease), self.sleep)
+            await sleep_or(self.wake, self.renew_delay(lease), self.sleep)
             self.wake.clear()
             try:
                 renewed = await self.store.renew_lease(lease)
@@ -169,9 +169,8 @@ class LeaseManager:
                 log.warning("%s; re-acquiring %s", exc, lease.subnet)
                 renewed = await self._reacquire(lease.subnet, connectivity)
                 log.warning("lease on %s is ours again", renewed.subnet)
-            if woken and renewed.expiration is not None:
-                log.debug("renewed %s early (woken), expires in %.0fs", renewed.subnet,
-                          renewed.expiration - self.clock())
+            if renewed.expiration is not None:
+                log.debug("renewed %s, expires in %.0fs", renewed.subnet, renewed.expiration - self.clock())
             lease = self.lease = renewed
             if on_renew is not None:
                 on_renew(lease)
