@@ -234,18 +234,13 @@ def _bool_field(obj: dict, key: str, where: str) -> bool | None:
     return value
 
 
-def _switches(obj: dict, where: str) -> dict[str, bool]:
-    """The :data:`UNSUPPORTED` switches present in ``obj``; refuses the values that ask for
-    a feature overlayd lacks."""
-    found = {}
+def _check_switches(obj: dict, where: str) -> None:
+    """Refuse the :data:`UNSUPPORTED` switches in ``obj`` whose value asks for a feature
+    overlayd lacks (the harmless value is accepted and has no effect)."""
     for (place, key), (harmless, why) in UNSUPPORTED.items():
         value = _bool_field(obj, key, where) if place == where else None
-        if value is None:
-            continue
-        if value != harmless:
+        if value is not None and value != harmless:
             raise ConfigError(f"{where}{key}: {json.dumps(value)} is not supported by overlayd: {why}")
-        found[key] = value
-    return found
 
 
 def _addr_field(obj: dict, key: str) -> ipaddress.IPv4Address | None:
@@ -297,7 +292,7 @@ def _parse_backend(raw: Any, notes: list[str]) -> BackendConfig:
     unknown = sorted(set(raw) - _BACKEND_KEYS[btype], key=str)
     if unknown:
         raise ConfigError(f"Backend.{_clip(str(unknown[0]))}: not a setting of the {btype} backend")
-    switches = _switches(raw, "Backend.")
+    _check_switches(raw, "Backend.")
     for key in ("MacPrefix", "Name"):
         if key in raw:
             if not isinstance(raw[key], str):
@@ -330,7 +325,7 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
     unknown = sorted(set(raw) - _TOP_KEYS, key=str)
     if unknown:
         raise ConfigError(f"{_clip(str(unknown[0]))}: unknown field")
-    _switches(raw, "")
+    _check_switches(raw, "")
     notes: list[str] = []
     ipv6 = [key for key in _IPV6_KEYS if key in raw]
     if ipv6:

@@ -155,18 +155,27 @@ def watch_line(event: str, record: dict, when: float) -> str:
     return fit(line.rstrip(), WIDTH)
 
 
+def _records(leases, now: float, mine) -> list[dict]:
+    """The leases as ``subnets`` records, by subnet."""
+    return [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
+
+
+def _subnets_text(records: list[dict]) -> str:
+    """The human ``subnets`` listing of ``records``."""
+    return render_table([_subnet_row(r) for r in records], SUBNET_HEADERS) if records else "no subnet leases"
+
+
 async def _watch(store, as_json: bool) -> None:
     """List the leases, then print every change the etcd watch reports, until cancelled."""
     mine = await asyncio.to_thread(local_addresses)  # pyroute2's IPRoute runs a loop of its own
     leases, revision = await store.list_leases(with_ttl=True)
     now = time.time()
-    records = [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
+    records = _records(leases, now, mine)
     if as_json:
         for r in records:
             click.echo(json.dumps({"time": now, "event": "listed", **r}))
     else:
-        click.echo(render_table([_subnet_row(r) for r in records], SUBNET_HEADERS) if records
-                   else "no subnet leases")
+        click.echo(_subnets_text(records))
         click.echo("watching for changes (Ctrl-C to stop)", err=True)
     watcher = LeaseWatcher()
     watcher.reset(leases, revision)
@@ -214,15 +223,11 @@ def subnets(obj, watch, as_json):
             pass
         return
     leases, _ = _run(lambda s: s.list_leases(with_ttl=True), obj)
-    mine = local_addresses()
-    now = time.time()
-    records = [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
+    records = _records(leases, time.time(), local_addresses())
     if as_json:
         _echo_json(records)
-    elif not records:
-        click.echo("no subnet leases")
     else:
-        click.echo(render_table([_subnet_row(r) for r in records], SUBNET_HEADERS))
+        click.echo(_subnets_text(records))
 
 
 EXIT_NOT_RUNNING = 3  # overlayctl status: the daemon stopped (cleanly or on an error)

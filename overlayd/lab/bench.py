@@ -144,7 +144,8 @@ def udp_result(report: dict) -> tuple[float, float]:
 
 # -- measuring ------------------------------------------------------------------
 
-def _daemon_cpu(pids: list[int]) -> float:
+def daemon_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes ``pids`` have used so far."""
     total = 0.0
     for pid in pids:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -175,7 +176,7 @@ def _iperf(ep: Endpoints, seconds: int, client_args: list[str]) -> dict:
 
 
 def measure_tcp(ep: Endpoints, result: Result, rounds: int, seconds: int) -> None:
-    cpu_before = _daemon_cpu(ep.daemons)
+    cpu_before = daemon_cpu(ep.daemons)
     received = 0
     retrans = 0
     for _ in range(rounds):
@@ -186,7 +187,7 @@ def measure_tcp(ep: Endpoints, result: Result, rounds: int, seconds: int) -> Non
     result.gbits = statistics.median(result.rounds)
     result.retransmits = retrans
     if ep.daemons and received:
-        result.cpu_s_per_gb = (_daemon_cpu(ep.daemons) - cpu_before) / (received / 1e9)
+        result.cpu_s_per_gb = (daemon_cpu(ep.daemons) - cpu_before) / (received / 1e9)
 
 
 def measure_rtt(ep: Endpoints, result: Result) -> None:

@@ -34,6 +34,7 @@ import time
 
 import click
 
+from .bench import daemon_cpu
 from .topology import Lab, LabError, Node, run
 
 REAL_NODES = 2
@@ -86,13 +87,11 @@ def simnodes(lab: Lab, *args: str, timeout: float = 600) -> dict:
 
 
 def kernel_peers(lab: Lab, node: Node) -> dict[str, int]:
-    """Per-peer kernel state on ``node``: routes, neighbours and FDB entries on the VXLAN device."""
+    """Per-peer kernel state on ``node``: routes and FDB entries on the VXLAN device."""
     ns = node.netns
     routes = run(["ip", "-n", ns, "route", "show", "dev", VXLAN_DEV], check=False).stdout.splitlines()
-    neigh = run(["ip", "-n", ns, "neigh", "show", "dev", VXLAN_DEV], check=False).stdout.splitlines()
     fdb = run(["bridge", "-n", ns, "fdb", "show", "dev", VXLAN_DEV], check=False).stdout.splitlines()
-    return {"routes": sum(" via " in r for r in routes), "neigh": len(neigh),
-            "fdb": sum(" dst " in f for f in fdb)}
+    return {"routes": sum(" via " in r for r in routes), "fdb": sum(" dst " in f for f in fdb)}
 
 
 def has_peer(lab: Lab, node: Node, subnet: str) -> bool:
@@ -116,12 +115,6 @@ def wait(predicate, timeout: float, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -173,16 +166,15 @@ def measure(n: int, idle_seconds: int, progress) -> Row:
             run(["ip", "-n", node.netns, "link", "del", VXLAN_DEV])
             t0 = time.monotonic()
             lab.start_node(node, wait=False)
-            if not wait(lambda: kernel_peers(lab, node)["fdb"] >= peers and
-                        kernel_peers(lab, node)["routes"] >= peers, 120, 0.05):
+            if not wait(lambda: min(kernel_peers(lab, node).values()) >= peers, 120, 0.05):
                 raise LabError(f"restarted daemon did not program {peers} peers in 120 s")
             row.startup_s = round(time.monotonic() - t0, 2)
 
             progress(f"{n} nodes: {idle_seconds}s at idle")
             time.sleep(2)
-            cpu0, req0, t0 = cpu_seconds(node.pid), etcd_requests(lab), time.monotonic()
+            cpu0, req0, t0 = daemon_cpu([node.pid]), etcd_requests(lab), time.monotonic()
             time.sleep(idle_seconds)
-            cpu1, req1, t1 = cpu_seconds(node.pid), etcd_requests(lab), time.monotonic()
+            cpu1, req1, t1 = daemon_cpu([node.pid]), etcd_requests(lab), time.monotonic()
             row.idle_cpu_pct = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
             row.rss_mb = round(rss_mb(node.pid), 1)
             row.etcd_requests_per_node_hour = round((req1 - req0) / REAL_NODES / (t1 - t0) * 3600)

@@ -38,12 +38,14 @@ import subprocess
 from ..errors import PlumbingError
 
 TABLE = "overlayd"
+# create-then-delete: the delete cannot fail when the table is absent (removes it, or
+# clears the way for a new one in the same atomic nft script)
+_DROP_TABLE = f"table ip {TABLE}\ndelete table ip {TABLE}\n"
 
 
 def ruleset(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
     """The nft script that (re)creates our table (pure, so it is unit-tested)."""
-    # make sure the table exists so the delete cannot fail, then replace it as a whole
-    return f"table ip {TABLE}\ndelete table ip {TABLE}\n" + table(network, subnet, masquerade)
+    return _DROP_TABLE + table(network, subnet, masquerade)  # replaced as a whole, atomically
 
 
 def table(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
@@ -117,4 +119,4 @@ def ensure(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masque
 
 def remove() -> None:
     """Delete our table if it exists."""
-    _nft(f"table ip {TABLE}\ndelete table ip {TABLE}\n")
+    _nft(_DROP_TABLE)
