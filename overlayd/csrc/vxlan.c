@@ -7,19 +7,26 @@
 
 static const unsigned char broadcast[MAC_LEN] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
-/* ether._ipv4_payload_check: why frame f[0:n] does not carry a usable IPv4 packet, or V_OK. */
-static int ipv4_payload_check(const unsigned char *f, size_t n)
+/* Why frame f[0:n] is no Ethernet frame carrying IPv4, or V_OK (the IPv4 header is not looked at). */
+static int ether_check(const unsigned char *f, size_t n)
 {
     if (n < ETH_HDR_LEN)
         return V_TRUNCATED;
     if (f[12] != 0x08 || f[13] != 0x00)
         return V_NOT_IPV4;
-    return ipv4_check(f + ETH_HDR_LEN, n - ETH_HDR_LEN);
+    return V_OK;
+}
+
+/* ether._ipv4_payload_check: why frame f[0:n] does not carry a usable IPv4 packet, or V_OK. */
+static int ipv4_payload_check(const unsigned char *f, size_t n)
+{
+    int v = ether_check(f, n);
+    return v != V_OK ? v : ipv4_check(f + ETH_HDR_LEN, n - ETH_HDR_LEN);
 }
 
 int vxlan_outbound(const peer_table_t *t, const unsigned char *f, size_t n, const route_t **route)
 {
-    int v = ipv4_payload_check(f, n);
+    int v = ether_check(f, n);  /* table_outbound checks the IPv4 header itself */
     if (v != V_OK)
         return v;
     const route_t *r;

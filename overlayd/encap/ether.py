@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 
 from ..errors import EncapError
 from . import ipv4, receive
@@ -108,12 +107,12 @@ def complete_partial_checksum(pkt: bytes) -> bytes | None:
     if len(l4) < min_len:
         return None
     field = (l4[offset] << 8) | l4[offset + 1]
-    pseudo = ipv4.fold(sum(struct.unpack("!4H", pkt[12:20])) + proto + len(l4))
-    if field != pseudo or field == 0:
+    if field != ipv4.pseudo_sum(pkt, len(l4)) or field == 0:
         return None
-    full = ipv4.internet_checksum(l4)
-    if ipv4.internet_checksum(pkt[12:20] + bytes([0, proto]) + len(l4).to_bytes(2, "big") + l4) == 0:
+    body = ipv4.ones_sum(l4)
+    if ipv4.fold(field + body) == 0xFFFF:
         return None  # valid as it is: the field only happens to equal the pseudo-header sum
+    full = ~body & 0xFFFF
     if proto == 17 and full == 0:
         full = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
     at = ihl + offset

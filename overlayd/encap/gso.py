@@ -67,15 +67,6 @@ NO_OFFLOAD_HEADER = NO_OFFLOAD.pack()
 
 
 
-def _sum(data: bytes) -> int:
-    """The ones'-complement sum of ``data``, folded, not complemented."""
-    return ~ipv4.internet_checksum(data) & 0xFFFF
-
-
-def _pseudo(pkt: bytes, l4len: int) -> int:
-    return ipv4.fold(_sum(pkt[12:20]) + pkt[9] + l4len)
-
-
 def _with_ip_checksum(header: bytearray) -> bytearray:
     """``header`` (IPv4, then anything) with its IP header checksum recomputed."""
     header[10:12] = b"\0\0"
@@ -106,7 +97,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
         at = hdr.csum_start + hdr.csum_offset
         if hdr.csum_start < (pkt[0] & 0x0F) * 4 or at + 2 > total:
             return Drop.BAD_IP_HEADER
-        c = ~ipv4.fold(_sum(pkt[hdr.csum_start:total]) + 0) & 0xFFFF
+        c = ipv4.internet_checksum(pkt[hdr.csum_start:total])
         if c == 0 and pkt[9] == PROTO_UDP:
             c = 0xFFFF
         return [pkt[:at] + c.to_bytes(2, "big") + pkt[at + 2:]]
@@ -132,7 +123,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
         tcp[16:18] = b"\0\0"
         ip = _with_ip_checksum(ip)
         l4 = bytes(tcp) + data
-        tcp[16:18] = (~ipv4.fold(_pseudo(bytes(ip), len(l4)) + _sum(l4)) & 0xFFFF).to_bytes(2, "big")
+        tcp[16:18] = (~ipv4.fold(ipv4.pseudo_sum(bytes(ip), len(l4)) + ipv4.ones_sum(l4)) & 0xFFFF).to_bytes(2, "big")
         out.append(bytes(ip) + bytes(tcp) + data)
     return out
 
@@ -144,7 +135,9 @@ def _candidate(pkt: bytes) -> bool:
     layout = _tcp_layout(pkt)
     if layout is None or layout[1] == 0 or pkt[33] & ~PSH != ACK:
         return False
-    return _sum(pkt[:20]) == 0xFFFF and ipv4.fold(_pseudo(pkt, len(pkt) - 20) + _sum(pkt[20:])) == 0xFFFF
+    l4 = pkt[20:]
+    return ipv4.ones_sum(pkt[:20]) == 0xFFFF and \
+        ipv4.fold(ipv4.pseudo_sum(pkt, len(l4)) + ipv4.ones_sum(l4)) == 0xFFFF
 
 
 def _extends(run: list[bytes], pkt: bytes, run_bytes: int) -> bool:
@@ -171,7 +164,7 @@ def _join(run: list[bytes]) -> tuple[VnetHdr, bytes]:
     header[2:4] = total.to_bytes(2, "big")
     header = _with_ip_checksum(header)
     header[33] |= run[-1][33] & PSH
-    header[36:38] = _pseudo(bytes(header), total - 20).to_bytes(2, "big")
+    header[36:38] = ipv4.pseudo_sum(bytes(header), total - 20).to_bytes(2, "big")
     return VnetHdr(NEEDS_CSUM, GSO_TCPV4, hlen, len(head) - hlen, 20, 16), bytes(header) + body
 
 

@@ -17,6 +17,16 @@ def fold(total: int) -> int:
     return total
 
 
+def ones_sum(data: bytes) -> int:
+    """The ones'-complement sum of ``data``, folded, not complemented."""
+    return ~internet_checksum(data) & 0xFFFF
+
+
+def pseudo_sum(pkt: bytes, l4len: int) -> int:
+    """The folded sum of IPv4 packet ``pkt``'s TCP/UDP pseudo-header for ``l4len`` bytes of L4."""
+    return fold(ones_sum(pkt[12:20]) + pkt[9] + l4len)
+
+
 def internet_checksum(data: bytes) -> int:
     """RFC 1071 ones'-complement sum of ``data`` (odd lengths padded with a zero byte)."""
     if len(data) % 2:
