@@ -21,8 +21,25 @@
  * CHECKSUM_PARTIAL inner checksum is completed in place before the frame is
  * written; any source port is accepted (kernel VTEPs vary it per flow).
  * Everything else (threads, batching, table swaps, counters, ICMP answers)
- * is shared with the UDP wire. Not yet: superpackets on the tap (a VXLAN
- * engine refuses vnet_hdr).
+ * is shared with the UDP wire, superpackets included: with vnet_hdr the tap
+ * is segmented and coalesced like the tun, the Ethernet header (engine_t.l2)
+ * in front of each segment and run (segment_frame, coalesce_frames).
+ *
+ * A kernel VTEP's superpackets (vxlan_tap_frame). With transmit checksum
+ * offload on, a kernel VTEP over a virtual underlay sends a whole TCP GSO
+ * skb in one datagram: an inner IP packet up to 64 KB, past the MTU, its
+ * TCP checksum partial. A plain tap would take it, but the kernel then
+ * forwards a non-GSO packet larger than cni0's MTU: dropped, with an ICMP
+ * "fragmentation needed" back (that is why such transfers stalled). On a
+ * vnet_hdr tap the engine writes it whole as one GSO write (NEEDS_CSUM, the
+ * checksum left partial, gso_size the MSS that fits the tap's MTU) and the
+ * kernel cuts it where it must, as its own GRO'd packets are; only after
+ * every check a frame passes, and only TCP/IPv4 whose checksum field holds
+ * the pseudo-header sum. Anything else past the MTU is dropped as
+ * bad_ip_header. The Python plane cuts the same packet into the segments
+ * the kernel makes of the GSO write (ether.cut_superpacket); the parity
+ * tests compare the two through gso.segment_frame. The receive buffers hold
+ * any datagram (PKT_MAX plus the VXLAN and Ethernet headers).
  *
  * Threads (csrc/engine.c). Engine.start() makes two threads, one per
  * direction, that own the hot loop and never take the GIL: tun -> UDP blocks
@@ -287,15 +304,17 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
 {
     Py_buffer db, mb;
     PyObject *sender_ip, *table, *result = NULL;
-    unsigned long vni;
+    unsigned long vni, mtu = PKT_MAX;
     unsigned long long subnet, mask;
-    if (!PyArg_ParseTuple(args, "y*OKy*KKO:classify_vxlan_inbound", &db, &sender_ip, &vni, &mb, &subnet, &mask,
-                          &table))
+    if (!PyArg_ParseTuple(args, "y*OKy*KKO|k:classify_vxlan_inbound", &db, &sender_ip, &vni, &mb, &subnet, &mask,
+                          &table, &mtu))
         return NULL;
     peer_table_t *t = NULL;
     unsigned char *d = NULL;
     if (mb.len != MAC_LEN)
         PyErr_SetString(PyExc_ValueError, "own_mac is 6 bytes");
+    else if (mtu > PKT_MAX)
+        PyErr_Format(PyExc_ValueError, "mtu %lu is beyond %d", mtu, PKT_MAX);
     else if (vni_ok(vni) && (t = table_from(table, 0)) != NULL && (d = PyMem_Malloc(db.len > 0 ? (size_t)db.len : 1)) == NULL)
         PyErr_NoMemory();
     if (d != NULL) {
@@ -303,10 +322,21 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
         uint32_t ip;
         int parsed, canonical;
         parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
+        vnet_hdr_t h = {0};
         int v = vxlan_inbound(t, d, (size_t)db.len, canonical, ip, (uint32_t)vni, mb.buf, (uint32_t)subnet,
                               (uint32_t)mask);
-        result = v != V_OK ? PyUnicode_FromString(reason_names[v])
-                           : PyBytes_FromStringAndSize((const char *)d + VXLAN_HDR_LEN, db.len - VXLAN_HDR_LEN);
+        if (v == V_OK)
+            v = vxlan_tap_frame(d + VXLAN_HDR_LEN, (size_t)db.len - VXLAN_HDR_LEN, (unsigned)mtu, &h);
+        const char *f = (const char *)d + VXLAN_HDR_LEN;
+        if (v != V_OK) {
+            result = PyUnicode_FromString(reason_names[v]);
+        } else if (h.gso_type == GSO_NONE) {
+            result = PyBytes_FromStringAndSize(f, db.len - VXLAN_HDR_LEN);
+        } else {
+            unsigned char b[VNET_HDR_LEN];
+            vnet_put(b, &h);
+            result = Py_BuildValue("(y#y#)", (const char *)b, (Py_ssize_t)VNET_HDR_LEN, f, db.len - VXLAN_HDR_LEN);
+        }
     }
     PyMem_Free(d);
     table_unref(t);
@@ -333,32 +363,38 @@ static PyObject *py_complete_partial_checksum(PyObject *self, PyObject *arg)
 
 /* ---- Python API: superpackets (parity with overlayd.encap.gso) ------------------ */
 
-static PyObject *py_segment(PyObject *self, PyObject *args)
+/* segment() (l2 0) or segment_frame() (l2 ETH_HDR_LEN: a tap's frame, the header's offsets counted
+ * from its start, each segment behind the frame's Ethernet header), as the engine cuts a read. */
+static PyObject *segment_l2(PyObject *args, const char *format, size_t l2)
 {
     Py_buffer hb, pb;
-    if (!PyArg_ParseTuple(args, "y*y*:segment", &hb, &pb))
+    if (!PyArg_ParseTuple(args, format, &hb, &pb))
         return NULL;
     PyObject *result = NULL;
-    unsigned char *p = PyMem_Malloc(pb.len > 0 ? (size_t)pb.len : 1), *seg = PyMem_Malloc(PKT_MAX + 60);
+    size_t len = (size_t)pb.len, n = len > l2 ? len - l2 : 0;  /* n: the IP packet's bytes */
+    unsigned char *f = PyMem_Malloc(len > l2 ? len : l2 + 1), *seg = PyMem_Malloc(l2 + PKT_MAX + 60);
     if (hb.len != VNET_HDR_LEN) {
         PyErr_SetString(PyExc_ValueError, "a virtio_net_hdr is 10 bytes");
-    } else if (p == NULL || seg == NULL) {
+    } else if (f == NULL || seg == NULL) {
         PyErr_NoMemory();
     } else {
         vnet_hdr_t h;
+        unsigned char *p = f + l2;
         vnet_parse(hb.buf, &h);
-        memcpy(p, pb.buf, (size_t)pb.len);
-        int v = ipv4_check(p, (size_t)pb.len), count = 1;
-        if (v == V_OK && (count = gso_prepare(&h, p, (size_t)pb.len)) < 0)
+        vnet_strip_l2(&h, (unsigned)l2);
+        memcpy(f, pb.buf, len);
+        int v = ipv4_check(p, n), count = 1;
+        if (v == V_OK && (count = gso_prepare(&h, p, n)) < 0)
             v = -count;
         if (v != V_OK) {
             result = PyUnicode_FromString(reason_names[v]);
         } else if (h.gso_type == GSO_NONE) {
-            result = Py_BuildValue("[y#]", (const char *)p, pb.len);
+            result = Py_BuildValue("[y#]", (const char *)f, pb.len);
         } else if ((result = PyList_New(count)) != NULL) {
+            memcpy(seg, f, l2);
             for (int i = 0; i < count; i++) {
-                size_t len = gso_segment(&h, p, i, count, seg);
-                PyObject *item = PyBytes_FromStringAndSize((const char *)seg, (Py_ssize_t)len);
+                size_t got = l2 + gso_segment(&h, p, i, count, seg + l2);
+                PyObject *item = PyBytes_FromStringAndSize((const char *)seg, (Py_ssize_t)got);
                 if (item == NULL) {
                     Py_CLEAR(result);
                     break;
@@ -367,22 +403,32 @@ static PyObject *py_segment(PyObject *self, PyObject *args)
             }
         }
     }
-    PyMem_Free(p);
+    PyMem_Free(f);
     PyMem_Free(seg);
     PyBuffer_Release(&hb);
     PyBuffer_Release(&pb);
     return result;
 }
 
-/* (header, packet) for the run pkts[0:count], as the engine writes it. */
-static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int count)
+static PyObject *py_segment(PyObject *self, PyObject *args)
+{
+    return segment_l2(args, "y*y*:segment", 0);
+}
+
+static PyObject *py_segment_frame(PyObject *self, PyObject *args)
+{
+    return segment_l2(args, "y*y*:segment_frame", ETH_HDR_LEN);
+}
+
+/* (header, packet or frame) for the run pkts[0:count] (l2 bytes before each), as the engine writes it. */
+static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int count, size_t l2)
 {
     static const unsigned char none[VNET_HDR_LEN];
     if (count == 1)
-        return Py_BuildValue("(y#y#)", (const char *)none, (Py_ssize_t)VNET_HDR_LEN, (const char *)pkts[0],
-                             (Py_ssize_t)lens[0]);
+        return Py_BuildValue("(y#y#)", (const char *)none, (Py_ssize_t)VNET_HDR_LEN, (const char *)pkts[0] - l2,
+                             (Py_ssize_t)(lens[0] + l2));
     unsigned char hdr[GRO_HDR_MAX];
-    size_t hlen = gro_header(pkts, lens, count, hdr), total = hlen - VNET_HDR_LEN;
+    size_t hlen = gro_header(pkts, lens, count, l2, hdr), total = hlen - VNET_HDR_LEN;
     for (int i = 0; i < count; i++)
         total += lens[i] - gro_payload_offset(pkts[i]);
     PyObject *pkt = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
@@ -399,7 +445,9 @@ static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int co
     return Py_BuildValue("(y#N)", (const char *)hdr, (Py_ssize_t)VNET_HDR_LEN, pkt);
 }
 
-static PyObject *py_coalesce(PyObject *self, PyObject *arg)
+/* coalesce() (l2 0) or coalesce_frames() (l2 ETH_HDR_LEN: frames, each at least that long), as the
+ * engine's deliver() runs it. */
+static PyObject *coalesce_l2(PyObject *arg, size_t l2)
 {
     PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of bytes");
     if (seq == NULL)
@@ -410,17 +458,18 @@ static PyObject *py_coalesce(PyObject *self, PyObject *arg)
     PyObject *result = pkts && lens ? PyList_New(0) : PyErr_NoMemory();
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyBytes_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "coalesce() takes bytes");
+        if (!PyBytes_Check(item) || (size_t)PyBytes_GET_SIZE(item) < l2) {
+            PyErr_SetString(PyExc_TypeError, l2 ? "coalesce_frames() takes bytes of at least an Ethernet header"
+                                                 : "coalesce() takes bytes");
             Py_CLEAR(result);
             break;
         }
-        pkts[i] = (unsigned char *)PyBytes_AS_STRING(item);
-        lens[i] = (size_t)PyBytes_GET_SIZE(item);
+        pkts[i] = (unsigned char *)PyBytes_AS_STRING(item) + l2;
+        lens[i] = (size_t)PyBytes_GET_SIZE(item) - l2;
     }
     for (Py_ssize_t i = 0; result != NULL && i < n;) {
-        int count = gro_run(pkts + i, lens + i, (int)(n - i));
-        PyObject *item = run_item(pkts + i, lens + i, count);
+        int count = gro_run(pkts + i, lens + i, (int)(n - i), l2);
+        PyObject *item = run_item(pkts + i, lens + i, count, l2);
         if (item == NULL || PyList_Append(result, item) < 0)
             Py_CLEAR(result);
         Py_XDECREF(item);
@@ -430,6 +479,16 @@ static PyObject *py_coalesce(PyObject *self, PyObject *arg)
     PyMem_Free(lens);
     Py_DECREF(seq);
     return result;
+}
+
+static PyObject *py_coalesce(PyObject *self, PyObject *arg)
+{
+    return coalesce_l2(arg, 0);
+}
+
+static PyObject *py_coalesce_frames(PyObject *self, PyObject *arg)
+{
+    return coalesce_l2(arg, ETH_HDR_LEN);
 }
 
 /* ---- Python API: the engine ------------------------------------------------------ */
@@ -444,8 +503,8 @@ typedef struct {
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", "udp_gso",
-                             "vni", "own_mac", NULL};
-    int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0;
+                             "vni", "own_mac", "mtu", NULL};
+    int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0, mtu = 0;
     socklen_t optlen = sizeof(no_check);
     unsigned long long subnet, mask;
     PyObject *table, *vni_obj = Py_None;
@@ -455,16 +514,20 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|ppOy*:Engine", kwlist, &dev_fd, &sock_fd, &port, &subnet,
-                                     &mask, &table, &vnet, &udp_gso, &vni_obj, &mac))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|ppOy*i:Engine", kwlist, &dev_fd, &sock_fd, &port,
+                                     &subnet, &mask, &table, &vnet, &udp_gso, &vni_obj, &mac, &mtu))
         return -1;
     int vxlan = vni_obj != Py_None, bad = 0;
-    if (vxlan) {  /* a tap speaking VXLAN; superpackets on the tap are not done yet (frames, not IP packets) */
+    if (vxlan) {  /* a tap speaking VXLAN */
         vni = PyLong_AsUnsignedLong(vni_obj);
         bad = PyErr_Occurred() || !vni_ok(vni);
-        if (!bad && (mac.buf == NULL || mac.len != MAC_LEN || vnet)) {
-            PyErr_SetString(PyExc_ValueError, vnet ? "VXLAN on a vnet_hdr tap is not supported"
-                                                   : "a VXLAN engine needs own_mac (6 bytes)");
+        if (!bad && (mac.buf == NULL || mac.len != MAC_LEN)) {
+            PyErr_SetString(PyExc_ValueError, "a VXLAN engine needs own_mac (6 bytes)");
+            bad = 1;
+        }
+        if (!bad && vnet && (mtu < 68 || mtu > PKT_MAX)) {  /* 68: the smallest IPv4 MTU (RFC 791) */
+            PyErr_Format(PyExc_ValueError, "a VXLAN engine on a vnet_hdr tap needs the tap's mtu (68..%d), got %d",
+                         PKT_MAX, mtu);
             bad = 1;
         }
         if (!bad)
@@ -494,7 +557,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (vxlan)
-        engine_set_vxlan(&self->engine, (uint32_t)vni, self->mac);
+        engine_set_vxlan(&self->engine, (uint32_t)vni, self->mac, vnet ? (unsigned)mtu : PKT_MAX);
     self->ready = 1;
     return 0;
 }
@@ -681,12 +744,13 @@ static PyTypeObject EngineType = {
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False, udp_gso=False, vni=None, "
-              "own_mac=None)\n\n"
+              "own_mac=None, mtu=0)\n\n"
               "The forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
               "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
               "peers' port `port`. udp_gso: send superpackets' segments with UDP GSO (the socket must "
               "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way. With vni (and "
-              "own_mac, our VtepMAC, 6 bytes) dev_fd is a tap and the wire is VXLAN on vni (no vnet_hdr).",
+              "own_mac, our VtepMAC, 6 bytes) dev_fd is a tap and the wire is VXLAN on vni; with vnet_hdr "
+              "too, mtu is the tap's: a kernel VTEP's TCP superpacket beyond it is written as one GSO write.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
@@ -708,15 +772,22 @@ static PyMethodDef methods[] = {
      "overlayd.dataplane.codecs.VxlanCodec.outbound through the engine's C table: the owning peer's node IP "
      "and the VXLAN payload (destination MAC rewritten to its VtepMAC), or the drop reason."},
     {"classify_vxlan_inbound", py_classify_vxlan_inbound, METH_VARARGS,
-     "classify_vxlan_inbound(payload, sender_ip, vni, own_mac, subnet_int, mask, table) -> frame | reason\n\n"
-     "overlayd.dataplane.codecs.VxlanCodec.inbound through the engine's C table: the frame to write to the "
-     "tap (a partial inner checksum completed), or the drop reason."},
+     "classify_vxlan_inbound(payload, sender_ip, vni, own_mac, subnet_int, mask, table, mtu=65535) -> "
+     "frame | (vnet_hdr, frame) | reason\n\n"
+     "overlayd.dataplane.codecs.VxlanCodec.inbound (with the tap's mtu) through the engine's C table: the "
+     "frame to write to the tap (a partial inner checksum completed), a kernel VTEP's TCP superpacket beyond "
+     "mtu with the GSO header it is written with (whole: the kernel cuts it as Python's reference does), "
+     "or the drop reason."},
     {"complete_partial_checksum", py_complete_partial_checksum, METH_O,
      "complete_partial_checksum(pkt) -> bytes | None\n\noverlayd.encap.ether.complete_partial_checksum in C."},
     {"segment", py_segment, METH_VARARGS,
      "segment(vnet_hdr, pkt) -> [packet, ...] | reason\n\noverlayd.encap.gso.segment in C."},
     {"coalesce", py_coalesce, METH_O,
      "coalesce([pkt, ...]) -> [(vnet_hdr, packet), ...]\n\noverlayd.encap.gso.coalesce in C."},
+    {"segment_frame", py_segment_frame, METH_VARARGS,
+     "segment_frame(vnet_hdr, frame) -> [frame, ...] | reason\n\noverlayd.encap.gso.segment_frame in C."},
+    {"coalesce_frames", py_coalesce_frames, METH_O,
+     "coalesce_frames([frame, ...]) -> [(vnet_hdr, frame), ...]\n\noverlayd.encap.gso.coalesce_frames in C."},
     {NULL, NULL, 0, NULL},
 };
 

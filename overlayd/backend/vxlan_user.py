@@ -12,6 +12,12 @@ The tap's MAC is the VtepMAC, derived from the public IP and VNI, so it is
 the same after a restart. The outer UDP source port is the bound port (a
 plain socket cannot vary it per flow; see the README on ECMP entropy).
 
+Superpackets: on the C engine the tap is opened with IFF_VNET_HDR and TSO
+offloads, as the UDP backend's tun is: the kernel hands over 64 KB TCP
+frames, cut in C into VXLAN datagrams, and the engine writes coalesced runs
+(and a kernel VTEP's own superpackets) back as one GSO write each. The
+Python data path keeps a plain tap.
+
 DirectRouting (flannel's, as the kernel backend does it): a peer whose public
 IP the kernel routes without a gateway (:func:`~.vxlan.direct_device`) gets
 ``<subnet> via <public IP> dev <underlay>``, more specific than the Network's
@@ -82,7 +88,9 @@ class UserVxlanBackend(UserspaceBackend):
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
         if self.dev_fd is None:
-            self.dev_fd = open_tap(TAP, self.mac, self.mtu)
+            superpackets = self.datapath == "c"  # vnet_hdr and offload: the engine cuts and coalesces them
+            self.dev_fd = open_tap(TAP, self.mac, self.mtu, superpackets, superpackets)
+            self.vnet_hdr = superpackets
         sysctl.disable_ipv6(TAP)
         async with Netlink() as nl:
             if self.config.backend.direct_routing:  # left from before a restart: the listing re-adds live ones

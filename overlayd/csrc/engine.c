@@ -29,7 +29,9 @@
 #define BEAT_MS 500                    /* an idle thread still turns this often (liveness) */
 #define SEND_MAX 256                   /* datagrams per sendmmsg, at most */
 #define ARENA (2 * (PKT_MAX + 1))      /* segment bytes per sendmmsg: always room for one superpacket's */
-#define SLOT (VNET_HDR_LEN + PKT_MAX)
+#define SLOT (VNET_HDR_LEN + ETH_HDR_LEN + PKT_MAX)   /* a read: header, frame (a tap's) or packet */
+#define DGRAM_MAX (VXLAN_HDR_LEN + ETH_HDR_LEN + PKT_MAX)  /* a received buffer: any datagram, even one
+                                                           carrying a kernel VTEP's 64 KB superpacket */
 #define GSO_SEGS_MAX 64                /* datagrams per UDP GSO send (the kernel's UDP_MAX_SEGMENTS, 5.x) */
 #define GSO_BYTES_MAX 65507            /* UDP payload bytes per send: 65535 - IPv4 and UDP headers */
 #define ACCEPT_MAX (4 * BATCH)         /* accepted datagrams written per round (UDP_GRO buffers split) */
@@ -199,14 +201,30 @@ static int segments_per_send(const engine_t *e, size_t seg)
 }
 
 /* The bytes a read leaves free at the start of a slot: the VXLAN header is written there, in front
- * of the frame, so a frame is never copied (a vnet_hdr device has no VXLAN mode: see Engine). */
+ * of the frame, so a frame is never copied. A vnet_hdr tap needs none: the header goes over the
+ * virtio header, parsed by then. */
 static size_t headroom(const engine_t *e)
 {
-    return e->vxlan ? VXLAN_HDR_LEN : 0;
+    return e->vxlan && !e->vnet ? VXLAN_HDR_LEN : 0;
 }
 
-/* Classify one packet read from the device (at slot, after headroom(e) free bytes) and queue its
- * datagrams (segments of a superpacket). */
+/* Datagram i of the count segments of superpacket p (a frame on a tap), h its header for the IP
+ * packet, written to out; returns its length. On the tap: the VXLAN header, the frame's Ethernet
+ * header re-addressed to r's VtepMAC, then the segment. */
+static size_t segment_datagram(const engine_t *e, const route_t *r, const vnet_hdr_t *h, const unsigned char *p,
+                               int i, int count, unsigned char *out)
+{
+    if (!e->vxlan)
+        return gso_segment(h, p, i, count, out);
+    unsigned char *f = out + VXLAN_HDR_LEN;
+    memcpy(f, p, ETH_HDR_LEN);
+    size_t n = gso_segment(h, p + ETH_HDR_LEN, i, count, f + ETH_HDR_LEN);
+    vxlan_encapsulate(f, r, e->vni);
+    return VXLAN_HDR_LEN + ETH_HDR_LEN + n;
+}
+
+/* Classify one packet (or a tap's frame) read from the device (at slot, after headroom(e) free
+ * bytes) and queue its datagrams (segments of a superpacket). */
 static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsigned char *slot, size_t got)
 {
     counters_t *c = &e->counters[OUT];
@@ -218,12 +236,13 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
             vnet_parse(slot, &h);
         n = got >= VNET_HDR_LEN ? got - VNET_HDR_LEN : 0;
         p = slot + VNET_HDR_LEN;
+        vnet_strip_l2(&h, (unsigned)e->l2);  /* a tap's offsets count the Ethernet header */
     }
     COUNT(c, dev_rx_packets, 1);
     COUNT(c, dev_rx_bytes, n);
     const route_t *r = NULL;
     int v = e->vxlan ? vxlan_outbound(t, p, n, &r) : table_outbound(t, p, n, &r), count = 1;
-    if (v == V_OK && e->vnet && (count = gso_prepare(&h, p, n)) < 0)
+    if (v == V_OK && e->vnet && (count = gso_prepare(&h, p + e->l2, n - e->l2)) < 0)  /* V_OK: n > l2 */
         v = -count;
     if (v != V_OK) {
         COUNT(c, drops[v], 1);
@@ -243,7 +262,8 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
         queue_send(s, r, p, n, 1, n);
     } else {  /* every segment but the last is room bytes long: equal sizes, as UDP GSO wants */
         COUNT(c, dev_rx_superpackets, 1);
-        size_t room = gro_payload_offset(p) + h.gso_size;
+        size_t outer = e->vxlan ? VXLAN_HDR_LEN + ETH_HDR_LEN : 0;
+        size_t room = outer + gro_payload_offset(p + e->l2) + h.gso_size;
         int per_send = segments_per_send(e, room);
         for (int i = 0; i < count; i += per_send) {
             int k = count - i < per_send ? count - i : per_send;
@@ -252,7 +272,7 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
             unsigned char *at = s->arena + s->used;
             size_t len = 0;
             for (int j = i; j < i + k; j++)
-                len += gso_segment(&h, p, j, count, at + len);
+                len += segment_datagram(e, r, &h, p, j, count, at + len);
             queue_send(s, r, at, len, k, room);
             s->used += len;
         }
@@ -304,36 +324,22 @@ static void *out_main(void *arg)
 /* ---- UDP -> tun ---------------------------------------------------------- */
 
 typedef struct {
-    unsigned char data[BATCH][PKT_MAX];  /* a datagram, or a UDP_GRO buffer of several */
+    unsigned char data[BATCH][DGRAM_MAX];  /* a datagram, or a UDP_GRO buffer of several */
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
     struct sockaddr_in from[BATCH];
     unsigned char ctrl[BATCH][CMSG_SPACE(sizeof(int))];  /* UDP_GRO: the segment size */
-    unsigned char *pkts[ACCEPT_MAX];     /* accepted datagrams, waiting to be written */
+    unsigned char *pkts[ACCEPT_MAX];     /* accepted IP packets (a tap's frame: e->l2 bytes before), waiting */
     size_t lens[ACCEPT_MAX];
     int accepted;
 } in_state_t;
 
 static unsigned char no_offload[VNET_HDR_LEN];  /* an empty virtio header (never written) */
 
-/* Write packets[0:count] (one run) to the device: a superpacket when count > 1. */
-static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *lens, int count)
+/* writev iov[0:niov] to the device: count packets, in one superpacket when super. */
+static void dev_write(engine_t *e, const struct iovec *iov, int niov, int count, int super)
 {
     counters_t *c = &e->counters[IN];
-    unsigned char hdr[GRO_HDR_MAX];
-    struct iovec iov[GRO_MAX_SEGS + 1];  /* a run is at most GRO_MAX_SEGS packets (gro_run) */
-    int niov = 0;
-    if (count > 1) {
-        iov[niov++] = (struct iovec){.iov_base = hdr, .iov_len = gro_header(pkts, lens, count, hdr)};
-        for (int i = 0; i < count; i++) {
-            size_t skip = gro_payload_offset(pkts[i]);
-            iov[niov++] = (struct iovec){.iov_base = pkts[i] + skip, .iov_len = lens[i] - skip};
-        }
-    } else {
-        if (e->vnet)
-            iov[niov++] = (struct iovec){.iov_base = no_offload, .iov_len = VNET_HDR_LEN};
-        iov[niov++] = (struct iovec){.iov_base = pkts[0], .iov_len = lens[0]};
-    }
     ssize_t w;
     do {
         w = writev(e->dev_fd, iov, niov);
@@ -342,19 +348,51 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
         COUNT(c, dev_write_error[errno_slot(errno)], count);  /* EIO: link down; EINVAL: malformed */
     else {
         COUNT(c, dev_tx_packets, count);
-        COUNT(c, dev_tx_superpackets, count > 1);
+        COUNT(c, dev_tx_superpackets, super);
     }
+}
+
+/* Write packets[0:count] (one run; on a tap each with its frame's Ethernet header) to the device: a
+ * superpacket when count > 1. */
+static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *lens, int count)
+{
+    unsigned char hdr[GRO_HDR_MAX];
+    struct iovec iov[GRO_MAX_SEGS + 1];  /* a run is at most GRO_MAX_SEGS packets (gro_run) */
+    int niov = 0;
+    if (count > 1) {
+        iov[niov++] = (struct iovec){.iov_base = hdr, .iov_len = gro_header(pkts, lens, count, e->l2, hdr)};
+        for (int i = 0; i < count; i++) {
+            size_t skip = gro_payload_offset(pkts[i]);
+            iov[niov++] = (struct iovec){.iov_base = pkts[i] + skip, .iov_len = lens[i] - skip};
+        }
+    } else {
+        if (e->vnet)
+            iov[niov++] = (struct iovec){.iov_base = no_offload, .iov_len = VNET_HDR_LEN};
+        iov[niov++] = (struct iovec){.iov_base = pkts[0] - e->l2, .iov_len = lens[0] + e->l2};
+    }
+    dev_write(e, iov, niov, count, count > 1);
 }
 
 /* Write the accepted datagrams, coalescing TCP runs into superpackets on a vnet_hdr device. */
 static void deliver(engine_t *e, in_state_t *s)
 {
     for (int i = 0; i < s->accepted;) {
-        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->accepted - i) : 1;
+        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->accepted - i, e->l2) : 1;
         write_run(e, s->pkts + i, s->lens + i, run);
         i += run;
     }
     s->accepted = 0;
+}
+
+/* A kernel VTEP's superpacket: frame f[0:n] written whole with its GSO header h, after the frames
+ * accepted before it (order kept). */
+static void deliver_superpacket(engine_t *e, in_state_t *s, const vnet_hdr_t *h, unsigned char *f, size_t n)
+{
+    unsigned char b[VNET_HDR_LEN];
+    vnet_put(b, h);
+    deliver(e, s);
+    struct iovec iov[2] = {{.iov_base = b, .iov_len = VNET_HDR_LEN}, {.iov_base = f, .iov_len = n}};
+    dev_write(e, iov, 2, 1, 1);
 }
 
 /* The size of the datagrams a received buffer of n bytes holds: UDP_GRO's cmsg, else n (one). */
@@ -381,7 +419,7 @@ static void *in_main(void *arg)
         return NULL;
     }
     for (int i = 0; i < BATCH; i++) {
-        s->iovs[i] = (struct iovec){.iov_base = s->data[i], .iov_len = PKT_MAX};
+        s->iovs[i] = (struct iovec){.iov_base = s->data[i], .iov_len = DGRAM_MAX};
         s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
         s->msgs[i].msg_hdr.msg_iovlen = 1;
     }
@@ -420,16 +458,21 @@ static void *in_main(void *arg)
                 len = n - at < seg ? n - at : seg;
                 count++;
                 uint32_t sender = ntohl(from->sin_addr.s_addr);
-                size_t skip = 0;  /* VXLAN: the frame follows the header */
+                size_t skip = 0;  /* VXLAN: the IP packet follows the VXLAN and Ethernet headers */
+                vnet_hdr_t h = {0};
                 int v;
                 if (e->vxlan) {  /* any source port: kernel VTEPs pick one per flow */
                     v = vxlan_inbound(t, p, len, has_sender, sender, e->vni, e->own_mac, e->subnet, e->mask);
-                    skip = VXLAN_HDR_LEN;
+                    if (v == V_OK)
+                        v = vxlan_tap_frame(p + VXLAN_HDR_LEN, len - VXLAN_HDR_LEN, e->tap_mtu, &h);
+                    skip = VXLAN_HDR_LEN + ETH_HDR_LEN;
                 } else {
                     v = table_inbound(t, p, len, has_sender, sender, port_ok, e->subnet, e->mask);
                 }
                 if (v != V_OK) {
                     COUNT(c, drops[v], 1);
+                } else if (h.gso_type != GSO_NONE) {
+                    deliver_superpacket(e, s, &h, p + VXLAN_HDR_LEN, len - VXLAN_HDR_LEN);
                 } else {
                     if (s->accepted == ACCEPT_MAX)
                         deliver(e, s);
@@ -477,9 +520,11 @@ int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uin
     return 0;
 }
 
-void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac)
+void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac, unsigned tap_mtu)
 {
     e->vxlan = 1;
+    e->l2 = ETH_HDR_LEN;
+    e->tap_mtu = tap_mtu;
     e->vni = vni;
     memcpy(e->own_mac, own_mac, MAC_LEN);
 }

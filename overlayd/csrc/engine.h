@@ -43,6 +43,8 @@ typedef struct {
     uint16_t port;
     uint32_t subnet, mask;
     int vxlan;                   /* the device is a tap and the wire VXLAN on vni (else a tun, IP in UDP) */
+    size_t l2;                   /* link-layer bytes in front of a device's IP packet: ETH_HDR_LEN on the tap */
+    unsigned tap_mtu;            /* VXLAN: larger inner IP packets are superpackets from the wire (PKT_MAX: none) */
     uint32_t vni;
     unsigned char own_mac[MAC_LEN];  /* our VtepMAC: inbound frames must be addressed to it (or broadcast) */
     int stop_fd;                 /* eventfd: the threads end when it is readable */
@@ -62,8 +64,10 @@ typedef struct {
 /* 0, or an errno (the eventfds could not be made). Turns UDP_GRO on for sock_fd. */
 int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uint16_t port, uint32_t subnet,
                 uint32_t mask, peer_table_t *table);
-/* Before engine_start: speak VXLAN on vni over a tap whose (and our VTEP's) MAC is own_mac. */
-void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac);
+/* Before engine_start: speak VXLAN on vni over a tap whose (and our VTEP's) MAC is own_mac. On a
+ * vnet_hdr tap, tap_mtu is its MTU: a kernel VTEP's TCP superpacket beyond it is written as one GSO
+ * write (see vxlan_tap_frame); on a plain tap pass PKT_MAX. */
+void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac, unsigned tap_mtu);
 /* Make t (one reference handed over) the table every later batch uses. */
 void engine_set_table(engine_t *e, peer_table_t *t);
 /* Start the threads: 0 or an errno. */

@@ -30,6 +30,11 @@ void vnet_put(unsigned char *b, const vnet_hdr_t *h)
     memcpy(b + 8, &h->csum_offset, 2);
 }
 
+void vnet_strip_l2(vnet_hdr_t *h, unsigned l2)
+{
+    h->csum_start = h->csum_start >= l2 ? (uint16_t)(h->csum_start - l2) : 0;
+}
+
 static unsigned ihl_of(const unsigned char *p)
 {
     return (p[0] & 0x0Fu) * 4u;
@@ -133,13 +138,14 @@ static int gro_extends(const unsigned char *head, const unsigned char *last, siz
            be32(qt + 4) == be32(lt + 4) + last_payload;
 }
 
-int gro_run(unsigned char *const *pkts, const size_t *lens, int n)
+int gro_run(unsigned char *const *pkts, const size_t *lens, int n, size_t l2)
 {
     if (n < 2 || !gro_candidate(pkts[0], lens[0]))
         return 1;
     int count = 1;
     size_t bytes = lens[0];
-    while (count < n && count < GRO_MAX_SEGS && gro_candidate(pkts[count], lens[count]) &&
+    while (count < n && count < GRO_MAX_SEGS && memcmp(pkts[count] - l2, pkts[0] - l2, l2) == 0 &&
+           gro_candidate(pkts[count], lens[count]) &&
            gro_extends(pkts[0], pkts[count - 1], lens[count - 1], pkts[count], lens[count], bytes)) {
         bytes += lens[count] - gro_payload_offset(pkts[count]);
         count++;
@@ -152,19 +158,35 @@ size_t gro_payload_offset(const unsigned char *p)
     return ihl_of(p) + thl_of(p + ihl_of(p));
 }
 
-size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, unsigned char *out)
+size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, size_t l2, unsigned char *out)
 {
     const unsigned char *head = pkts[0];
     unsigned hlen = (unsigned)gro_payload_offset(head), total = hlen;
     for (int i = 0; i < count; i++)
         total += (unsigned)(lens[i] - hlen);
-    vnet_hdr_t h = {VNET_F_NEEDS_CSUM, GSO_TCPV4, (uint16_t)hlen, (uint16_t)(lens[0] - hlen), 20, 16};
+    vnet_hdr_t h = {VNET_F_NEEDS_CSUM, GSO_TCPV4, (uint16_t)(l2 + hlen), (uint16_t)(lens[0] - hlen),
+                    (uint16_t)(l2 + 20), 16};
     vnet_put(out, &h);
-    unsigned char *p = out + VNET_HDR_LEN;
+    memcpy(out + VNET_HDR_LEN, head - l2, l2);
+    unsigned char *p = out + VNET_HDR_LEN + l2;
     memcpy(p, head, hlen);
     put_be16(p + 2, total);
     ip_csum_set(p);
     p[20 + 13] |= pkts[count - 1][20 + 13] & TCP_PSH;
     put_be16(p + 20 + 16, csum_fold(pseudo_sum(p, total - 20)));
-    return VNET_HDR_LEN + hlen;
+    return VNET_HDR_LEN + l2 + hlen;
+}
+
+int gso_wire_superpacket(const unsigned char *p, unsigned mtu, unsigned l2, vnet_hdr_t *h)
+{
+    unsigned hlen, payload, ihl = ihl_of(p);
+    if (tcp_layout(p, &hlen, &payload) < 0 || mtu <= hlen)
+        return -1;
+    unsigned field = be16(p + ihl + 16);
+    if (field == 0 || field != csum_fold(pseudo_sum(p, hlen - ihl + payload)))
+        return -1;
+    /* the sender's TCP marked a superpacket with CWR as SKB_GSO_TCP_ECN: the kernel's own tun does the same */
+    *h = (vnet_hdr_t){VNET_F_NEEDS_CSUM, (uint8_t)(GSO_TCPV4 | (p[ihl + 13] & TCP_CWR ? GSO_ECN : 0)),
+                      (uint16_t)(l2 + hlen), (uint16_t)(mtu - hlen), (uint16_t)(l2 + ihl), 16};
+    return 0;
 }

@@ -19,7 +19,8 @@
 #define SUPER_MAX 65535   /* bytes in a coalesced packet, at most (the IP total length) */
 #define GRO_MAX_SEGS 64   /* segments in a coalesced packet, at most: the writer's iovec array
                              holds that many (small segments from the wire must not overflow it) */
-#define GRO_HDR_MAX (VNET_HDR_LEN + 20 + 60)
+#define GRO_L2_MAX 14     /* link-layer bytes in front of a packet, at most (a tap's Ethernet header) */
+#define GRO_HDR_MAX (VNET_HDR_LEN + GRO_L2_MAX + 20 + 60)
 
 /* struct virtio_net_hdr, in the host's byte order (a legacy tun's). */
 typedef struct {
@@ -29,6 +30,10 @@ typedef struct {
 
 void vnet_parse(const unsigned char *b, vnet_hdr_t *h);
 void vnet_put(unsigned char *b, const vnet_hdr_t *h);
+/* h, read in front of a frame whose IP packet starts l2 bytes in (a tap's), made the header of that
+ * IP packet: csum_start counts from the frame's start. A start inside the l2 bytes becomes 0, which
+ * gso_prepare refuses like any start inside the IP header. (hdr_len is not used on this side.) */
+void vnet_strip_l2(vnet_hdr_t *h, unsigned l2);
 
 /* Send side, for a checked IPv4 packet p[0:n] read with header h. Returns the
  * number of segments it becomes (>= 1; 1 when h asks for no segmentation, after
@@ -39,12 +44,28 @@ int gso_prepare(const vnet_hdr_t *h, unsigned char *p, size_t n);
 size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out);
 
 /* Receive side: how many of the n packets pkts[0:n] (lengths lens) starting at
- * pkts[0] form one coalescible run (1: pkts[0] goes alone). */
-int gro_run(unsigned char *const *pkts, const size_t *lens, int n);
-/* The virtio header and IP+TCP headers of the superpacket joining the count
- * packets of a run, written to out (GRO_HDR_MAX bytes); returns their length.
+ * pkts[0] form one coalescible run (1: pkts[0] goes alone). On a tap each
+ * packet is the IP part of a frame: the l2 bytes before it (at most
+ * GRO_L2_MAX, 0 on a tun) are its Ethernet header, which must be pkts[0]'s
+ * too (the kernel's GRO compares it as well). */
+int gro_run(unsigned char *const *pkts, const size_t *lens, int n, size_t l2);
+/* The virtio header, the l2 bytes before pkts[0] and the IP+TCP headers of the
+ * superpacket joining the count packets of a run, written to out (GRO_HDR_MAX
+ * bytes); returns their length. csum_start and hdr_len count the l2 bytes.
  * The payloads follow: pkts[i] + gro_payload_offset(pkts[i]). */
-size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, unsigned char *out);
+size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, size_t l2, unsigned char *out);
 size_t gro_payload_offset(const unsigned char *p);
+
+/* A superpacket from the wire: a kernel VTEP with transmit offload sends a
+ * whole TCP GSO skb in one VXLAN datagram (its IP total length beyond the
+ * MTU, the TCP checksum partial: the field holds the pseudo-header sum). The
+ * header to write the checked IPv4 packet p (l2 bytes of frame before it) to
+ * a vnet_hdr device of mtu as one GSO write, the kernel cutting it into
+ * MSS-sized segments that fit mtu when it forwards it: 0 with *h set, or -1
+ * when p is no such packet (not TCP, a fragment, no room for data in mtu, or
+ * a checksum field other than the non-zero pseudo-header sum). The Python
+ * twin is ether.cut_superpacket's test (gso.tso_header, with gso_size and
+ * offsets alike); the GSO write is cut by the kernel into its segments. */
+int gso_wire_superpacket(const unsigned char *p, unsigned mtu, unsigned l2, vnet_hdr_t *h);
 
 #endif

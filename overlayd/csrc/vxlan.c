@@ -81,8 +81,8 @@ int complete_partial_checksum(unsigned char *p, size_t n)
     return 1;
 }
 
-int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sender, uint32_t sender, uint32_t vni,
-                  const unsigned char *own_mac, uint32_t subnet, uint32_t mask)
+int vxlan_inbound(const peer_table_t *t, const unsigned char *d, size_t n, int has_sender, uint32_t sender,
+                  uint32_t vni, const unsigned char *own_mac, uint32_t subnet, uint32_t mask)
 {
     if (!has_sender || !table_knows_sender(t, sender))
         return V_UNKNOWN_SENDER;
@@ -94,7 +94,7 @@ int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sen
     if ((be32(d + 4) >> 8) != vni)
         return V_WRONG_VNI;
     /* ether.tap_inbound */
-    unsigned char *f = d + VXLAN_HDR_LEN;
+    const unsigned char *f = d + VXLAN_HDR_LEN;
     size_t len = n - VXLAN_HDR_LEN;
     int v = ipv4_payload_check(f, len);
     if (v != V_OK)
@@ -107,6 +107,16 @@ int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sen
         return v;
     if (owner->has_mac && memcmp(f + MAC_LEN, owner->vtep_mac, MAC_LEN) != 0)
         return V_WRONG_SOURCE_MAC;
-    complete_partial_checksum(f + ETH_HDR_LEN, len - ETH_HDR_LEN);
     return V_OK;
+}
+
+int vxlan_tap_frame(unsigned char *f, size_t n, unsigned mtu, vnet_hdr_t *h)
+{
+    unsigned char *p = f + ETH_HDR_LEN;  /* checked by vxlan_inbound: an IPv4 packet, total <= its bytes */
+    *h = (vnet_hdr_t){0};
+    if (be16(p + 2) <= mtu) {
+        complete_partial_checksum(p, n - ETH_HDR_LEN);
+        return V_OK;
+    }
+    return gso_wire_superpacket(p, mtu, ETH_HDR_LEN, h) == 0 ? V_OK : V_BAD_IP_HEADER;
 }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gso.h"
 #include "table.h"
 
 #define VXLAN_HDR_LEN 8     /* flags, 24 reserved bits, 24-bit VNI, 8 reserved bits */
@@ -24,11 +25,19 @@ int vxlan_outbound(const peer_table_t *t, const unsigned char *f, size_t n, cons
  * rewritten to r's VtepMAC. Returns f - VXLAN_HDR_LEN. */
 unsigned char *vxlan_encapsulate(unsigned char *f, const route_t *r, uint32_t vni);
 
-/* VxlanCodec.inbound for the datagram d[0:n] from sender (host order; has_sender 0: not an IPv4
- * address): V_OK with the frame to write at d + VXLAN_HDR_LEN, n - VXLAN_HDR_LEN (a partial inner
- * checksum completed in place), or the drop. */
-int vxlan_inbound(const peer_table_t *t, unsigned char *d, size_t n, int has_sender, uint32_t sender, uint32_t vni,
-                  const unsigned char *own_mac, uint32_t subnet, uint32_t mask);
+/* VxlanCodec.inbound's checks for the datagram d[0:n] from sender (host order; has_sender 0: not an
+ * IPv4 address): V_OK when the frame at d + VXLAN_HDR_LEN, n - VXLAN_HDR_LEN may be written (see
+ * vxlan_tap_frame), or the drop. */
+int vxlan_inbound(const peer_table_t *t, const unsigned char *d, size_t n, int has_sender, uint32_t sender,
+                  uint32_t vni, const unsigned char *own_mac, uint32_t subnet, uint32_t mask);
+
+/* ether.tap_inbound's last step, given the tap's mtu: what the tap gets for the frame f[0:n] that
+ * vxlan_inbound accepted. An IP packet that fits mtu: V_OK, *h empty, a partial inner checksum
+ * completed in place (a plain tap passes PKT_MAX: everything fits). A larger one (only a vnet_hdr tap
+ * passes its MTU): V_OK with *h the GSO header of a kernel VTEP's TCP superpacket
+ * (gso_wire_superpacket; f untouched, its checksum left partial as h says: the kernel cuts it into the
+ * segments ether.cut_superpacket makes), else V_BAD_IP_HEADER (as in Python). */
+int vxlan_tap_frame(unsigned char *f, size_t n, unsigned mtu, vnet_hdr_t *h);
 
 /* ether.complete_partial_checksum for the checked IPv4 packet p[0:n]: 1 when it completed the
  * checksum in place, 0 when it left p alone. */

@@ -27,8 +27,11 @@ Both userspace backends run on it: the codec says which wire. A
 VtepMAC handed over: the header, the VNI check, the destination MAC rewrite,
 the VtepMAC and anti-spoofing checks and the partial-checksum completion all
 in C, ``overlayd/csrc/vxlan.c``), with the same threads, table, batching
-and counters. Superpackets on the tap are not done yet: a VXLAN engine takes
-plain frames.
+and counters. With ``vnet_hdr`` the tap has superpackets too (the Ethernet
+header in front of each segment and coalesced run), and the engine needs the
+tap's MTU: a kernel VTEP with transmit offload sends whole TCP superpackets
+in one datagram, written to the tap as one GSO write that the kernel cuts
+to that MTU.
 
 The C code decides like :mod:`overlayd.encap.udp`, :mod:`overlayd.encap.ether`,
 :mod:`overlayd.encap.vxlan` and :mod:`overlayd.encap.gso`; the parity tests
@@ -42,6 +45,7 @@ import time
 
 from ..encap.drops import Drop
 from ..errors import PlumbingError
+from ..plumbing.tuntap import device_mtu
 from .codecs import VxlanCodec
 from .loop import DataPlane, error_counter
 
@@ -61,19 +65,24 @@ class FastDataPlane(DataPlane):
 
     Takes the same arguments; the ``sender`` is not used (the engine sends
     itself). The codec is a :class:`~.codecs.UdpCodec` (tun) or a
-    :class:`~.codecs.VxlanCodec` (tap, no ``vnet_hdr``). With ``vnet_hdr`` the device must have been opened with
-    IFF_VNET_HDR; the engine then segments and coalesces superpackets. With
+    :class:`~.codecs.VxlanCodec` (tap). With ``vnet_hdr`` the device must have been opened with
+    IFF_VNET_HDR; the engine then segments and coalesces superpackets (a tap's ``mtu``: read from the
+    device unless given). With
     ``udp_gso`` (``--udp-checksum``; the socket must not have SO_NO_CHECK) a
     superpacket's segments leave in UDP GSO sends; UDP_GRO buffers are taken
     and split in either mode.
     """
 
-    def __init__(self, *args, udp_gso: bool = False, **kwargs):
+    def __init__(self, *args, udp_gso: bool = False, mtu: int | None = None, **kwargs):
         if not available():
             raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
         super().__init__(*args, **kwargs)
         codec = self.codec
-        wire = {"vni": codec.vni, "own_mac": codec.own_mac} if isinstance(codec, VxlanCodec) else {}
+        wire = {}
+        if isinstance(codec, VxlanCodec):
+            wire = {"vni": codec.vni, "own_mac": codec.own_mac}
+            if self.vnet_hdr:
+                wire["mtu"] = device_mtu(self.dev_fd) if mtu is None else mtu
         self.engine = _fastpath.Engine(self.dev_fd, self.sock.fileno(), codec.port, codec.subnet_int, codec.mask,
                                        codec.table, self.vnet_hdr, udp_gso, **wire)
 

@@ -20,6 +20,11 @@ must get finished packets) and its MTU is the wire's, so:
   with UDP checksum 0 nothing else protected the bytes, and the kernel will not
   check a NEEDS_CSUM packet. Anything else goes alone with an empty header.
 
+On a tap (userspace VXLAN on the C engine) the same happens to Ethernet
+frames: :func:`segment_frame` and :func:`coalesce_frames` wrap the two with
+the 14-byte Ethernet header in front (the kernel's virtio offsets then count
+from the frame's start).
+
 Pure: bytes in, bytes out. The C engine runs the twin of each function; the
 parity tests compare them vector by vector.
 """
@@ -27,6 +32,7 @@ parity tests compare them vector by vector.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 
 from . import ipv4
@@ -180,4 +186,29 @@ def coalesce(pkts: list[bytes]) -> list[tuple[VnetHdr, bytes]]:
                 run.append(nxt)
         out.append(_join(run))
         i += len(run)
+    return out
+
+
+ETH_LEN = 14  # a tap frame's Ethernet header (ether.ETH_HEADER_LEN: not imported, ether imports this module)
+
+
+def segment_frame(hdr: VnetHdr, frame: bytes) -> list[bytes] | Drop:
+    """:func:`segment` for an Ethernet frame read from a vnet_hdr tap (one :func:`.ether.tap_outbound`
+    accepted): ``hdr.csum_start`` counts from the frame's start (a start inside the Ethernet header is
+    refused like one inside the IP header), and every segment keeps the frame's Ethernet header."""
+    inner = dataclasses.replace(hdr, csum_start=max(0, hdr.csum_start - ETH_LEN))
+    segs = segment(inner, frame[ETH_LEN:])
+    return segs if isinstance(segs, Drop) else [frame[:ETH_LEN] + s for s in segs]
+
+
+def coalesce_frames(frames: list[bytes]) -> list[tuple[VnetHdr, bytes]]:
+    """:func:`coalesce` for accepted Ethernet frames (at least 14 bytes each) to a vnet_hdr tap: a run
+    also needs one Ethernet header throughout (the kernel's GRO compares it too), which leads the
+    superpacket; its header's csum_start and hdr_len then count from the frame's start."""
+    out = []
+    for eth, group in itertools.groupby(frames, key=lambda f: f[:ETH_LEN]):
+        for hdr, pkt in coalesce([f[ETH_LEN:] for f in group]):
+            if hdr.gso_type != GSO_NONE:
+                hdr = dataclasses.replace(hdr, hdr_len=hdr.hdr_len + ETH_LEN, csum_start=hdr.csum_start + ETH_LEN)
+            out.append((hdr, eth + pkt))
     return out

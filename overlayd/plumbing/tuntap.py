@@ -19,11 +19,13 @@ from ..errors import PlumbingError
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
+TUNGETIFF = 0x800454D2
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 IFF_VNET_HDR = 0x4000
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 SIOCSIFHWADDR = 0x8924
 ARPHRD_ETHER = 1
@@ -45,12 +47,26 @@ def _open(name: str, flags: int) -> int:
     return fd
 
 
-def _ifreq(name: str, what: str, request: int, payload: bytes) -> None:
+def _open_offloaded(name: str, flags: int, vnet_hdr: bool, offload: bool) -> int:
+    """:func:`_open` with IFF_VNET_HDR when ``vnet_hdr``, then TUNSETOFFLOAD (CSUM, TSO4, TSO6) when ``offload``."""
+    if offload and not vnet_hdr:
+        raise ValueError("tun/tap offloads need vnet_hdr")
+    fd = _open(name, flags | (IFF_VNET_HDR if vnet_hdr else 0))
+    try:
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    except OSError as exc:
+        os.close(fd)
+        raise PlumbingError(f"cannot enable offloads on {name}: {exc.strerror}") from None
+    return fd
+
+
+def _ifreq(name: str, what: str, request: int, payload: bytes, verb: str = "set") -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            fcntl.ioctl(s, request, struct.pack("16s", name.encode()) + payload)
+            return fcntl.ioctl(s, request, struct.pack("16s", name.encode()) + payload)
         except OSError as exc:
-            raise PlumbingError(f"cannot set {what} on {name}: {exc.strerror}") from None
+            raise PlumbingError(f"cannot {verb} {what} on {name}: {exc.strerror}") from None
 
 
 def open_tun(name: str, mtu: int, vnet_hdr: bool = False, offload: bool = False) -> int:
@@ -62,23 +78,29 @@ def open_tun(name: str, mtu: int, vnet_hdr: bool = False, offload: bool = False)
     (TUNSETOFFLOAD: CSUM, TSO4, TSO6); only a reader that segments them
     (the C engine) may ask for it.
     """
-    if offload and not vnet_hdr:
-        raise ValueError("tun offloads need vnet_hdr")
-    fd = _open(name, IFF_TUN | (IFF_VNET_HDR if vnet_hdr else 0))
-    try:
-        if offload:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-    except OSError as exc:
-        os.close(fd)
-        raise PlumbingError(f"cannot enable offloads on {name}: {exc.strerror}") from None
+    fd = _open_offloaded(name, IFF_TUN, vnet_hdr, offload)
     _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
     return fd
 
 
-def open_tap(name: str, mac: str, mtu: int) -> int:
-    """A tap device ``name`` with MAC ``mac`` and ``mtu``; returns its fd."""
-    fd = _open(name, IFF_TAP)
+def open_tap(name: str, mac: str, mtu: int, vnet_hdr: bool = False, offload: bool = False) -> int:
+    """A tap device ``name`` with MAC ``mac`` and ``mtu``; returns its fd.
+
+    ``vnet_hdr`` and ``offload`` as for :func:`open_tun`: reads and writes
+    then carry Ethernet frames behind the virtio header, whose checksum
+    offsets count from the frame's start.
+    """
+    fd = _open_offloaded(name, IFF_TAP, vnet_hdr, offload)
     hwaddr = struct.pack("H", ARPHRD_ETHER) + bytes.fromhex(mac.replace(":", ""))
     _ifreq(name, f"MAC {mac}", SIOCSIFHWADDR, hwaddr.ljust(24, b"\0"))
     _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
     return fd
+
+
+def device_mtu(fd: int) -> int:
+    """The MTU of the tun/tap device open on ``fd``."""
+    try:
+        name = fcntl.ioctl(fd, TUNGETIFF, bytes(40))[:16].rstrip(b"\0").decode()
+    except OSError as exc:
+        raise PlumbingError(f"fd {fd} is no tun/tap device: {exc.strerror}") from None
+    return struct.unpack_from("i", _ifreq(name, "the MTU", SIOCGIFMTU, bytes(24), verb="read"), 16)[0]

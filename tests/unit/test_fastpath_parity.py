@@ -407,3 +407,44 @@ def test_every_c_vxlan_reason_is_a_drop(vtable):
     reasons = {v for v in verdicts if isinstance(v, str)}
     assert reasons <= {d.value for d in Drop}
     assert {"unknown_sender", "bad_vxlan", "wrong_vni", "not_ipv4", "no_lease", "truncated"} <= reasons
+
+
+# ---- a kernel VTEP's TCP superpackets, on a vnet_hdr tap -------------------------------------------------
+
+from overlayd.encap import gso  # noqa: E402
+from overlayd.encap.gso import VnetHdr  # noqa: E402
+
+TAP_MTU = 1450
+
+
+def superpacket(size, checksum="partial", flags=0x18, options=b"", proto=6, frag=0, src="10.244.2.7"):
+    """An IPv4 TCP (or UDP) packet of ``size`` payload bytes as a kernel VTEP with transmit offload
+    sends it: one packet past the MTU, the L4 checksum field ``checksum`` (see l4_packet)."""
+    body = bytes(random.Random(size).randbytes(size))
+    pkt = l4_packet(proto, options + body, checksum, frag, src=src)
+    if proto != 6:
+        return pkt
+    # the data offset and flags for these options (the checksum covers them: rebuilt by l4_packet's rule)
+    l4 = bytearray(pkt[20:])
+    l4[12], l4[13], l4[16:18] = (20 + len(options)) // 4 << 4, flags, b"\0\0"
+    pseudo = pkt[12:20] + bytes([0, 6]) + len(l4).to_bytes(2, "big")
+    value = internet_checksum(pseudo + bytes(l4)) if checksum == "valid" else \
+        (~internet_checksum(pseudo)) & 0xFFFF if checksum == "partial" else checksum
+    l4[16:18] = value.to_bytes(2, "big")
+    return pkt[:20] + bytes(l4)
+
+
+TS_OPTS = b"\x01\x01\x08\x0a" + bytes(8)
+def test_a_kernel_superpacket_gets_the_gso_header_the_tap_needs(vtable):
+    for options, flags, gso_type in ((b"", 0x18, gso.GSO_TCPV4), (TS_OPTS, 0x98, gso.GSO_TCPV4 | gso.GSO_ECN)):
+        pkt = superpacket(64000, flags=flags, options=options)
+        payload = vxh() + eth(pkt)
+        hdr, frame = fastpath.classify_vxlan_inbound(payload, "198.18.0.12", VNI, OWN_MAC, SUBNET_INT, MASK, vtable,
+                                                     TAP_MTU)
+        hlen = 40 + len(options)
+        assert VnetHdr.unpack(hdr) == VnetHdr(gso.NEEDS_CSUM, gso_type, 14 + hlen, TAP_MTU - hlen, 14 + 20, 16)
+        assert frame == payload[8:]  # the checksum stays partial: the kernel finishes it per segment
+    # on a plain tap (no mtu) it is written as it is, its checksum completed (VxlanCodec.inbound)
+    assert c_vx_in(payload, ("198.18.0.12", PORT), vtable) == py_vx_in(payload, ("198.18.0.12", PORT), vtable)
+    with pytest.raises(ValueError):
+        fastpath.classify_vxlan_inbound(payload, "198.18.0.12", VNI, OWN_MAC, SUBNET_INT, MASK, vtable, 65536)

@@ -6,6 +6,7 @@ valid checksums everywhere, flags where the kernel's TSO puts them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
 import struct
@@ -214,3 +215,96 @@ def test_many_small_segments_make_runs_of_at_most_gro_max_segs():
     runs = [gso.VnetHdr.unpack(h) for h, _ in writes]
     assert [r.gso_type != gso.GSO_NONE for r in runs].count(True) == 4  # 64 + 64 + 64 + 8
     assert sum((len(p) - 40) // 100 for _, p in writes) == 200
+
+
+# ---- frames on a vnet_hdr tap (userspace VXLAN on the C engine) -----------------------------------
+
+ETH = bytes.fromhex("02aa00000001" "02aa0000000c" "0800")  # to our VtepMAC, from a peer's
+ETH_BCAST = b"\xff" * 6 + ETH[6:]
+
+
+def on_tap(hdr: VnetHdr, pkt: bytes, eth: bytes = ETH) -> tuple[VnetHdr, bytes]:
+    """A tun vector as the tap reads it: the Ethernet header in front, csum_start counting it."""
+    return dataclasses.replace(hdr, csum_start=hdr.csum_start + 14 if hdr.flags else hdr.csum_start), eth + pkt
+
+
+def c_segment_frame(hdr: VnetHdr, frame: bytes):
+    return fastpath.segment_frame(hdr.pack(), frame)
+
+
+def py_segment_frame(hdr: VnetHdr, frame: bytes):
+    v = gso.segment_frame(hdr, frame)
+    return v.value if isinstance(v, Drop) else v
+
+
+FRAME_SEGMENT_VECTORS = [on_tap(h, p) for h, p in SEGMENT_VECTORS] + [
+    (VnetHdr(NEEDS_CSUM, 0, 0, 0, 30, 16), ETH + tcp(data(10), partial=True)),    # start inside the IP header
+    (VnetHdr(NEEDS_CSUM, 0, 0, 0, 6, 16), ETH + tcp(data(10), partial=True)),     # ... inside the Ethernet one
+    (VnetHdr(NEEDS_CSUM, 0, 0, 0, 20, 16), ETH + tcp(data(10), partial=True)),    # tun offsets on a tap
+    (VnetHdr(), b""), (VnetHdr(), ETH[:10]), (VnetHdr(), ETH), (VnetHdr(), ETH + b"\x45"),
+]
+
+
+@pytest.mark.parametrize("hdr,frame", FRAME_SEGMENT_VECTORS)
+def test_segment_frame_vectors(hdr, frame):
+    assert c_segment_frame(hdr, frame) == py_segment_frame(hdr, frame)
+
+
+def test_a_tap_superpacket_becomes_the_tun_segments_behind_its_ethernet_header():
+    hdr, pkt = tso(data(64000, 3), 1398, flags=ACK | PSH | FIN, options=OPTS)
+    tap_hdr, frame = on_tap(dataclasses.replace(hdr, hdr_len=hdr.hdr_len + 14), pkt)
+    frames = fastpath.segment_frame(tap_hdr.pack(), frame)
+    assert frames == [ETH + s for s in gso.segment(hdr, pkt)] and len(frames) == 46
+    assert all(tcp_ok(f[14:]) and len(f) <= 14 + 1450 for f in frames)
+
+
+def c_coalesce_frames(frames):
+    return fastpath.coalesce_frames(frames)
+
+
+def py_coalesce_frames(frames):
+    return [(h.pack(), f) for h, f in gso.coalesce_frames(frames)]
+
+
+FRAME_COALESCE_VECTORS = [[ETH + p for p in v] for v in COALESCE_VECTORS] + [
+    [ETH + S[0], ETH + S[1], ETH_BCAST + S[2], ETH_BCAST + S[3], ETH + S[4]],  # the Ethernet header splits runs
+    [ETH + S[0], ETH[:6] + bytes(6) + ETH[12:] + S[1]],                      # another source MAC
+    [ETH_BCAST + p for p in S],
+    [ETH + p for p in [tcp(data(100), seq=1000 + i * 100) for i in range(200)]],  # runs cut at GRO_MAX_SEGS
+]
+
+
+@pytest.mark.parametrize("frames", FRAME_COALESCE_VECTORS)
+def test_coalesce_frames_vectors(frames):
+    assert c_coalesce_frames(frames) == py_coalesce_frames(frames)
+
+
+def test_a_coalesced_frame_is_what_the_tap_expects():
+    (hdr, frame), = gso.coalesce_frames([ETH + p for p in S])
+    assert hdr == VnetHdr(NEEDS_CSUM, gso.GSO_TCPV4, 14 + 40, 1420, 14 + 20, 16)
+    assert frame == ETH + gso.coalesce(S)[0][1]
+    assert gso.segment_frame(hdr, frame) == [ETH + p for p in S]  # the kernel's TSO gives the frames back
+    with pytest.raises(TypeError):
+        fastpath.coalesce_frames([ETH[:13]])
+
+
+def test_random_frame_mutations_agree():
+    rng = random.Random(14)
+    for _ in range(300):
+        frames = [bytearray(f) for f in rng.choice(FRAME_COALESCE_VECTORS[:6] + FRAME_COALESCE_VECTORS[-4:-1])]
+        for _ in range(rng.randrange(0, 3)):
+            if frames:
+                f = rng.choice(frames)
+                f[rng.randrange(len(f))] = rng.randrange(256)
+        frames = [bytes(f) for f in frames]
+        assert c_coalesce_frames(frames) == py_coalesce_frames(frames)
+        hdr, frame = rng.choice(FRAME_SEGMENT_VECTORS)
+        frame = bytearray(frame)
+        for _ in range(rng.randrange(0, 3)):
+            if frame:
+                frame[rng.randrange(len(frame))] = rng.randrange(256)
+        raw = bytearray(hdr.pack())
+        if rng.random() < 0.3:
+            raw[rng.randrange(10)] = rng.randrange(256)
+        hdr = VnetHdr.unpack(bytes(raw))
+        assert c_segment_frame(hdr, bytes(frame)) == py_segment_frame(hdr, bytes(frame)), (hdr, bytes(frame).hex())
