@@ -30,7 +30,8 @@ class UdpCodec:
         peer, payload = verdict
         return peer.node_ip, payload
 
-    def inbound(self, payload: bytes, sender: tuple[str, int]):
+    def inbound(self, payload: bytes, sender: tuple[str, int], mtu: int | None = None):
+        """``mtu`` is not used: a UDP-backend peer sends packets cut to the MTU."""
         return udp.inbound(payload, sender, self.port, self.subnet_int, self.mask, self.table)
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
@@ -65,15 +66,16 @@ class VxlanCodec:
         peer, rewritten = verdict
         return peer.node_ip, vxlan.encapsulate(rewritten, self.vni)
 
-    def inbound(self, payload: bytes, sender: tuple[str, int]):
-        """Any source port: kernel VTEPs pick one per flow (ECMP entropy)."""
+    def inbound(self, payload: bytes, sender: tuple[str, int], mtu: int | None = None):
+        """Any source port: kernel VTEPs pick one per flow (ECMP entropy). With the tap's ``mtu``, a
+        kernel VTEP's TCP superpacket comes back as a list of frames (:func:`.ether.tap_inbound`)."""
         held = self.table.held_by(sender[0])
         if held is None:
             return Drop.UNKNOWN_SENDER
         frame = vxlan.decapsulate(payload, self.vni)
         if isinstance(frame, Drop):
             return frame
-        return ether.tap_inbound(frame, held, self.own_mac, self.subnet_int, self.mask)
+        return ether.tap_inbound(frame, held, self.own_mac, self.subnet_int, self.mask, mtu)
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
         """ICMP unreachable, in an Ethernet frame back to the sender's MAC."""

@@ -12,8 +12,10 @@ sending strategies can be swapped and measured without touching the loop.
 The C engine (:mod:`.fast`) replaces the two readers with threads of its
 own and keeps the codec's ICMP answers here. A device opened with
 IFF_VNET_HDR (``vnet_hdr``) is read and written with an empty 10-byte
-virtio header: this plane never asks for offloads, so it never sees a
-superpacket.
+virtio header: this plane never asks for offloads, so it never reads a
+superpacket from the device nor writes one to it. From the underlay it can
+receive one (a kernel VTEP with offload on, over a virtual underlay): the
+codec cuts it to the device's MTU, read from the device at start.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ import socket
 import time
 from typing import Protocol
 
-from ..encap import gso
+from ..encap import ether, gso, vxlan
 from ..encap.drops import Counters, Drop
+from ..errors import PlumbingError
+from ..plumbing.tuntap import device_mtu
 
 BUDGET = 256  # packets per wake-up and direction
 READ_SIZE = 65535
+# the largest datagram: a VXLAN header and an Ethernet header around a 64 KB IP packet (a kernel
+# VTEP's TCP superpacket, over a virtual underlay)
+RECV_SIZE = READ_SIZE + vxlan.HEADER_LEN + ether.ETH_HEADER_LEN
 
 
 def error_counter(prefix: str, code: int | None) -> str:
@@ -43,8 +50,9 @@ class Codec(Protocol):
     def outbound(self, frame: bytes) -> tuple[str, bytes] | Drop:
         """A frame read from the device -> (peer node IP, UDP payload), or why not."""
 
-    def inbound(self, payload: bytes, sender: tuple[str, int]) -> bytes | Drop:
-        """A UDP payload from ``sender`` (address, port) -> the frame to write to the device, or why not."""
+    def inbound(self, payload: bytes, sender: tuple[str, int], mtu: int | None = None) -> bytes | list[bytes] | Drop:
+        """A UDP payload from ``sender`` (address, port) -> the frame (or frames, a superpacket cut to the
+        device's ``mtu``) to write to the device, or why not."""
 
     def answer(self, drop: Drop, frame: bytes, now: float) -> bytes | None:
         """A frame to write back to the device for a dropped outbound frame (ICMP), if any."""
@@ -74,13 +82,14 @@ class DataPlane:
     """Forwards between ``dev_fd`` (tun or tap) and ``sock`` using ``codec``."""
 
     def __init__(self, dev_fd: int, sock: socket.socket, codec: Codec, sender: Sender,
-                 counters: Counters, vnet_hdr: bool = False):
+                 counters: Counters, vnet_hdr: bool = False, mtu: int | None = None):
         self.dev_fd = dev_fd
         self.sock = sock
         self.codec = codec
         self.sender = sender
         self.counters = counters
         self.vnet_hdr = vnet_hdr  # the device was opened with IFF_VNET_HDR (no offloads asked for here)
+        self.mtu = mtu  # the device's (read from it at start unless given): longer inbound packets are cut or dropped
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ended: asyncio.Future | None = None  # fails when the data plane cannot go on
 
@@ -88,6 +97,11 @@ class DataPlane:
         """Register the readers on ``loop``."""
         self.loop = loop
         self.ended = loop.create_future()
+        if self.mtu is None:
+            try:
+                self.mtu = device_mtu(self.dev_fd)
+            except PlumbingError:  # not a tun/tap (a test's socketpair): no limit
+                pass
         os.set_blocking(self.dev_fd, False)
         self.sock.setblocking(False)
         loop.add_reader(self.dev_fd, self._device_readable)
@@ -130,21 +144,25 @@ class DataPlane:
         sender.flush()
 
     def _socket_readable(self) -> None:
-        codec, counters = self.codec, self.counters
+        codec, counters, mtu = self.codec, self.counters, self.mtu
         for _ in range(BUDGET):
             try:
-                payload, sender = self.sock.recvfrom(READ_SIZE)
+                payload, sender = self.sock.recvfrom(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 counters.count("sock_read_error")  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 continue
             counters.rx(len(payload))
-            verdict = codec.inbound(payload, sender)
+            verdict = codec.inbound(payload, sender, mtu)
             if isinstance(verdict, Drop):
                 counters.drop(verdict)
-                continue
-            self._write_device(verdict)
+            elif isinstance(verdict, list):  # a superpacket, cut to the device's MTU
+                counters.count("rx_superpackets")
+                for frame in verdict:
+                    self._write_device(frame)
+            else:
+                self._write_device(verdict)
 
     def _dropped_outbound(self, drop: Drop, frame: bytes, now: float) -> None:
         """Count a dropped device frame and write the codec's answer (ICMP), if any."""

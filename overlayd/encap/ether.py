@@ -25,6 +25,18 @@ a segment corrupted in transit whose checksum field happens to equal its
 pseudo-header sum (about 1 in 65536 corrupted segments) is made valid, the
 same trust a kernel receiver puts in the offload mark. The C engine mirrors
 this function (same name, same vectors).
+
+Superpackets (the same issue). Such a VTEP also sends TCP as GSO
+superpackets, for the NIC to cut: over a virtual underlay our UDP socket
+receives one datagram whose inner frame holds up to 64 KB of one TCP flow
+(IP total length past the MTU, the partial checksum mark). Given the tap's
+MTU, :func:`tap_inbound` has :func:`cut_superpacket` cut such a packet, once
+it has passed every check a frame passes, into MTU-sized segments as the
+NIC's TSO would (:func:`.gso.segment`, the tun path's segmenter); anything
+else longer than the MTU is dropped (a UDP GSO superpacket, from a pod
+sending with UDP_SEGMENT: its segment size is not on the wire). The
+segments' checksums are computed over the bytes as received: the same trust
+in the offload mark as completing. The C engine has no twin of this yet.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import hashlib
 import re
 
 from ..errors import EncapError
-from . import ipv4, receive
+from . import gso, ipv4, receive
 from .drops import Drop
 from .table import Peer, PeerTable
 
@@ -87,6 +99,26 @@ def _ipv4_payload_check(frame: bytes) -> Drop | None:
 
 
 
+def _partial_field(pkt: bytes) -> tuple[int, int] | None:
+    """(offset of the TCP/UDP checksum field, L4 length) of checked IPv4 packet ``pkt`` when that field
+    holds what a kernel with checksum offload writes there: the folded pseudo-header sum (source,
+    destination, protocol, L4 length), not 0. None for fragments, other protocols, short L4 headers
+    and any other value."""
+    proto = pkt[9]
+    if proto not in L4_CHECKSUM or (pkt[6] & 0x3F) or pkt[7]:  # MF or a fragment offset
+        return None
+    min_len, offset = L4_CHECKSUM[proto]
+    ihl = (pkt[0] & 0x0F) * 4
+    l4len = min((pkt[2] << 8) | pkt[3], len(pkt)) - ihl  # the bytes held, should a caller not check
+    if l4len < min_len:
+        return None
+    at = ihl + offset
+    field = (pkt[at] << 8) | pkt[at + 1]
+    if field != ipv4.pseudo_sum(pkt, l4len) or field == 0:
+        return None
+    return at, l4len
+
+
 def complete_partial_checksum(pkt: bytes) -> bytes | None:
     """``pkt`` with its CHECKSUM_PARTIAL TCP/UDP checksum completed, or None to leave it as it is.
 
@@ -98,25 +130,36 @@ def complete_partial_checksum(pkt: bytes) -> bytes | None:
     already carries the pseudo-header). None for fragments, other protocols,
     UDP without checksum (0), valid checksums and any other wrong one.
     """
-    proto = pkt[9]
-    if proto not in L4_CHECKSUM or (pkt[6] & 0x3F) or pkt[7]:  # MF or a fragment offset
+    found = _partial_field(pkt)
+    if found is None:
         return None
-    min_len, offset = L4_CHECKSUM[proto]
+    at, l4len = found
     ihl = (pkt[0] & 0x0F) * 4
-    l4 = pkt[ihl:(pkt[2] << 8) | pkt[3]]
-    if len(l4) < min_len:
-        return None
-    field = (l4[offset] << 8) | l4[offset + 1]
-    if field != ipv4.pseudo_sum(pkt, len(l4)) or field == 0:
-        return None
-    body = ipv4.ones_sum(l4)
-    if ipv4.fold(field + body) == 0xFFFF:
+    body = ipv4.ones_sum(pkt[ihl:ihl + l4len])
+    if ipv4.fold(((pkt[at] << 8) | pkt[at + 1]) + body) == 0xFFFF:
         return None  # valid as it is: the field only happens to equal the pseudo-header sum
     full = ~body & 0xFFFF
-    if proto == 17 and full == 0:
+    if pkt[9] == 17 and full == 0:
         full = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
-    at = ihl + offset
     return pkt[:at] + full.to_bytes(2, "big") + pkt[at + 2:]
+
+
+def cut_superpacket(pkt: bytes, mtu: int) -> list[bytes] | Drop:
+    """The packets of at most ``mtu`` bytes a NIC's TSO would have cut ``pkt`` into, or why not.
+
+    ``pkt`` is a checked IPv4 packet longer than ``mtu``. Only a TCP
+    superpacket with the partial checksum mark (:func:`_partial_field`) is
+    cut, by :func:`.gso.segment` with the header a TSO sender would pass
+    (:func:`.gso.tso_header`: MSS = ``mtu`` less the IP and TCP headers):
+    per segment the IP total length, ID and checksum, the sequence number and
+    a full TCP checksum; FIN and PSH on the last only, CWR on the first only.
+    Anything else that long is :attr:`Drop.BAD_IP_HEADER`, as for a
+    superpacket the tun path cannot segment.
+    """
+    hdr = gso.tso_header(pkt, mtu) if pkt[9] == gso.PROTO_TCP and _partial_field(pkt) else None
+    if hdr is None:
+        return Drop.BAD_IP_HEADER
+    return gso.segment(hdr, pkt)
 
 
 def tap_outbound(frame: bytes, table: PeerTable) -> tuple[Peer, bytes] | Drop:
@@ -131,12 +174,15 @@ def tap_outbound(frame: bytes, table: PeerTable) -> tuple[Peer, bytes] | Drop:
 
 
 def tap_inbound(frame: bytes, held: dict[int, Peer], own_mac: bytes, subnet_int: int,
-                mask: int) -> bytes | Drop:
-    """A decapsulated frame from a node leasing ``held`` -> the frame to write to the tap, or why not.
+                mask: int, mtu: int | None = None) -> bytes | list[bytes] | Drop:
+    """A decapsulated frame from a node leasing ``held`` -> the frame(s) to write to the tap, or why not.
 
     When the peer owning the inner source has a VTEP MAC, the frame's
-    Ethernet source must be it (a VTEP sends from its own MAC). A partial
-    inner checksum is completed (:func:`complete_partial_checksum`).
+    Ethernet source must be it (a VTEP sends from its own MAC). With the
+    tap's ``mtu``, an inner packet longer than it is a kernel VTEP's
+    superpacket, cut into a list of frames (:func:`cut_superpacket`), or
+    dropped; without (None), any length passes. A partial inner checksum is
+    completed (:func:`complete_partial_checksum`).
     """
     bad = _ipv4_payload_check(frame)
     if bad is not None:
@@ -148,5 +194,8 @@ def tap_inbound(frame: bytes, held: dict[int, Peer], own_mac: bytes, subnet_int:
         return peer
     if peer.vtep_mac is not None and frame[6:12] != peer.vtep_mac:
         return Drop.WRONG_SOURCE_MAC
+    if mtu is not None and ((frame[ETH_HEADER_LEN + 2] << 8) | frame[ETH_HEADER_LEN + 3]) > mtu:
+        cut = cut_superpacket(frame[ETH_HEADER_LEN:], mtu)
+        return cut if isinstance(cut, Drop) else [frame[:ETH_HEADER_LEN] + pkt for pkt in cut]
     completed = complete_partial_checksum(frame[ETH_HEADER_LEN:])
     return frame if completed is None else frame[:ETH_HEADER_LEN] + completed

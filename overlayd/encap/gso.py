@@ -11,6 +11,9 @@ must get finished packets) and its MTU is the wire's, so:
   + index) and header checksum, the TCP sequence number and checksum; FIN and
   PSH only on the last segment, CWR only on the first. A packet with a
   partial checksum and no segmentation gets its checksum completed.
+  :func:`tso_header` gives the header a TSO sender would pass for a given
+  MTU: the userspace VXLAN receive path cuts a kernel VTEP's superpackets
+  with it (:func:`overlayd.encap.ether.cut_superpacket`).
 * :func:`coalesce` does on receive what the kernel's GRO would: consecutive
   segments of one flow (same addresses and ports, contiguous sequence, same
   ACK, window, options, TTL, TOS and DF; flags ACK or ACK|PSH, a PSH ends the
@@ -89,6 +92,19 @@ def _tcp_layout(pkt: bytes) -> tuple[int, int] | None:
     if thl < 20 or ihl + thl > total:
         return None
     return ihl + thl, total - ihl - thl
+
+
+def tso_header(pkt: bytes, mtu: int) -> VnetHdr | None:
+    """The header a TSO sender would pass with TCP/IPv4 packet ``pkt`` for :func:`segment` to cut it
+    into packets of at most ``mtu`` bytes, or None when ``pkt`` is not one :func:`segment` can cut.
+
+    ``pkt`` is a checked IPv4 packet (:func:`.ipv4.check`). The MSS is ``mtu`` less the IP and TCP
+    headers (options included), as the sender's own MSS for that MTU would be.
+    """
+    layout = _tcp_layout(pkt)
+    if layout is None or layout[0] >= mtu:
+        return None
+    return VnetHdr(NEEDS_CSUM, GSO_TCPV4, layout[0], mtu - layout[0], (pkt[0] & 0x0F) * 4, 16)
 
 
 def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
