@@ -26,16 +26,19 @@ PEER = "127.0.0.2"
 FROM_PEER = OWN_MAC + peer_mac(PEER) + b"\x08\x00"  # a frame's Ethernet header, as the peer sends it
 
 
-def tap_rig(rigs):
+def tap_rig(rigs, udp_gso: bool = False):
     """A VXLAN rig whose plane reads and writes the stand-in tap with virtio headers."""
-    rig = rigs(vxlan=True)
+    rig = rigs(vxlan=True, udp_gso=udp_gso)
     rig.plane = fast.FastDataPlane(rig.dev_ours.fileno(), rig.sock, rig.codec, Sender(rig.sock, rig.port, rig.counters),
-                                   rig.counters, vnet_hdr=True, mtu=MTU)
+                                   rig.counters, vnet_hdr=True, mtu=MTU, udp_gso=udp_gso)
     return rig
 
 
-async def test_superpackets_both_ways_through_a_vnet_hdr_tap(rigs):
-    rig = tap_rig(rigs)
+@pytest.mark.parametrize("udp_gso", [False, True])
+async def test_superpackets_both_ways_through_a_vnet_hdr_tap(rigs, udp_gso):
+    """With udp_gso (--udp-checksum) the 8 datagrams leave in one UDP GSO send, which the peer's
+    kernel cuts back into the same datagrams (its socket has no UDP_GRO)."""
+    rig = tap_rig(rigs, udp_gso)
     loop = asyncio.get_running_loop()
     hdr, pkt = tso(bytes(range(256)) * 40, MTU - 40)
     tap_hdr = dataclasses.replace(hdr, hdr_len=hdr.hdr_len + 14, csum_start=hdr.csum_start + 14)
@@ -61,6 +64,7 @@ async def test_superpackets_both_ways_through_a_vnet_hdr_tap(rigs):
     assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == whole.pack() + FROM_PEER + kernel
     snap = await rig.wait_for(dev_tx_packets=6)
     assert (snap["dev_rx_superpackets"], snap["tx_packets"], snap["dev_tx_superpackets"]) == (1, 8, 2)
+    assert snap.get("tx_gso_sends", 0) == udp_gso
 
     # a UDP packet past the MTU is no superpacket the tap can take: dropped, as in Python
     big_udp = bytearray(kernel)
