@@ -18,39 +18,42 @@ non-VXLAN kernel socket holds it. A VXLAN device already up on the port (our
 own ``flannel.<VNI>`` from before a restart, or another VNI's) is no
 conflict: the kernel shares one socket per port among VXLAN devices.
 
-Transmit checksum offload (issue 10 item 5), decided per underlay at setup.
-With offload on (the kernel's default) a kernel VTEP sends the inner TCP/UDP
-checksum partial (CHECKSUM_PARTIAL: the field holds the pseudo-header sum,
-for a NIC to finish) and TCP as 64 KB GSO superpackets, for a NIC to cut.
-Turning it off costs 3-5x between two kernel nodes (it turns TSO off too:
-every 1.4 KB segment is encapsulated alone; scripts/bench: kernel-vxlan
-against kernel-vx-on), so it stays on where every receiver gets finished
-packets: over a non-paravirtual NIC, or a bond/VLAN/bridge of such NICs
-(:func:`overlayd.plumbing.ethtool.underlay_completes_checksums`). Over a
-veth or a bridge with veth ports (containers as nodes, this project's lab)
-or a paravirtual NIC the kernel hands both on as they are, to a neighbour
-namespace or guest of the same host: a kernel receiver does not mind (the
-skb keeps its offload marks), a userspace VTEP reads raw bytes. Ours now
-completes partial checksums (:func:`overlayd.encap.ether.complete_partial_checksum`,
-measured: the kernel's ACKs reach a userspace node intact), but a plain UDP
-socket also receives a whole superpacket as one datagram (measured: 2 KB
-average, up to 64 KB, against a 1450 MTU), which the userspace data plane
-cannot deliver yet: it must cut it to the tap's MTU or write it to a
-vnet_hdr tap as GSO. So offload stays off on those underlays, as before.
-Weighed and left: turning it on only when no peer is a userspace VTEP
+Transmit checksum offload (issue 10 item 5): left as the kernel sets it, on,
+as flannel does. With it on a kernel VTEP sends the inner TCP/UDP checksum
+partial (CHECKSUM_PARTIAL: the field holds the pseudo-header sum, for a NIC
+to finish) and TCP as 64 KB GSO superpackets, for a NIC to cut. Turning it
+off costs 3-5x between two kernel nodes (it turns TSO off too: every 1.4 KB
+segment is encapsulated alone; scripts/bench: kernel-vxlan against
+kvx-tx-off). A NIC finishes and cuts both; a veth, a bridge with veth ports
+(containers as nodes, this project's lab) or a paravirtual NIC hands them on
+as they are to a neighbour namespace or guest of the same host. A kernel
+receiver does not mind (the skb keeps its offload marks); a userspace VTEP
+reads raw bytes, and ours takes both: it completes a partial checksum
+(:func:`overlayd.encap.ether.complete_partial_checksum`) and cuts a TCP
+superpacket to its tap's MTU (:func:`overlayd.encap.ether.cut_superpacket`;
+the C engine writes it to its vnet_hdr tap as one GSO write). So nothing
+needs it off any more. History: until the userspace receiver took
+superpackets, offload was turned off over anything but NICs (bonds, VLANs,
+bridges of NICs), at 0.19x a hand-built kernel VXLAN pair in the lab.
+Weighed and left then: turning it on only when no peer is a userspace VTEP
 (leases do not tell, and an older overlayd would not say); turning tunnel
-segmentation off on the underlay instead (the node's own device, and every
-receiver then pays per packet). Once the userspace receive path takes
-superpackets, offload can be on everywhere (tests/e2e/test_vxlan_offload.py
-holds the case, expected to fail until then). Measured with a stand-in cut
-in the Python loop (``encap.gso.segment`` to the tap's MTU, not kept): the
-transfer then arrives, but kernel -> user moved 0.11 Gbit/s against 0.24
-with offload off (3 x 3 s): cutting and checksumming 64 KB in Python costs
-more than offload saves the sender; the C engine writing the superpacket to
-a vnet_hdr tap as GSO (the checksum field already holds the pseudo-header
-sum NEEDS_CSUM wants) is the way. Set at setup and when drift repair recreates
-the device; in between, an operator's change (``python -m
-overlayd.plumbing.ethtool flannel.<VNI> on|off``) stays.
+segmentation off on the underlay instead (every receiver then pays per
+packet).
+
+What is still lost with it on, over a virtual underlay, towards a userspace
+VTEP: a pod's UDP GSO send (UDP_SEGMENT, e.g. QUIC) can arrive as one UDP
+superpacket whose segment size is not on the wire, and is dropped
+(``bad_ip_header``; expected from the kernel's code, not measured here); and
+a third-party userspace VTEP may take neither.
+The operator's way out, as flannel documents it: turn it off on the kernel
+nodes (``ethtool -K flannel.<VNI> tx-checksum-ip-generic off``, or ``python
+-m overlayd.plumbing.ethtool flannel.<VNI> off`` where no ethtool binary is
+installed), made to last with a udev rule that runs it when the device is
+added (``ACTION=="add"``, ``ENV{INTERFACE}=="flannel.1"``): we never touch the
+setting, so it stays while the device lives, and a device that drift repair
+or a reboot recreates comes back with the kernel's default (on), then the
+rule's setting. A device kept from an older overlayd keeps that version's
+setting (off over virtual underlays); setup logs when it finds it off.
 """
 
 from __future__ import annotations
@@ -125,7 +128,6 @@ class KernelVxlanBackend(Backend):
         # peer subnet -> (public IP, VtepMAC, the underlay device of its direct route or None: encapsulated)
         self.peers: dict[ipaddress.IPv4Network, tuple[str, str, str | None]] = {}
         self.skipped = 0
-        self._offload_decided_on: int | None = None  # ifindex of the device whose offload we set
         self._lock = asyncio.Lock()  # apply and reconcile: a peer being removed is never put back
 
     def backend_data(self) -> dict:
@@ -151,18 +153,15 @@ class KernelVxlanBackend(Backend):
         self.lease = lease
         async with Netlink() as nl:
             await self._ensure_device(nl)
+            if not ethtool.tx_checksum_offload(self.device):  # see the module's note
+                log.info("%s: transmit checksum offload is off (an operator's choice, or kept from an older "
+                         "overlayd): 3-5x slower between kernel nodes; 'python -m overlayd.plumbing.ethtool %s on' "
+                         "turns it back on", self.device, self.device)
             stale = await nl.flush_peer_state(self.device)  # the first listing re-adds live peers
             if self.config.backend.direct_routing:
                 await delete_peer_routes(nl, self)
             if stale:
                 log.info("%s: removed %d route/neighbour/FDB entries left from before", self.device, stale)
-
-    def _set_tx_offload(self) -> None:
-        """Transmit checksum offload on where the underlay finishes checksums (see the module's note)."""
-        on = ethtool.underlay_completes_checksums(self.underlay.iface)
-        ethtool.set_tx_checksum_offload(self.device, on)
-        log.info("%s: transmit checksum offload %s (underlay %s %s)", self.device, "on" if on else "off",
-                 self.underlay.iface, "finishes checksums" if on else "is virtual or paravirtual")
 
     async def _ensure_device(self, nl: Netlink) -> None:
         await nl.ensure_vxlan(self.device, vni=self.vni, port=self.config.backend.port,
@@ -172,10 +171,6 @@ class KernelVxlanBackend(Backend):
         await nl.ensure_link_up(self.device)
         sysctl.disable_ipv6(self.device)
         sysctl.set_rp_filter(self.device, 2)
-        index = await nl.index(self.device)
-        if index != self._offload_decided_on:  # a device we have not set yet: new, or recreated
-            self._set_tx_offload()
-            self._offload_decided_on = index
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:

@@ -1,15 +1,16 @@
 """Transmit checksum offload, through the SIOCETHTOOL ioctl (no ethtool binary needed).
 
-With it on, the kernel leaves the inner TCP/UDP checksum of what a VXLAN
-device sends for "the hardware" to fill in, and on a veth or bridge underlay
-(containers, this project's lab) no hardware ever does: the frame leaves
-with a partial inner checksum. A kernel peer trusts the offload flag it
-received and never notices; a userspace peer reads the raw bytes. flannel's
-users meet this as "ethtool -K flannel.1 tx-checksum-ip-generic off", at
-3-5x the cost in throughput. The kernel VXLAN backend keeps it on where that
-is safe (see :mod:`overlayd.backend.vxlan`).
-
-Whether that is safe depends on the underlay: :func:`underlay_completes_checksums`.
+With it on (the kernel's default), the kernel leaves the inner TCP/UDP
+checksum of what a VXLAN device sends for "the hardware" to fill in, and
+sends TCP as GSO superpackets for it to cut; on a veth or bridge underlay
+(containers, this project's lab) no hardware ever does. A kernel peer trusts
+the offload marks it received and never notices; a userspace peer reads the
+raw bytes: ours completes the checksums and cuts the superpackets (see
+:mod:`overlayd.encap.ether`), so the kernel VXLAN backend leaves offload on
+everywhere (see :mod:`overlayd.backend.vxlan`). flannel documents turning it
+off ("ethtool -K flannel.1 tx-checksum-ip-generic off") where a kernel
+corrupts checksums behind NAT; operators also do for receivers that cannot
+take partial checksums: 3-5x the cost in throughput between kernel nodes.
 
 ``python -m overlayd.plumbing.ethtool DEV [on|off]`` prints (or sets) it
 where no ethtool binary is installed (scripts/bench, the tests, operators).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import array
 import fcntl
-import os
 import socket
 import struct
 import sys
@@ -51,37 +51,6 @@ def set_tx_checksum_offload(dev: str, enabled: bool) -> None:
     """Turn transmit checksum offload on ``dev`` on or off (no-op when already so)."""
     if tx_checksum_offload(dev) != enabled:
         _ethtool_value(dev, ETHTOOL_STXCSUM, int(enabled))
-
-
-# Paravirtual NIC drivers: they can hand a partial checksum (virtio: and a GSO superpacket) on
-# to another guest of the same host as they got it, as veth does between namespaces.
-PARAVIRTUAL_DRIVERS = frozenset({"virtio_net", "vif", "hv_netvsc", "vmxnet3"})
-MAX_STACK = 8  # device stacking depth followed (vlan on bond on NICs is 2)
-
-
-def underlay_completes_checksums(dev: str, sysfs: str = "/sys/class/net", depth: int = 0) -> bool:
-    """Whether everything sent through ``dev`` leaves this kernel with complete checksums, cut to MTU.
-
-    True for a NIC on a bus (PCI, USB, ...) that is not paravirtual: its
-    hardware (or the kernel's software fallback, when it lacks the offload)
-    finishes partial checksums and segments GSO packets. A stacked device
-    (bond, VLAN, bridge, macvlan: ``lower_*`` links in sysfs) qualifies when
-    every device below it does. False for anything else: veth, a bridge with
-    a veth port, tun/tap, paravirtual NICs, an unknown device.
-    """
-    base = os.path.join(sysfs, dev)
-    lowers = [n[len("lower_"):] for n in _listdir(base) if n.startswith("lower_")]
-    if lowers:
-        return depth < MAX_STACK and all(underlay_completes_checksums(l, sysfs, depth + 1) for l in lowers)
-    driver = os.path.join(base, "device", "driver")
-    return os.path.exists(driver) and os.path.basename(os.path.realpath(driver)) not in PARAVIRTUAL_DRIVERS
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 def main(argv: list[str]) -> int:
