@@ -82,11 +82,7 @@ def test_offload_on_over_veth_partial_checksums_completed_and_an_operators_off_s
         "flannel.1 not recreated with offload on"
 
 
-@pytest.mark.parametrize("datapath", [
-    "python",
-    pytest.param("c", marks=pytest.mark.xfail(strict=False, reason=(
-        "on the C engine the 4 MB transfer often arrives intact, but not reliably (stalled past 20 s in 2 of 6 "
-        "runs here; why it passes at all, and why not always, is not investigated yet)")))])
+@pytest.mark.parametrize("datapath", ["python", "c"])
 def test_tcp_from_a_kernel_vtep_with_offload_on_reaches_a_userspace_node(make_lab, tmp_path, datapath):
     lab = make_lab("vxlan", nodes=2, variants=[{**VARIANTS[0], "datapath": datapath}, VARIANTS[1]])
     user, kernel = lab.nodes
