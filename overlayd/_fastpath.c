@@ -81,8 +81,9 @@
  * udp_gso the socket keeps its checksums and a superpacket's segments (equal
  * sizes but the last) leave in as few sendmsg()s as the kernel takes
  * (GSO_SEGS_MAX segments, 64 KB), each with a UDP_SEGMENT cmsg, through the
- * same sendmmsg() as single datagrams. The receiver always turns UDP_GRO on,
- * whatever its own mode: a checksummed peer's sends then arrive as one
+ * same sendmmsg() as single datagrams. The receiver of the UDP wire turns
+ * UDP_GRO on, whatever its own mode (the VXLAN wire does not: see
+ * engine_start): a checksummed peer's sends then arrive as one
  * buffer with the segment size in a cmsg, split here into the datagrams they
  * were and classified one by one exactly like single ones (checksum-0
  * datagrams arrive alone, as before), so both wire forms get the same
@@ -748,7 +749,7 @@ static PyTypeObject EngineType = {
               "The forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
               "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
               "peers' port `port`. udp_gso: send superpackets' segments with UDP GSO (the socket must "
-              "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way. With vni (and "
+              "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way, unless the wire is VXLAN. With vni (and "
               "own_mac, our VtepMAC, 6 bytes) dev_fd is a tap and the wire is VXLAN on vni; with vnet_hdr "
               "too, mtu is the tap's: a kernel VTEP's TCP superpacket beyond it is written as one GSO write.",
     .tp_new = PyType_GenericNew,

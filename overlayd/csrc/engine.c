@@ -503,8 +503,6 @@ int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uin
     e->sock_fd = sock_fd;
     e->vnet = vnet;
     e->udp_gso = udp_gso;
-    int one = 1;  /* take UDP GSO sends whole, whatever this node sends; a kernel without it (< 5.0) splits them */
-    (void)setsockopt(sock_fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
     e->port = port;
     e->subnet = subnet;
     e->mask = mask;
@@ -545,6 +543,13 @@ int engine_start(engine_t *e)
     uint64_t drain;
     while (read(e->stop_fd, &drain, sizeof(drain)) > 0)
         continue;
+    /* UDP_GRO takes a peer's UDP GSO sends whole (a kernel without it, < 5.0, splits them). Not on the
+     * VXLAN wire: a kernel VTEP sends a pod's UDP GSO superpacket (QUIC stacks use UDP_SEGMENT) as one
+     * VXLAN datagram, which a UDP_GRO socket takes whole too, with the INNER segment size in the cmsg,
+     * so splitting it there turns every piece into garbage; without UDP_GRO our kernel cuts it into
+     * VXLAN datagrams, as it cuts a checksummed peer's GSO sends. */
+    int gro = !e->vxlan;
+    (void)setsockopt(e->sock_fd, SOL_UDP, UDP_GRO, &gro, sizeof(gro));
     int code = pthread_create(&e->threads[OUT], NULL, out_main, e);
     if (code != 0)
         return code;

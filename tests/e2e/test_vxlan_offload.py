@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, in4_pseudoheader
@@ -26,6 +27,8 @@ from scapy.utils import checksum
 from overlayd.lab.topology import run
 
 from .tools import TCPCHECK, Capture, tcp_transfer, wait_for
+
+UDPGSO = str(Path(__file__).with_name("udpgso.py"))
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -106,3 +109,25 @@ def test_tcp_from_a_kernel_vtep_with_offload_on_reaches_a_userspace_node(make_la
     assert out.split() == [hashlib.sha256(data).hexdigest(), str(len(data))]
     if datapath == "python":  # the case was exercised: superpackets arrived and were cut
         assert wait_for(lambda: lab.node_status(user)["stats"].get("rx_superpackets", 0) > 0, timeout=10)
+
+
+@pytest.mark.parametrize("datapath", ["python", "c"])
+def test_udp_gso_from_a_kernel_node_pod_reaches_a_userspace_node_as_its_datagrams(make_lab, datapath):
+    """A pod sending with UDP_SEGMENT (QUIC stacks do) behind a kernel VTEP: the VXLAN datagram holds
+    one inner UDP superpacket, whose segment size only the skb carries. The userspace node's socket
+    must let its kernel cut it (a UDP_GRO socket takes it whole, reports that inner size in the
+    UDP_GRO cmsg, and splitting the datagram at it turned every piece into garbage)."""
+    lab = make_lab("vxlan", nodes=2, variants=[{**VARIANTS[0], "datapath": datapath}, VARIANTS[1]])
+    user, kernel = lab.nodes
+    receiver = subprocess.Popen(["ip", "netns", "exec", user.pods[0].netns, "timeout", "20", sys.executable,
+                                 UDPGSO, "recv", "9999"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout.readline().strip() == "listening"
+        run(["ip", "netns", "exec", kernel.pods[0].netns, sys.executable, UDPGSO, "send", user.pods[0].ip,
+             "9999", "5", "8000", "1000"], timeout=20)
+        out, _ = receiver.communicate(timeout=20)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+        receiver.wait(10)
+    assert out.split() == ["1000"] * 40
