@@ -33,10 +33,13 @@ receives one datagram whose inner frame holds up to 64 KB of one TCP flow
 MTU, :func:`tap_inbound` has :func:`cut_superpacket` cut such a packet, once
 it has passed every check a frame passes, into MTU-sized segments as the
 NIC's TSO would (:func:`.gso.segment`, the tun path's segmenter); anything
-else longer than the MTU is dropped (a UDP GSO superpacket, from a pod
-sending with UDP_SEGMENT: its segment size is not on the wire). The
-segments' checksums are computed over the bytes as received: the same trust
-in the offload mark as completing. The C engine has no twin of this yet.
+else longer than the MTU is dropped. (A pod's UDP GSO superpacket never
+gets here: its segment size is not in the bytes, so our socket must not take
+it whole; without UDP_GRO on the socket, the kernel cuts it into VXLAN
+datagrams first.) The segments' checksums are computed over the bytes as
+received: the same trust in the offload mark as completing. The C engine
+writes the superpacket to its vnet_hdr tap as one GSO write instead, which
+the kernel cuts into the same segments (held by the parity tests).
 """
 
 from __future__ import annotations
