@@ -72,7 +72,9 @@
  * that the kernel's GRO would merge, each with verified IP and TCP checksums,
  * are written as one superpacket with a GSO header (NEEDS_CSUM, the TCP
  * checksum field holding the pseudo-header sum); anything else is written
- * alone with an empty header.
+ * alone with an empty header. A segment that came in a UDP_GRO buffer has
+ * its TCP checksum taken as verified: the kernel merges only datagrams whose
+ * non-zero UDP checksum (covering the whole inner packet) it validated.
  *
  * Checksummed mode (udp_gso, the daemon's --udp-checksum). Checksum 0 stays
  * the default wire format, but it rules out the kernel's UDP offloads: it
@@ -447,18 +449,32 @@ static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int co
 }
 
 /* coalesce() (l2 0) or coalesce_frames() (l2 ETH_HDR_LEN: frames, each at least that long), as the
- * engine's deliver() runs it. */
-static PyObject *coalesce_l2(PyObject *arg, size_t l2)
+ * engine's deliver() runs it: args (packets[, verified]), verified one truth value per packet (None or
+ * left out: none verified). */
+static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
 {
+    PyObject *arg, *flags = Py_None;
+    if (!PyArg_ParseTuple(args, format, &arg, &flags))
+        return NULL;
     PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of bytes");
     if (seq == NULL)
         return NULL;
+    PyObject *vseq = flags == Py_None ? NULL : PySequence_Fast(flags, "verified is a sequence of flags");
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     unsigned char **pkts = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*pkts));
     size_t *lens = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*lens));
-    PyObject *result = pkts && lens ? PyList_New(0) : PyErr_NoMemory();
+    unsigned char *verified = PyMem_Calloc(n > 0 ? (size_t)n : 1, 1);
+    int flags_ok = flags == Py_None || (vseq != NULL && PySequence_Fast_GET_SIZE(vseq) == n);
+    if (vseq != NULL && !flags_ok)
+        PyErr_SetString(PyExc_ValueError, "verified needs one flag per packet");
+    PyObject *result = !flags_ok ? NULL : pkts && lens && verified ? PyList_New(0) : PyErr_NoMemory();
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        int truth = vseq == NULL ? 0 : PyObject_IsTrue(PySequence_Fast_GET_ITEM(vseq, i));
+        if (truth < 0) {
+            Py_CLEAR(result);
+            break;
+        }
         if (!PyBytes_Check(item) || (size_t)PyBytes_GET_SIZE(item) < l2) {
             PyErr_SetString(PyExc_TypeError, l2 ? "coalesce_frames() takes bytes of at least an Ethernet header"
                                                  : "coalesce() takes bytes");
@@ -467,9 +483,10 @@ static PyObject *coalesce_l2(PyObject *arg, size_t l2)
         }
         pkts[i] = (unsigned char *)PyBytes_AS_STRING(item) + l2;
         lens[i] = (size_t)PyBytes_GET_SIZE(item) - l2;
+        verified[i] = (unsigned char)truth;
     }
     for (Py_ssize_t i = 0; result != NULL && i < n;) {
-        int count = gro_run(pkts + i, lens + i, (int)(n - i), l2);
+        int count = gro_run(pkts + i, lens + i, verified + i, (int)(n - i), l2);
         PyObject *item = run_item(pkts + i, lens + i, count, l2);
         if (item == NULL || PyList_Append(result, item) < 0)
             Py_CLEAR(result);
@@ -478,18 +495,20 @@ static PyObject *coalesce_l2(PyObject *arg, size_t l2)
     }
     PyMem_Free(pkts);
     PyMem_Free(lens);
+    PyMem_Free(verified);
+    Py_XDECREF(vseq);
     Py_DECREF(seq);
     return result;
 }
 
-static PyObject *py_coalesce(PyObject *self, PyObject *arg)
+static PyObject *py_coalesce(PyObject *self, PyObject *args)
 {
-    return coalesce_l2(arg, 0);
+    return coalesce_l2(args, "O|O:coalesce", 0);
 }
 
-static PyObject *py_coalesce_frames(PyObject *self, PyObject *arg)
+static PyObject *py_coalesce_frames(PyObject *self, PyObject *args)
 {
-    return coalesce_l2(arg, ETH_HDR_LEN);
+    return coalesce_l2(args, "O|O:coalesce_frames", ETH_HDR_LEN);
 }
 
 /* ---- Python API: the engine ------------------------------------------------------ */
@@ -783,12 +802,13 @@ static PyMethodDef methods[] = {
      "complete_partial_checksum(pkt) -> bytes | None\n\noverlayd.encap.ether.complete_partial_checksum in C."},
     {"segment", py_segment, METH_VARARGS,
      "segment(vnet_hdr, pkt) -> [packet, ...] | reason\n\noverlayd.encap.gso.segment in C."},
-    {"coalesce", py_coalesce, METH_O,
-     "coalesce([pkt, ...]) -> [(vnet_hdr, packet), ...]\n\noverlayd.encap.gso.coalesce in C."},
+    {"coalesce", py_coalesce, METH_VARARGS,
+     "coalesce([pkt, ...], verified=None) -> [(vnet_hdr, packet), ...]\n\noverlayd.encap.gso.coalesce in C."},
     {"segment_frame", py_segment_frame, METH_VARARGS,
      "segment_frame(vnet_hdr, frame) -> [frame, ...] | reason\n\noverlayd.encap.gso.segment_frame in C."},
-    {"coalesce_frames", py_coalesce_frames, METH_O,
-     "coalesce_frames([frame, ...]) -> [(vnet_hdr, frame), ...]\n\noverlayd.encap.gso.coalesce_frames in C."},
+    {"coalesce_frames", py_coalesce_frames, METH_VARARGS,
+     "coalesce_frames([frame, ...], verified=None) -> [(vnet_hdr, frame), ...]\n\n"
+     "overlayd.encap.gso.coalesce_frames in C."},
     {NULL, NULL, 0, NULL},
 };
 

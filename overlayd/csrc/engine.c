@@ -331,6 +331,7 @@ typedef struct {
     unsigned char ctrl[BATCH][CMSG_SPACE(sizeof(int))];  /* UDP_GRO: the segment size */
     unsigned char *pkts[ACCEPT_MAX];     /* accepted IP packets (a tap's frame: e->l2 bytes before), waiting */
     size_t lens[ACCEPT_MAX];
+    unsigned char verified[ACCEPT_MAX];  /* from a UDP_GRO buffer: UDP-checksummed (see gro_run) */
     int accepted;
 } in_state_t;
 
@@ -377,7 +378,7 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
 static void deliver(engine_t *e, in_state_t *s)
 {
     for (int i = 0; i < s->accepted;) {
-        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->accepted - i, e->l2) : 1;
+        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->verified + i, s->accepted - i, e->l2) : 1;
         write_run(e, s->pkts + i, s->lens + i, run);
         i += run;
     }
@@ -477,7 +478,8 @@ static void *in_main(void *arg)
                     if (s->accepted == ACCEPT_MAX)
                         deliver(e, s);
                     s->pkts[s->accepted] = p + skip;  /* V_OK: len > skip */
-                    s->lens[s->accepted++] = len - skip;
+                    s->lens[s->accepted] = len - skip;
+                    s->verified[s->accepted++] = seg < n;
                 }
                 if (n == 0)
                     break;

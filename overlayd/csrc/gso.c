@@ -109,17 +109,17 @@ size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count
 }
 
 /* Whether p[0:n] may join a run: a plain IPv4 TCP segment with data, flags ACK
- * or ACK|PSH, both checksums right (UDP checksum 0 protected nothing). */
-static int gro_candidate(const unsigned char *p, size_t n)
+ * or ACK|PSH, its IP checksum right, and its TCP checksum too unless verified
+ * (it came in a UDP_GRO buffer: see gro_run); UDP checksum 0 protected nothing. */
+static int gro_candidate(const unsigned char *p, size_t n, int verified)
 {
     unsigned hlen, payload;
     if (n < 40 || p[0] != 0x45 || be16(p + 2) != n || tcp_layout(p, &hlen, &payload) < 0 || payload == 0)
         return 0;
     unsigned flags = p[20 + 13];
-    if ((flags & ~TCP_PSH) != TCP_ACK)
+    if ((flags & ~TCP_PSH) != TCP_ACK || csum_fold(csum_add(0, p, 20)) != 0xFFFF)
         return 0;
-    return csum_fold(csum_add(0, p, 20)) == 0xFFFF &&
-           csum_fold(csum_add(pseudo_sum(p, (unsigned)n - 20), p + 20, n - 20)) == 0xFFFF;
+    return verified || csum_fold(csum_add(pseudo_sum(p, (unsigned)n - 20), p + 20, n - 20)) == 0xFFFF;
 }
 
 /* Whether q continues the run whose first packet is head and last is last (both candidates). */
@@ -138,14 +138,14 @@ static int gro_extends(const unsigned char *head, const unsigned char *last, siz
            be32(qt + 4) == be32(lt + 4) + last_payload;
 }
 
-int gro_run(unsigned char *const *pkts, const size_t *lens, int n, size_t l2)
+int gro_run(unsigned char *const *pkts, const size_t *lens, const unsigned char *verified, int n, size_t l2)
 {
-    if (n < 2 || !gro_candidate(pkts[0], lens[0]))
+    if (n < 2 || !gro_candidate(pkts[0], lens[0], verified[0]))
         return 1;
     int count = 1;
     size_t bytes = lens[0];
     while (count < n && count < GRO_MAX_SEGS && memcmp(pkts[count] - l2, pkts[0] - l2, l2) == 0 &&
-           gro_candidate(pkts[count], lens[count]) &&
+           gro_candidate(pkts[count], lens[count], verified[count]) &&
            gro_extends(pkts[0], pkts[count - 1], lens[count - 1], pkts[count], lens[count], bytes)) {
         bytes += lens[count] - gro_payload_offset(pkts[count]);
         count++;

@@ -47,8 +47,12 @@ size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count
  * pkts[0] form one coalescible run (1: pkts[0] goes alone). On a tap each
  * packet is the IP part of a frame: the l2 bytes before it (at most
  * GRO_L2_MAX, 0 on a tun) are its Ethernet header, which must be pkts[0]'s
- * too (the kernel's GRO compares it as well). */
-int gro_run(unsigned char *const *pkts, const size_t *lens, int n, size_t l2);
+ * too (the kernel's GRO compares it as well). verified[i] != 0: packet i came
+ * in a UDP_GRO buffer, so its TCP checksum is not checked again: the kernel's
+ * UDP GRO merges only datagrams whose non-zero UDP checksum it validated
+ * (udp4_gro_receive, udp_gro_receive_segment), and that covers the whole
+ * inner packet. A lone datagram may have had checksum 0: it is checked. */
+int gro_run(unsigned char *const *pkts, const size_t *lens, const unsigned char *verified, int n, size_t l2);
 /* The virtio header, the l2 bytes before pkts[0] and the IP+TCP headers of the
  * superpacket joining the count packets of a run, written to out (GRO_HDR_MAX
  * bytes); returns their length. csum_start and hdr_len count the l2 bytes.

@@ -19,9 +19,15 @@ must get finished packets) and its MTU is the wire's, so:
   ACK, window, options, TTL, TOS and DF; flags ACK or ACK|PSH, a PSH ends the
   run; every segment but the last of full size; at most 64 KB) become one
   superpacket with a GSO header (NEEDS_CSUM, the TCP checksum field holding
-  the pseudo-header sum). Every inner IP and TCP checksum is verified first:
-  with UDP checksum 0 nothing else protected the bytes, and the kernel will not
-  check a NEEDS_CSUM packet. Anything else goes alone with an empty header.
+  the pseudo-header sum). Every inner IP checksum is verified first, and the
+  TCP checksum of every packet not ``verified`` by the wire: the kernel will
+  not check a NEEDS_CSUM packet, and UDP checksum 0 protected nothing. A
+  datagram that came in a UDP_GRO buffer is verified: the kernel's UDP GRO
+  merges only datagrams whose (non-zero) UDP checksum it validated
+  (``udp4_gro_receive``, ``udp_gro_receive_segment`` in
+  net/ipv4/udp_offload.c), and that checksum covers the whole inner packet.
+  A lone datagram may have had checksum 0: its TCP checksum is checked.
+  Anything else goes alone with an empty header.
 
 On a tap (userspace VXLAN on the C engine) the same happens to Ethernet
 frames: :func:`segment_frame` and :func:`coalesce_frames` wrap the two with
@@ -150,16 +156,16 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes] | Drop:
     return out
 
 
-def _candidate(pkt: bytes) -> bool:
-    """A plain IPv4 TCP segment with data, flags ACK or ACK|PSH, both checksums right."""
+def _candidate(pkt: bytes, verified: bool) -> bool:
+    """A plain IPv4 TCP segment with data, flags ACK or ACK|PSH, its IP checksum right and its TCP
+    checksum too unless ``verified`` (the UDP checksum that carried it covered it)."""
     if len(pkt) < 40 or pkt[0] != 0x45 or int.from_bytes(pkt[2:4], "big") != len(pkt):
         return False
     layout = _tcp_layout(pkt)
-    if layout is None or layout[1] == 0 or pkt[33] & ~PSH != ACK:
+    if layout is None or layout[1] == 0 or pkt[33] & ~PSH != ACK or ipv4.ones_sum(pkt[:20]) != 0xFFFF:
         return False
     l4 = pkt[20:]
-    return ipv4.ones_sum(pkt[:20]) == 0xFFFF and \
-        ipv4.fold(ipv4.pseudo_sum(pkt, len(l4)) + ipv4.ones_sum(l4)) == 0xFFFF
+    return verified or ipv4.fold(ipv4.pseudo_sum(pkt, len(l4)) + ipv4.ones_sum(l4)) == 0xFFFF
 
 
 def _extends(run: list[bytes], pkt: bytes, run_bytes: int) -> bool:
@@ -190,14 +196,18 @@ def _join(run: list[bytes]) -> tuple[VnetHdr, bytes]:
     return VnetHdr(NEEDS_CSUM, GSO_TCPV4, hlen, len(head) - hlen, 20, 16), bytes(header) + body
 
 
-def coalesce(pkts: list[bytes]) -> list[tuple[VnetHdr, bytes]]:
-    """The writes for accepted packets ``pkts`` (in order): superpackets where GRO would merge."""
+def coalesce(pkts: list[bytes], verified: list[bool] | None = None) -> list[tuple[VnetHdr, bytes]]:
+    """The writes for accepted packets ``pkts`` (in order): superpackets where GRO would merge.
+    ``verified[i]``: packet i came in a UDP_GRO buffer, its UDP checksum validated by the kernel
+    (None: none did)."""
+    verified = verified or [False] * len(pkts)
     out, i = [], 0
     while i < len(pkts):
         run, run_bytes = [pkts[i]], len(pkts[i])
-        if _candidate(pkts[i]):
+        if _candidate(pkts[i], verified[i]):
             while i + len(run) < len(pkts) and len(run) < GRO_MAX_SEGS \
-                    and _candidate(nxt := pkts[i + len(run)]) and _extends(run, nxt, run_bytes):
+                    and _candidate(nxt := pkts[i + len(run)], verified[i + len(run)]) \
+                    and _extends(run, nxt, run_bytes):
                 run_bytes += len(nxt) - 20 - (nxt[32] >> 4) * 4
                 run.append(nxt)
         out.append(_join(run))
@@ -217,13 +227,15 @@ def segment_frame(hdr: VnetHdr, frame: bytes) -> list[bytes] | Drop:
     return segs if isinstance(segs, Drop) else [frame[:ETH_LEN] + s for s in segs]
 
 
-def coalesce_frames(frames: list[bytes]) -> list[tuple[VnetHdr, bytes]]:
+def coalesce_frames(frames: list[bytes], verified: list[bool] | None = None) -> list[tuple[VnetHdr, bytes]]:
     """:func:`coalesce` for accepted Ethernet frames (at least 14 bytes each) to a vnet_hdr tap: a run
     also needs one Ethernet header throughout (the kernel's GRO compares it too), which leads the
     superpacket; its header's csum_start and hdr_len then count from the frame's start."""
+    verified = verified or [False] * len(frames)
     out = []
-    for eth, group in itertools.groupby(frames, key=lambda f: f[:ETH_LEN]):
-        for hdr, pkt in coalesce([f[ETH_LEN:] for f in group]):
+    for eth, group in itertools.groupby(zip(frames, verified), key=lambda fv: fv[0][:ETH_LEN]):
+        group = list(group)
+        for hdr, pkt in coalesce([f[ETH_LEN:] for f, _ in group], [v for _, v in group]):
             if hdr.gso_type != GSO_NONE:
                 hdr = dataclasses.replace(hdr, hdr_len=hdr.hdr_len + ETH_LEN, csum_start=hdr.csum_start + ETH_LEN)
             out.append((hdr, eth + pkt))

@@ -388,6 +388,28 @@ async def test_udp_gro_buffers_are_split_and_judged_datagram_by_datagram(rigs, u
     assert snap["rx_bytes"] == sum(map(len, back + mixed)) + 23
 
 
+async def test_a_udp_gro_buffer_is_coalesced_without_checking_tcp_checksums_again(rigs):
+    """The kernel validated the UDP checksum of every datagram in a UDP_GRO buffer, which covers the
+    whole inner packet: a wrong inner TCP checksum field there does not stop coalescing (the superpacket's
+    checksum is the kernel's to compute). The same packets as lone datagrams (which may have had checksum
+    0) are checked: the bad one and its neighbours are written alone."""
+    rig = rigs(vnet_hdr=True)
+    loop = asyncio.get_running_loop()
+    rig.plane.start(loop)
+    back = [tcp(bytes([i]) * 1420, seq=9000 + i * 1420, src="10.244.2.7", dst="10.244.1.5") for i in range(3)]
+    back[1] = back[1][:36] + bytes([back[1][36] ^ 1]) + back[1][37:]  # the TCP checksum field
+    rig.send_in_gso("127.0.0.2", back)
+    (joined_hdr, joined), = gso.coalesce(back, [True] * 3)
+    assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == joined_hdr.pack() + joined
+    for seg in back:
+        rig.send_in("127.0.0.2", seg)
+    for hdr, pkt in gso.coalesce(back):
+        assert hdr == gso.NO_OFFLOAD
+        assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == hdr.pack() + pkt
+    snap = await rig.wait_for(dev_tx_packets=6)
+    assert (snap["rx_coalesced"], snap["dev_tx_superpackets"]) == (1, 1)
+
+
 def vxlan_traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
     """traffic() on the VXLAN wire: tap frames out, VXLAN datagrams in, plus the VXLAN-only refusals."""
     out, inbound = traffic()

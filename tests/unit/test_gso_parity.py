@@ -65,8 +65,8 @@ def py_segment(hdr: VnetHdr, pkt: bytes):
     return v.value if isinstance(v, Drop) else v
 
 
-def py_coalesce(pkts):
-    return [(h.pack(), p) for h, p in gso.coalesce(pkts)]
+def py_coalesce(pkts, verified=None):
+    return [(h.pack(), p) for h, p in gso.coalesce(pkts, verified)]
 
 
 OPTS = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP timestamp
@@ -163,6 +163,48 @@ def test_coalesce_vectors(pkts):
     assert fastpath.coalesce(pkts) == py_coalesce(pkts)
 
 
+def bad_tcp_checksum(pkt: bytes) -> bytes:
+    """``pkt`` with a wrong TCP checksum field (the IP header and the payload untouched)."""
+    return corrupt(pkt, 36)
+
+
+def runs(writes) -> list[int]:
+    """The segments of S-sized packets (1420 bytes of payload) in each write."""
+    return [max(1, (len(p) - 40) // 1420) for _, p in writes]
+
+
+T, F = True, False
+# (packets, verified, the run lengths): a datagram that came in a UDP_GRO buffer (verified) had its UDP
+# checksum, which covers the whole inner packet, validated by the kernel: its TCP checksum is not checked
+# again; a lone one's still is, and every IP header checksum too.
+VERIFIED_VECTORS = [
+    ([S[0], bad_tcp_checksum(S[1]), S[2]], [T] * 3, [3]),
+    ([bad_tcp_checksum(p) for p in S], [T] * 6, [6]),
+    ([S[0], bad_tcp_checksum(S[1]), S[2], bad_tcp_checksum(S[3]), S[4], S[5]], [T, T, T, F, F, F], [3, 1, 2]),
+    ([S[0], bad_tcp_checksum(S[1]), S[2], corrupt(S[3], 10), S[4], S[5]], [T] * 6, [3, 1, 2]),  # IP: checked
+    ([S[0], bad_tcp_checksum(S[1]), S[2], corrupt(S[3], 12), S[4], S[5]], [T] * 6, [3, 1, 2]),
+    ([bad_tcp_checksum(S[0]), S[1], S[2]], [T, F, F], [3]),            # a verified head, lone good ones
+    ([bad_tcp_checksum(S[0]), bad_tcp_checksum(S[1]), S[2]], [F, T, T], [1, 2]),  # an unverified bad head
+]
+
+
+@pytest.mark.parametrize("pkts,verified,want", VERIFIED_VECTORS)
+def test_a_udp_verified_packet_keeps_its_tcp_checksum_unchecked(pkts, verified, want):
+    assert runs(gso.coalesce(pkts, verified)) == want
+    assert fastpath.coalesce(pkts, verified) == py_coalesce(pkts, verified)
+    frames = [ETH + p for p in pkts]
+    assert runs(gso.coalesce_frames(frames, verified)) == want
+    assert fastpath.coalesce_frames(frames, verified) == py_coalesce_frames(frames, verified)
+
+
+def test_verified_takes_one_flag_per_packet():
+    assert fastpath.coalesce(S[:2], None) == fastpath.coalesce(S[:2]) == py_coalesce(S[:2])
+    with pytest.raises(ValueError):
+        fastpath.coalesce(S[:2], [True])
+    with pytest.raises(TypeError):
+        fastpath.coalesce(S[:2], 1)
+
+
 def test_coalesced_superpacket_is_what_the_kernel_expects():
     (hdr, sp), = gso.coalesce(S)
     assert hdr == VnetHdr(NEEDS_CSUM, gso.GSO_TCPV4, 40, 1420, 20, 16)
@@ -194,6 +236,8 @@ def test_random_mutations_agree():
                 p[rng.randrange(len(p))] = rng.randrange(256)
         pkts = [bytes(p) for p in pkts]
         assert fastpath.coalesce(pkts) == py_coalesce(pkts)
+        verified = [rng.random() < 0.5 for _ in pkts]
+        assert fastpath.coalesce(pkts, verified) == py_coalesce(pkts, verified)
         hdr, pkt = rng.choice(SEGMENT_VECTORS)
         pkt = bytearray(pkt)
         for _ in range(rng.randrange(0, 3)):
@@ -258,12 +302,12 @@ def test_a_tap_superpacket_becomes_the_tun_segments_behind_its_ethernet_header()
     assert all(tcp_ok(f[14:]) and len(f) <= 14 + 1450 for f in frames)
 
 
-def c_coalesce_frames(frames):
-    return fastpath.coalesce_frames(frames)
+def c_coalesce_frames(frames, verified=None):
+    return fastpath.coalesce_frames(frames, verified)
 
 
-def py_coalesce_frames(frames):
-    return [(h.pack(), f) for h, f in gso.coalesce_frames(frames)]
+def py_coalesce_frames(frames, verified=None):
+    return [(h.pack(), f) for h, f in gso.coalesce_frames(frames, verified)]
 
 
 FRAME_COALESCE_VECTORS = [[ETH + p for p in v] for v in COALESCE_VECTORS] + [
@@ -297,7 +341,8 @@ def test_random_frame_mutations_agree():
                 f = rng.choice(frames)
                 f[rng.randrange(len(f))] = rng.randrange(256)
         frames = [bytes(f) for f in frames]
-        assert c_coalesce_frames(frames) == py_coalesce_frames(frames)
+        verified = [rng.random() < 0.5 for _ in frames]
+        assert c_coalesce_frames(frames, verified) == py_coalesce_frames(frames, verified)
         hdr, frame = rng.choice(FRAME_SEGMENT_VECTORS)
         frame = bytearray(frame)
         for _ in range(rng.randrange(0, 3)):
