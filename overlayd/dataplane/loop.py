@@ -15,7 +15,10 @@ IFF_VNET_HDR (``vnet_hdr``) is read and written with an empty 10-byte
 virtio header: this plane never asks for offloads, so it never reads a
 superpacket from the device nor writes one to it. From the underlay it can
 receive one (a kernel VTEP with offload on, over a virtual underlay): the
-codec cuts it to the device's MTU, read from the device at start.
+codec cuts it to the device's MTU, read from the device at start. A device
+read failing with EBADFD (the tun or tap deleted under us) or EBADF fails
+:attr:`DataPlane.ended`: the plane cannot go on, and the device a drift
+repair or restart would create is not the one this fd holds.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class DataPlane:
             except OSError as exc:
                 counters.count("dev_read_error")
                 if exc.errno in (errno.EBADFD, errno.EBADF):
+                    self._device_gone(exc)
                     break
                 continue
             if self.vnet_hdr:  # no offloads were asked for: the header is empty
@@ -142,6 +146,14 @@ class DataPlane:
                 continue
             sender.send(verdict[1], verdict[0])
         sender.flush()
+
+    def _device_gone(self, exc: OSError) -> None:
+        """The device fd reaches no device any more (the tun or tap was deleted, the fd closed):
+        stop reading it (a dead tun stays readable, and the reader would spin) and fail
+        :attr:`ended`, which ends the data-plane task and so the daemon, as the C engine does."""
+        self.loop.remove_reader(self.dev_fd)
+        if not self.ended.done():
+            self.ended.set_exception(PlumbingError(f"data plane: the device is gone (read: {exc.strerror})"))
 
     def _socket_readable(self) -> None:
         codec, counters, mtu = self.codec, self.counters, self.mtu
