@@ -24,7 +24,7 @@ from overlayd.errors import ConfigError
 from overlayd.health import CountingLeaseWatcher, HealthServer, parse_addr, readiness, status_line
 from overlayd.lab.etcd import free_port
 from overlayd.lease.model import Lease, LeaseAttrs
-from overlayd.watchdog import Liveness, LoopHeartbeat
+from overlayd.watchdog import STALL_AFTER, Liveness, LoopHeartbeat
 
 SUBNET = ipaddress.IPv4Network("10.244.3.0/24")
 
@@ -106,6 +106,31 @@ def test_healthz_says_which_loop_stalled(server, state):
     assert get(server, "/healthz") == (200, "ok\n")
     state.liveness.beats["control loop"].last -= 12
     assert get(server, "/healthz") == (503, "control loop stalled for 12s\n")
+
+
+def test_healthz_flags_a_loop_that_never_beat_once_its_grace_is_over():
+    """A loop watched but never started (a data-plane thread that hangs before its first beat) is
+    given STALL_AFTER seconds from when it was watched, then named by /healthz. Pure: the WSGI
+    app is called without a server, the clock is injected."""
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    liveness = Liveness(clock)
+    control = LoopHeartbeat(clock)
+    liveness.watch("control loop", control)
+    liveness.watch("data plane", LoopHeartbeat(clock))  # registered, never started
+
+    def healthz() -> tuple[str, str]:
+        control.last = now[0]  # the control loop turns throughout
+        answer = {}
+        body = HealthServer.app(SimpleNamespace(state=SimpleNamespace(liveness=liveness)),
+                                {"PATH_INFO": "/healthz"}, lambda status, headers: answer.update(status=status))
+        return answer["status"], b"".join(body).decode()
+
+    assert healthz() == ("200 OK", "ok\n")
+    now[0] += STALL_AFTER - 1  # still starting
+    assert healthz() == ("200 OK", "ok\n")
+    now[0] += 2
+    assert healthz() == ("503 Service Unavailable", "data plane has no heartbeat 6s after its start\n")
 
 
 def test_other_paths_are_404(server):

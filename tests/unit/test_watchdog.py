@@ -150,6 +150,27 @@ def test_a_stalled_data_plane_stops_the_pings_until_it_turns_again(liveness, clo
     assert "every loop turns again" in caplog.text
 
 
+def test_a_data_plane_that_never_starts_stops_the_pings_after_its_grace(clock, caplog):
+    live = Liveness(clock)
+    control = beat_at(clock.now)
+    live.watch("control loop", control)
+    live.watch("data plane", LoopHeartbeat(clock))  # registered; its loop never beats
+    n, sent = notifier(live)
+    n.step()
+    clock.now += STALL_AFTER - 1  # within its grace: starting, not stalled
+    control.last = clock.now
+    n.step()
+    assert sent[1:] == ["WATCHDOG=1"]
+    clock.now += 2
+    control.last = clock.now
+    with caplog.at_level(logging.WARNING, "overlayd"):
+        n.step()
+    assert sent[2:] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "watchdog: data plane has no heartbeat 6s after its start; not pinging systemd "
+        "(it restarts overlayd after WatchdogSec=30s)"]
+
+
 def test_a_short_watchdog_judges_stalls_sooner(liveness):
     n, _ = notifier(liveness, watchdog=3.0)
     assert n.period == 1.0 and n.stall_after == 1.5
