@@ -264,8 +264,6 @@ class Daemon:
         log.info("underlay %s (%s), public IP %s, MTU %d", underlay.iface, underlay.address, underlay.public_ip,
                  underlay.mtu)
         self.backend = backend = create_backend(config, underlay, opts.node)
-        if isinstance(backend, UserspaceBackend):
-            self.liveness.watch("data plane", backend.heartbeat)
         await backend.preflight()
 
         previous = subnetenv.read(opts.subnet_file)
@@ -287,6 +285,8 @@ class Daemon:
         sdnotify.notify("READY=1")  # STATUS= follows from the notifier below
 
         self.watcher = watcher = health.CountingLeaseWatcher(own_subnet=lease.subnet, config=config)
+        if isinstance(backend, UserspaceBackend):  # from now: its grace to start is the stall limit
+            self.liveness.watch("data plane", backend.heartbeat)
         await supervise({
             "etcd probe": self.connectivity.run(),
             "lease renewal": manager.keep_renewed(lease, self.connectivity, self._renewed),

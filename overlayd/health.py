@@ -39,7 +39,7 @@ from .errors import ConfigError
 from .lease.connectivity import Connectivity
 from .lease.model import Lease
 from .lease.watcher import LeaseWatcher
-from .watchdog import Liveness, describe_stalls
+from .watchdog import Liveness
 
 # Backend stats that are table sizes, not counters: overlayd_peers covers them.
 TABLE_SIZES = frozenset({"peers", "routes"})
@@ -224,7 +224,7 @@ class HealthServer:
         if path == "/metrics":
             return self.metrics(environ, start_response)
         if path == "/healthz":
-            problem = describe_stalls(self.state.liveness.stalled()) or None
+            problem = self.state.liveness.problem()
         elif path == "/readyz":
             problem = readiness(self.state)
         else:

@@ -10,7 +10,11 @@ hours; a task that ends or fails already stops the daemon, see
 :func:`overlayd.daemon.supervise`). Each loop runs a :class:`LoopHeartbeat`:
 a no-op callback re-armed every :data:`TICK` seconds on that loop records the
 time it ran. :class:`Liveness` names the heartbeats and says which one is
-older than a limit.
+older than a limit. A heartbeat is watched from when its loop is due to
+turn: one that has not beaten (never started, or stopped) within the same
+limit of that moment counts as a problem too, so a data-plane thread that
+hangs before its first beat is not taken for a healthy one; the limit is its
+grace to start.
 
 :class:`SystemdNotifier` runs on the control loop: it sends ``WATCHDOG=1``
 every third of systemd's ``WatchdogSec`` only while no heartbeat is stale, so
@@ -63,7 +67,7 @@ class LoopHeartbeat:
         self._handle = loop.call_later(self.tick, self._beat, loop)
 
     def stop(self) -> None:
-        """No more beats: the loop is no longer judged (``last`` is None)."""
+        """No more beats (``last`` is None): :class:`Liveness` then judges a watched loop not running."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -76,9 +80,12 @@ class Liveness:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.beats: dict[str, LoopHeartbeat] = {}
+        self.due: dict[str, float] = {}  # when each watched loop was due to start turning
 
     def watch(self, name: str, beat: LoopHeartbeat) -> None:
-        """Judge ``beat`` as ``name`` from now on."""
+        """Judge ``beat`` as ``name`` from now on: call it when its loop is due to start, which then
+        has the stall limit as its grace to beat for the first time."""
+        self.due[name] = self.clock()
         self.beats[name] = beat
 
     def ages(self) -> dict[str, float]:
@@ -90,6 +97,20 @@ class Liveness:
     def stalled(self, limit: float = STALL_AFTER) -> dict[str, float]:
         """The heartbeats older than ``limit`` seconds, with their ages: empty when all loops turn."""
         return {name: age for name, age in self.ages().items() if age > limit}
+
+    def silent(self, limit: float = STALL_AFTER) -> dict[str, float]:
+        """The heartbeats not beating (never started, or stopped) more than ``limit`` seconds after
+        they were watched, with the seconds since then: empty when every loop started in time."""
+        now = self.clock()
+        return {name: now - self.due[name] for name, beat in list(self.beats.items())
+                if beat.last is None and now - self.due[name] > limit}
+
+    def problem(self, limit: float = STALL_AFTER) -> str | None:
+        """Which loops do not turn, as one line (for logs and ``/healthz``); None when all do."""
+        lines = [describe_stalls(self.stalled(limit)),
+                 ", ".join(f"{name} has no heartbeat {age:.0f}s after its start"
+                           for name, age in self.silent(limit).items())]
+        return ", ".join(line for line in lines if line) or None
 
 
 def describe_stalls(stalled: Mapping[str, float]) -> str:
@@ -117,7 +138,8 @@ class SystemdNotifier:
     """Keeps systemd informed once the daemon is ready: ``STATUS=`` whenever ``status()``
     changes, and ``WATCHDOG=1`` every ``watchdog/3`` seconds while no loop is stalled.
 
-    A loop is stalled when its heartbeat is older than ``min(STALL_AFTER, watchdog/2)``.
+    A loop is stalled when its heartbeat is older than ``min(STALL_AFTER, watchdog/2)``, or when it
+    has not beaten that long after it was watched (:meth:`Liveness.problem`).
     The first stall is logged once (and the recovery once); no ping is sent meanwhile.
     """
 
@@ -142,10 +164,10 @@ class SystemdNotifier:
             lines.append(f"STATUS={status}")
             self._status = status
         if self.watchdog:
-            stalled = self.liveness.stalled(self.stall_after)
+            stalled = self.liveness.problem(self.stall_after)
             if stalled and not self._stalled:
                 log.error("watchdog: %s; not pinging systemd (it restarts overlayd after WatchdogSec=%gs)",
-                          describe_stalls(stalled), self.watchdog)
+                          stalled, self.watchdog)
             elif self._stalled and not stalled:
                 log.warning("watchdog: every loop turns again; pinging systemd")
             self._stalled = bool(stalled)
