@@ -31,7 +31,7 @@ from ..dataplane.loop import DataPlane, Sender
 from ..dataplane.sockets import open_udp
 from ..encap.drops import Counters
 from ..encap.table import Peer, PeerTable
-from ..errors import PlumbingError
+from ..errors import OverlayError, PlumbingError
 from ..lease.watcher import Batch
 from ..watchdog import LoopHeartbeat
 from .base import Backend
@@ -172,12 +172,15 @@ class UserspaceBackend(Backend):
             try:
                 asyncio.set_event_loop(loop)
                 dp.start(loop)
+                dp.ended.add_done_callback(lambda _: loop.stop())  # the plane cannot go on
                 self.heartbeat.start(loop)
                 try:
                     loop.run_forever()
                 finally:
                     dp.stop()
                     self.heartbeat.stop()
+                if dp.ended.done():
+                    dp.ended.result()  # its one-line reason (the device is gone), raised below
             except Exception as exc:  # reported to the task below, which fails the daemon
                 ended.set_exception(exc)
             else:
@@ -187,6 +190,8 @@ class UserspaceBackend(Backend):
         thread.start()
         try:
             await asyncio.wrap_future(ended)
+        except OverlayError:  # the data plane's own reason, already one clear line
+            raise
         except Exception as exc:
             raise PlumbingError(f"uvloop data-plane thread failed: {type(exc).__name__}: {exc}") from exc
         finally:

@@ -48,14 +48,8 @@ def errors_logged(lab: Lab, node: Node, offset: int) -> list[str]:
     return [line for line in text.splitlines() if " ERROR " in line]
 
 
-UVLOOP_GAP = pytest.mark.xfail(strict=True, reason=(
-    "the uvloop data-plane thread (overlayd/backend/userspace.py, _run_on_uvloop) runs its loop "
-    "forever and never looks at DataPlane.ended, so a failed plane does not end the task"))
-
-
 @pytest.mark.parametrize("backend,device", [("udp", "tun0"), ("vxlan", "overlay0")])
-@pytest.mark.parametrize("datapath,event_loop", [("c", "asyncio"), ("python", "asyncio"),
-                                                 pytest.param("python", "uvloop", marks=UVLOOP_GAP)])
+@pytest.mark.parametrize("datapath,event_loop", [("c", "asyncio"), ("python", "asyncio"), ("python", "uvloop")])
 def test_deleted_device_ends_the_daemon_and_a_restart_forwards_again(make_lab, backend, device, datapath,
                                                                       event_loop):
     lab = make_lab(backend, nodes=2, variants=[{"datapath": datapath, "event_loop": event_loop,
