@@ -395,9 +395,11 @@ static PyObject *segment_l2(PyObject *args, const char *format, size_t l2)
             result = Py_BuildValue("[y#]", (const char *)f, pb.len);
         } else if ((result = PyList_New(count)) != NULL) {
             memcpy(seg, f, l2);
-            for (int i = 0; i < count; i++) {
-                size_t got = l2 + gso_segment(&h, p, i, count, seg + l2);
-                PyObject *item = PyBytes_FromStringAndSize((const char *)seg, (Py_ssize_t)got);
+            for (int i = 0; i < count; i++) {  /* the headers and payload the engine sends as two iovecs */
+                const unsigned char *data;
+                size_t data_len, got = l2 + gso_segment(&h, p, i, count, seg + l2, &data, &data_len);
+                memcpy(seg + got, data, data_len);
+                PyObject *item = PyBytes_FromStringAndSize((const char *)seg, (Py_ssize_t)(got + data_len));
                 if (item == NULL) {
                     Py_CLEAR(result);
                     break;

@@ -28,7 +28,9 @@
 
 #define BEAT_MS 500                    /* an idle thread still turns this often (liveness) */
 #define SEND_MAX 256                   /* datagrams per sendmmsg, at most */
-#define ARENA (2 * (PKT_MAX + 1))      /* segment bytes per sendmmsg: always room for one superpacket's */
+#define IOV_OUT (4 * SEND_MAX)         /* iovecs per sendmmsg: a segment takes two, its headers and payload */
+#define SEG_HDR_MAX (VXLAN_HDR_LEN + ETH_HDR_LEN + GSO_HDR_MAX)  /* a segment's headers, at most */
+#define ARENA (IOV_OUT / 2 * SEG_HDR_MAX)  /* segment headers per sendmmsg: room whenever iovecs are left */
 #define SLOT (VNET_HDR_LEN + ETH_HDR_LEN + PKT_MAX)   /* a read: header, frame (a tap's) or packet */
 #define DGRAM_MAX (VXLAN_HDR_LEN + ETH_HDR_LEN + PKT_MAX)  /* a received buffer: any datagram, even one
                                                            carrying a kernel VTEP's 64 KB superpacket */
@@ -122,13 +124,14 @@ static int wait_readable(engine_t *e, int dir, int fd, const char *what)
 
 typedef struct {
     unsigned char slots[BATCH][SLOT];
-    unsigned char arena[ARENA];
+    unsigned char arena[ARENA];  /* segments' headers; their payloads stay in the slots they were read to */
     struct mmsghdr msgs[SEND_MAX];
-    struct iovec iovs[SEND_MAX];
+    struct iovec iovs[IOV_OUT];
     unsigned char ctrl[SEND_MAX][CMSG_SPACE(sizeof(uint16_t))];  /* UDP_SEGMENT, when segs > 1 */
     int segs[SEND_MAX];   /* datagrams per message: > 1 is one UDP GSO send of equal-size segments */
+    size_t bytes[SEND_MAX];  /* per message */
     int nmsgs;
-    size_t used;  /* arena bytes */
+    size_t niov, used;  /* iovecs, arena bytes */
 } out_state_t;
 
 /* The datagrams in msgs[from:to]. */
@@ -160,7 +163,7 @@ static void flush_sends(engine_t *e, out_state_t *s)
         }
         uint64_t bytes = 0, gso_sends = 0;
         for (int i = at; i < at + r; i++) {
-            bytes += s->iovs[i].iov_len;
+            bytes += s->bytes[i];
             gso_sends += s->segs[i] > 1;
         }
         COUNT(c, tx_packets, datagrams(s, at, at + r));
@@ -169,18 +172,23 @@ static void flush_sends(engine_t *e, out_state_t *s)
         at += r;
     }
     s->nmsgs = 0;
-    s->used = 0;
+    s->niov = s->used = 0;
 }
 
-/* Queue p[0:n] to r: one datagram, or (segs > 1) segs datagrams of seg bytes (the last may be
- * shorter) that the kernel cuts from one UDP GSO send. */
-static void queue_send(out_state_t *s, const route_t *r, unsigned char *p, size_t n, int segs, size_t seg)
+static void add_iov(out_state_t *s, const void *p, size_t n)
+{
+    s->iovs[s->niov++] = (struct iovec){.iov_base = (void *)p, .iov_len = n};
+}
+
+/* Queue the n bytes in iovecs s->iovs[first:] to r: one datagram, or (segs > 1) segs datagrams of seg
+ * bytes (the last may be shorter) that the kernel cuts from one UDP GSO send. */
+static void queue_send(out_state_t *s, const route_t *r, size_t first, size_t n, int segs, size_t seg)
 {
     struct msghdr *m = &s->msgs[s->nmsgs].msg_hdr;
-    s->iovs[s->nmsgs] = (struct iovec){.iov_base = p, .iov_len = n};
     *m = (struct msghdr){.msg_name = (void *)&r->addr, .msg_namelen = sizeof(r->addr),
-                         .msg_iov = &s->iovs[s->nmsgs], .msg_iovlen = 1};
+                         .msg_iov = &s->iovs[first], .msg_iovlen = s->niov - first};
     s->segs[s->nmsgs] = segs;
+    s->bytes[s->nmsgs] = n;
     if (segs > 1) {
         uint16_t size = (uint16_t)seg;
         m->msg_control = s->ctrl[s->nmsgs];
@@ -209,18 +217,28 @@ static size_t headroom(const engine_t *e)
 }
 
 /* Datagram i of the count segments of superpacket p (a frame on a tap), h its header for the IP
- * packet, written to out; returns its length. On the tap: the VXLAN header, the frame's Ethernet
- * header re-addressed to r's VtepMAC, then the segment. */
-static size_t segment_datagram(const engine_t *e, const route_t *r, const vnet_hdr_t *h, const unsigned char *p,
-                               int i, int count, unsigned char *out)
+ * packet, queued as two iovecs: its headers, written to the arena, and its payload, left in p (the
+ * kernel copies it once, from there). Returns its length. On the tap the headers are the VXLAN
+ * header, the frame's Ethernet header re-addressed to r's VtepMAC, then the segment's. */
+static size_t segment_datagram(const engine_t *e, out_state_t *s, const route_t *r, const vnet_hdr_t *h,
+                               const unsigned char *p, int i, int count)
 {
-    if (!e->vxlan)
-        return gso_segment(h, p, i, count, out);
-    unsigned char *f = out + VXLAN_HDR_LEN;
-    memcpy(f, p, ETH_HDR_LEN);
-    size_t n = gso_segment(h, p + ETH_HDR_LEN, i, count, f + ETH_HDR_LEN);
-    vxlan_encapsulate(f, r, e->vni);
-    return VXLAN_HDR_LEN + ETH_HDR_LEN + n;
+    unsigned char *out = s->arena + s->used;
+    const unsigned char *data;
+    size_t hdr, data_len;
+    if (!e->vxlan) {
+        hdr = gso_segment(h, p, i, count, out, &data, &data_len);
+    } else {
+        unsigned char *f = out + VXLAN_HDR_LEN;
+        memcpy(f, p, ETH_HDR_LEN);
+        hdr = VXLAN_HDR_LEN + ETH_HDR_LEN + gso_segment(h, p + ETH_HDR_LEN, i, count, f + ETH_HDR_LEN, &data,
+                                                         &data_len);
+        vxlan_encapsulate(f, r, e->vni);
+    }
+    s->used += hdr;
+    add_iov(s, out, hdr);
+    add_iov(s, data, data_len);
+    return hdr + data_len;
 }
 
 /* Classify one packet (or a tap's frame) read from the device (at slot, after headroom(e) free
@@ -259,7 +277,8 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
             p = vxlan_encapsulate(p, r, e->vni);
             n += VXLAN_HDR_LEN;
         }
-        queue_send(s, r, p, n, 1, n);
+        add_iov(s, p, n);
+        queue_send(s, r, s->niov - 1, n, 1, n);
     } else {  /* every segment but the last is room bytes long: equal sizes, as UDP GSO wants */
         COUNT(c, dev_rx_superpackets, 1);
         size_t outer = e->vxlan ? VXLAN_HDR_LEN + ETH_HDR_LEN : 0;
@@ -267,17 +286,15 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
         int per_send = segments_per_send(e, room);
         for (int i = 0; i < count; i += per_send) {
             int k = count - i < per_send ? count - i : per_send;
-            if (s->nmsgs == SEND_MAX || s->used + (size_t)k * room > ARENA)
+            if (s->nmsgs == SEND_MAX || s->niov + 2 * (size_t)k > IOV_OUT)
                 flush_sends(e, s);
-            unsigned char *at = s->arena + s->used;
-            size_t len = 0;
+            size_t first = s->niov, len = 0;
             for (int j = i; j < i + k; j++)
-                len += segment_datagram(e, r, &h, p, j, count, at + len);
-            queue_send(s, r, at, len, k, room);
-            s->used += len;
+                len += segment_datagram(e, s, r, &h, p, j, count);
+            queue_send(s, r, first, len, k, room);
         }
     }
-    if (s->nmsgs == SEND_MAX)
+    if (s->nmsgs == SEND_MAX || s->niov == IOV_OUT)  /* so the next packet has a message and an iovec */
         flush_sends(e, s);
 }
 

@@ -85,14 +85,16 @@ int gso_prepare(const vnet_hdr_t *h, unsigned char *p, size_t n)
     return payload == 0 ? 1 : (int)((payload + h->gso_size - 1) / h->gso_size);
 }
 
-size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out)
+size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out,
+                   const unsigned char **data, size_t *data_len)
 {
     unsigned hlen, payload, ihl = ihl_of(p);
     tcp_layout(p, &hlen, &payload);
     unsigned mss = h->gso_size;
     unsigned from = (unsigned)i * mss, len = payload - from < mss ? payload - from : mss;
+    *data = p + hlen + from;
+    *data_len = len;
     memcpy(out, p, hlen);
-    memcpy(out + hlen, p + hlen + from, len);
     put_be16(out + 2, hlen + len);
     put_be16(out + 4, (be16(p + 4) + (unsigned)i) & 0xFFFF);
     ip_csum_set(out);
@@ -102,10 +104,11 @@ size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count
         tcp[13] &= (unsigned char)~(TCP_FIN | TCP_PSH);
     if (i != 0)
         tcp[13] &= (unsigned char)~TCP_CWR;
-    unsigned l4 = hlen - ihl + len;
     put_be16(tcp + 16, 0);
-    put_be16(tcp + 16, ~csum_fold(csum_add(pseudo_sum(out, l4), tcp, l4)) & 0xFFFF);
-    return hlen + len;
+    /* the TCP header's length is a multiple of 4: the payload's sum joins it as it stands */
+    uint64_t sum = csum_add(pseudo_sum(out, hlen - ihl + len), tcp, hlen - ihl);
+    put_be16(tcp + 16, ~csum_fold(csum_add(sum, *data, len)) & 0xFFFF);
+    return hlen;
 }
 
 /* Whether p[0:n] may join a run: a plain IPv4 TCP segment with data, flags ACK

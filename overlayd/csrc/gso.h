@@ -39,9 +39,13 @@ void vnet_strip_l2(vnet_hdr_t *h, unsigned l2);
  * number of segments it becomes (>= 1; 1 when h asks for no segmentation, after
  * completing a partial checksum in place) or minus the drop verdict. */
 int gso_prepare(const vnet_hdr_t *h, unsigned char *p, size_t n);
-/* Segment i of the count gso_prepare gave for p, written to out (room for
- * the packet's headers + gso_size bytes); returns its length. */
-size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out);
+/* Segment i of the count gso_prepare gave for p: its IP and TCP headers are
+ * written to out (room for GSO_HDR_MAX bytes) and their length returned; its
+ * payload is left where it is, *data_len bytes at *data inside p (a sender
+ * points an iovec at them: the kernel copies each byte once). */
+#define GSO_HDR_MAX (60 + 60)
+size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count, unsigned char *out,
+                   const unsigned char **data, size_t *data_len);
 
 /* Receive side: how many of the n packets pkts[0:n] (lengths lens) starting at
  * pkts[0] form one coalescible run (1: pkts[0] goes alone). On a tap each
