@@ -66,7 +66,9 @@
  * Superpackets (csrc/gso.c). With a tun opened with IFF_VNET_HDR and
  * TUNSETOFFLOAD (CSUM, TSO4, TSO6), a read gives a virtio_net_hdr and up to
  * 64 KB of one TCP flow; it is cut into MSS-sized IPv4 packets (IP length, ID
- * and checksum, TCP sequence, flags and checksum fixed per segment), or has
+ * and checksum, TCP sequence, flags and checksum fixed per segment; each is
+ * sent as two iovecs, its headers written to a small arena and its payload
+ * where the read put it, so the kernel's copy is the only one), or has
  * its partial checksum completed, since checksum 0 on the wire means peers
  * must receive finished packets. On receive, consecutive segments of one flow
  * that the kernel's GRO would merge, each with verified IP and TCP checksums,
