@@ -304,12 +304,12 @@ static void *out_main(void *arg)
     counters_t *c = &e->counters[OUT];
     out_state_t *s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        fail(e, "tun reader", ENOMEM);
+        fail(e, "device reader", ENOMEM);
         return NULL;
     }
     int ready;
     size_t head = headroom(e);
-    while ((ready = wait_readable(e, OUT, e->dev_fd, "tun reader (poll)")) > 0) {
+    while ((ready = wait_readable(e, OUT, e->dev_fd, "device reader (poll)")) > 0) {
         size_t lens[BATCH];
         int nread = 0, gone = 0;
         while (nread < BATCH) {
@@ -325,7 +325,7 @@ static void *out_main(void *arg)
             lens[nread++] = (size_t)r;  /* an empty read is an (empty) packet, as os.read() has it */
         }
         if (nread == 0 && (ready == 2 || gone)) {  /* the device was deleted under us */
-            fail(e, "tun reader (the device is gone)", gone ? errno : EIO);
+            fail(e, "device reader (the device is gone)", gone ? errno : EIO);
             break;
         }
         peer_table_t *t = table_hold(e);

@@ -314,7 +314,7 @@ async def test_a_failed_thread_ends_the_plane(rigs):
     rig = rigs()
     rig.plane.start(asyncio.get_running_loop())
     rig.dev_ours.close()  # the device fd goes away under the tun reader (poll: POLLNVAL)
-    with pytest.raises(PlumbingError, match="tun reader"):
+    with pytest.raises(PlumbingError, match="device reader"):
         await asyncio.wait_for(rig.plane.ended, 3)
 
 
