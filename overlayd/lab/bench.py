@@ -10,7 +10,10 @@ lab per configuration (built, measured, torn down before the next):
   (``kvx-default``) and once with transmit checksum offload off
   (``kvx-tx-off``, what ``ethtool -K <dev> tx off`` does). The hand-built
   pair carries pod to pod too, through a veth and the host's routing on
-  each side (our nodes add a bridge, cni0, to that path).
+  each side. Our nodes add a bridge, cni0, and the CNI bridge plugin's
+  masquerade rules (connection tracking) to that path: ``kvx-cni`` is the
+  hand-built pair with that pod path, the like-for-like row for
+  ``kernel-vxlan``.
 * RTT: ``PINGS`` echoes at a short interval; median and 99th percentile.
 * CPU: utime + stime of both nodes' overlayd processes (``/proc/<pid>/stat``)
   across the TCP rounds, per GB received. Kernel data paths do their work in
@@ -69,6 +72,8 @@ CONFIGS = {
     "kvx-default": Config(None, {"vxlan": True}, "kernel VXLAN by hand (iproute2), default offloads"),
     "kvx-tx-off": Config(None, {"vxlan": True}, "kernel VXLAN by hand, tx checksum offload off",
                          tx_offload="off"),
+    "kvx-cni": Config(None, {"vxlan": True, "cni_path": True},
+                      "kernel VXLAN by hand, default offloads, pods on a node's CNI path (bridge + masquerade)"),
     "kernel-vxlan": Config("vxlan", {"vxlan_impl": "kernel"}, "overlayd kernel VXLAN backend (default offloads)"),
     "udp": Config("udp", {"datapath": "python"}, "overlayd UDP backend, Python data path, asyncio"),
     "udp-uvloop": Config("udp", {"datapath": "python", "event_loop": "uvloop"},
@@ -212,7 +217,7 @@ def set_tx_offload(netns: str, dev: str, setting: str) -> None:
     run(["ip", "netns", "exec", netns, sys.executable, "-m", "overlayd.plumbing.ethtool", dev, setting])
 
 
-def hand_vxlan(lab: Lab, a, b) -> tuple[str, str]:
+def hand_vxlan(lab: Lab, a, b, cni_path: bool = False) -> tuple[str, str]:
     """A kernel VXLAN pair built by hand (iproute2) between hosts ``a`` and ``b``, with a pod
     behind each, as flannel would route it; the pods' namespaces and the receiving pod's address.
 
@@ -220,6 +225,10 @@ def hand_vxlan(lab: Lab, a, b) -> tuple[str, str]:
     flannel's), the kernel's defaults otherwise; the devices hold 10.244.0.1-2/24,
     pod i sits at 10.244.i.2 behind a veth on its host (10.244.i.1), and each
     host routes the other's pod subnet via the other's device address.
+    ``cni_path``: the pod's veth joins a bridge holding 10.244.i.1 instead, and
+    the host masquerades what the pod sends outside its subnet, as the CNI
+    bridge plugin's ``ipMasq`` rules on our nodes do (the NAT table turns
+    connection tracking on for every packet): the pod path of a CNI node.
     """
     pods = []
     for i, (host, peer) in enumerate(((a, b), (b, a)), start=1):
@@ -233,8 +242,17 @@ def hand_vxlan(lab: Lab, a, b) -> tuple[str, str]:
         run([*ip, "addr", "add", f"10.244.0.{i}/24", "dev", VXLAN_HAND])
         run([*ip, "link", "set", VXLAN_HAND, "up"])
         run([*ip, "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", pod])
-        run([*ip, "addr", "add", f"10.244.{i}.1/24", "dev", "pod0"])
-        run([*ip, "link", "set", "pod0", "up"])
+        gateway = "pod0"
+        if cni_path:
+            gateway = "cni0"
+            run([*ip, "link", "add", gateway, "type", "bridge"])
+            run([*ip, "link", "set", "pod0", "master", gateway])
+            run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=(
+                "table ip nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat;\n"
+                f"  ip saddr 10.244.{i}.2 ip daddr != {{ 10.244.{i}.0/24, 224.0.0.0/4 }} masquerade\n }}\n}}\n"))
+        run([*ip, "addr", "add", f"10.244.{i}.1/24", "dev", gateway])
+        for dev in {"pod0", gateway}:
+            run([*ip, "link", "set", dev, "up"])
         run([*ip, "route", "add", f"10.244.{3 - i}.0/24", "via", f"10.244.0.{3 - i}"])
         run(["ip", "netns", "exec", host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         run([*pod_ip, "addr", "add", f"10.244.{i}.2/24", "dev", "eth0"])
@@ -252,7 +270,7 @@ def build(lab: Lab, config: Config) -> Endpoints:
         a, b = lab.add_host("a"), lab.add_host("b")
         if not config.node.get("vxlan"):
             return Endpoints(a.netns, b.netns, b.ip, [])
-        src, dst = hand_vxlan(lab, a, b)
+        src, dst = hand_vxlan(lab, a, b, cni_path=config.node.get("cni_path", False))
         if config.tx_offload:
             for host in (a, b):
                 set_tx_offload(host.netns, VXLAN_HAND, config.tx_offload)
