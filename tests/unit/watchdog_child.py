@@ -34,9 +34,11 @@ class IdleDataPlane:
     """Forwards nothing; remembers the loop it runs on, so SIGUSR1 can wedge that loop."""
 
     loop: asyncio.AbstractEventLoop | None = None
+    ended: asyncio.Future | None = None
 
     def start(self, loop):
         self.loop = loop
+        self.ended = loop.create_future()  # as DataPlane's: never fails here
 
     def stop(self):
         pass
