@@ -472,13 +472,20 @@ static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
     if (vseq != NULL && !flags_ok)
         PyErr_SetString(PyExc_ValueError, "verified needs one flag per packet");
     PyObject *result = !flags_ok ? NULL : pkts && lens && verified ? PyList_New(0) : PyErr_NoMemory();
+    /* The flags first: their truth may run Python code (a __bool__), which could change the packet list;
+     * the pointers into the packets are taken after, with no call into Python in between. */
+    for (Py_ssize_t i = 0; result != NULL && vseq != NULL && i < n; i++) {
+        int truth = PyObject_IsTrue(PySequence_Fast_GET_ITEM(vseq, i));
+        if (truth < 0)
+            Py_CLEAR(result);
+        verified[i] = (unsigned char)(truth > 0);
+    }
+    if (result != NULL && PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_SetString(PyExc_RuntimeError, "coalesce(): the packet list changed");
+        Py_CLEAR(result);
+    }
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        int truth = vseq == NULL ? 0 : PyObject_IsTrue(PySequence_Fast_GET_ITEM(vseq, i));
-        if (truth < 0) {
-            Py_CLEAR(result);
-            break;
-        }
         if (!PyBytes_Check(item) || (size_t)PyBytes_GET_SIZE(item) < l2) {
             PyErr_SetString(PyExc_TypeError, l2 ? "coalesce_frames() takes bytes of at least an Ethernet header"
                                                  : "coalesce() takes bytes");
@@ -487,7 +494,6 @@ static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
         }
         pkts[i] = (unsigned char *)PyBytes_AS_STRING(item) + l2;
         lens[i] = (size_t)PyBytes_GET_SIZE(item) - l2;
-        verified[i] = (unsigned char)truth;
     }
     for (Py_ssize_t i = 0; result != NULL && i < n;) {
         int count = gro_run(pkts + i, lens + i, verified + i, (int)(n - i), l2);

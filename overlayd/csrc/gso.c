@@ -183,7 +183,8 @@ size_t gro_header(unsigned char *const *pkts, const size_t *lens, int count, siz
 int gso_wire_superpacket(const unsigned char *p, unsigned mtu, unsigned l2, vnet_hdr_t *h)
 {
     unsigned hlen, payload, ihl = ihl_of(p);
-    if (tcp_layout(p, &hlen, &payload) < 0 || mtu <= hlen)
+    /* the header checksum too: written whole, a bad one is the pod's kernel's drop; cutting (Python) rewrites it */
+    if (tcp_layout(p, &hlen, &payload) < 0 || mtu <= hlen || csum_fold(csum_add(0, p, ihl)) != 0xFFFF)
         return -1;
     unsigned field = be16(p + ihl + 16);
     if (field == 0 || field != csum_fold(pseudo_sum(p, hlen - ihl + payload)))

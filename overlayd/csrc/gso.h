@@ -55,7 +55,11 @@ size_t gso_segment(const vnet_hdr_t *h, const unsigned char *p, int i, int count
  * in a UDP_GRO buffer, so its TCP checksum is not checked again: the kernel's
  * UDP GRO merges only datagrams whose non-zero UDP checksum it validated
  * (udp4_gro_receive, udp_gro_receive_segment), and that covers the whole
- * inner packet. A lone datagram may have had checksum 0: it is checked. */
+ * inner packet: the bytes are as the sender sent them. Whether the sender's
+ * TCP checksum was right is then its own business, as for any peer that
+ * could compute a right one (nothing is lost to a hostile one; the
+ * coalesced write is NEEDS_CSUM, so the pod's kernel will not check it).
+ * A lone datagram may have had checksum 0: it is checked. */
 int gro_run(unsigned char *const *pkts, const size_t *lens, const unsigned char *verified, int n, size_t l2);
 /* The virtio header, the l2 bytes before pkts[0] and the IP+TCP headers of the
  * superpacket joining the count packets of a run, written to out (GRO_HDR_MAX
@@ -70,7 +74,7 @@ size_t gro_payload_offset(const unsigned char *p);
  * header to write the checked IPv4 packet p (l2 bytes of frame before it) to
  * a vnet_hdr device of mtu as one GSO write, the kernel cutting it into
  * MSS-sized segments that fit mtu when it forwards it: 0 with *h set, or -1
- * when p is no such packet (not TCP, a fragment, no room for data in mtu, or
+ * when p is no such packet (not TCP, a fragment, a wrong IP header checksum, no room for data in mtu, or
  * a checksum field other than the non-zero pseudo-header sum). The Python
  * twin is ether.cut_superpacket's test (gso.tso_header, with gso_size and
  * offsets alike); the GSO write is cut by the kernel into its segments. */

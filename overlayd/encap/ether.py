@@ -157,9 +157,13 @@ def cut_superpacket(pkt: bytes, mtu: int) -> list[bytes] | Drop:
     per segment the IP total length, ID and checksum, the sequence number and
     a full TCP checksum; FIN and PSH on the last only, CWR on the first only.
     Anything else that long is :attr:`Drop.BAD_IP_HEADER`, as for a
-    superpacket the tun path cannot segment.
+    superpacket the tun path cannot segment, and so is one whose IP header
+    checksum is wrong (the cut rewrites it; the C engine writes the packet
+    whole, which the pod's kernel would drop).
     """
-    hdr = gso.tso_header(pkt, mtu) if pkt[9] == gso.PROTO_TCP and _partial_field(pkt) else None
+    ihl = (pkt[0] & 0x0F) * 4
+    ok = pkt[9] == gso.PROTO_TCP and _partial_field(pkt) and ipv4.ones_sum(pkt[:ihl]) == 0xFFFF
+    hdr = gso.tso_header(pkt, mtu) if ok else None
     if hdr is None:
         return Drop.BAD_IP_HEADER
     return gso.segment(hdr, pkt)

@@ -497,3 +497,13 @@ def test_random_mutations_of_kernel_superpackets_agree(vtable):
         mtu = rng.choice((TAP_MTU, 1000, 68))
         sender = rng.choice(VX_SENDERS)
         assert c_vx_tap(payload, sender, vtable, mtu) == py_vx_tap(payload, sender, vtable, mtu), (payload.hex(), mtu)
+
+
+def test_a_kernel_superpacket_with_a_bad_ip_header_checksum_is_dropped_on_both_paths(vtable):
+    """The C engine writes a superpacket whole, so the pod's kernel would drop one whose IP header
+    checksum is wrong; cutting it (Python) rewrites that checksum per segment: both must refuse it."""
+    pkt = bytearray(superpacket(5000))
+    pkt[10] ^= 0x5A
+    payload, sender = vxh() + eth(bytes(pkt)), ("198.18.0.12", 40000)
+    assert c_vx_tap(payload, sender, vtable, TAP_MTU) == py_vx_tap(payload, sender, vtable, TAP_MTU) == \
+        Drop.BAD_IP_HEADER.value
