@@ -186,9 +186,6 @@ int gso_wire_superpacket(const unsigned char *p, unsigned mtu, unsigned l2, vnet
     /* the header checksum too: written whole, a bad one is the pod's kernel's drop; cutting (Python) rewrites it */
     if (tcp_layout(p, &hlen, &payload) < 0 || mtu <= hlen || csum_fold(csum_add(0, p, ihl)) != 0xFFFF)
         return -1;
-    unsigned field = be16(p + ihl + 16);
-    if (field == 0 || field != csum_fold(pseudo_sum(p, hlen - ihl + payload)))
-        return -1;
     /* the sender's TCP marked a superpacket with CWR as SKB_GSO_TCP_ECN: the kernel's own tun does the same */
     *h = (vnet_hdr_t){VNET_F_NEEDS_CSUM, (uint8_t)(GSO_TCPV4 | (p[ihl + 13] & TCP_CWR ? GSO_ECN : 0)),
                       (uint16_t)(l2 + hlen), (uint16_t)(mtu - hlen), (uint16_t)(l2 + ihl), 16};

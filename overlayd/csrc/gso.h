@@ -70,13 +70,13 @@ size_t gro_payload_offset(const unsigned char *p);
 
 /* A superpacket from the wire: a kernel VTEP with transmit offload sends a
  * whole TCP GSO skb in one VXLAN datagram (its IP total length beyond the
- * MTU, the TCP checksum partial: the field holds the pseudo-header sum). The
- * header to write the checked IPv4 packet p (l2 bytes of frame before it) to
- * a vnet_hdr device of mtu as one GSO write, the kernel cutting it into
- * MSS-sized segments that fit mtu when it forwards it: 0 with *h set, or -1
- * when p is no such packet (not TCP, a fragment, a wrong IP header checksum, no room for data in mtu, or
- * a checksum field other than the non-zero pseudo-header sum). The Python
- * twin is ether.cut_superpacket's test (gso.tso_header, with gso_size and
+ * MTU, the TCP checksum partial: the field holds the pseudo-header sum, which
+ * the caller has checked). The header to write the checked IPv4 packet p (l2
+ * bytes of frame before it) to a vnet_hdr device of mtu as one GSO write, the
+ * kernel cutting it into MSS-sized segments that fit mtu when it forwards it:
+ * 0 with *h set, or -1 when p is no such packet (not TCP, a fragment, a wrong
+ * IP header checksum, no room for data in mtu). The Python twin is
+ * gso.tso_header with ether.cut_superpacket's IP checksum test (gso_size and
  * offsets alike); the GSO write is cut by the kernel into its segments. */
 int gso_wire_superpacket(const unsigned char *p, unsigned mtu, unsigned l2, vnet_hdr_t *h);
 

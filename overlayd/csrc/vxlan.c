@@ -49,7 +49,11 @@ unsigned char *vxlan_encapsulate(unsigned char *f, const route_t *r, uint32_t vn
     return h;
 }
 
-int complete_partial_checksum(unsigned char *p, size_t n)
+/* ether._partial_field: the offset (from p) of the TCP/UDP checksum field of the checked IPv4 packet
+ * p[0:n] and its L4 length, when that field holds what a kernel with checksum offload writes there:
+ * the folded pseudo-header sum, not 0. 0 for fragments, other protocols, short L4 headers and any
+ * other value. */
+static int partial_field(const unsigned char *p, size_t n, unsigned *at, unsigned *l4len)
 {
     unsigned proto = p[9], min_len, offset;
     if (proto == PROTO_TCP) {
@@ -66,18 +70,27 @@ int complete_partial_checksum(unsigned char *p, size_t n)
     size_t ihl = (p[0] & 0x0Fu) * 4u, total = be16(p + 2);
     if (total > n || ihl > total || total - ihl < min_len)  /* ipv4_check holds the first two */
         return 0;
-    unsigned char *l4 = p + ihl;
-    unsigned l4len = (unsigned)(total - ihl), field = be16(l4 + offset);
-    uint64_t pseudo = pseudo_sum(p, l4len);
-    if (field != csum_fold(pseudo) || field == 0)
+    unsigned field = be16(p + ihl + offset);
+    if (field != csum_fold(pseudo_sum(p, (unsigned)(total - ihl))) || field == 0)
         return 0;
+    *at = (unsigned)ihl + offset;
+    *l4len = (unsigned)(total - ihl);
+    return 1;
+}
+
+int complete_partial_checksum(unsigned char *p, size_t n)
+{
+    unsigned at, l4len;
+    if (!partial_field(p, n, &at, &l4len))
+        return 0;
+    unsigned char *l4 = p + (p[0] & 0x0Fu) * 4u;
     uint64_t body = csum_add(0, l4, l4len);
-    if (csum_fold(pseudo + body) == 0xFFFF)  /* valid as it is */
+    if (csum_fold(be16(p + at) + body) == 0xFFFF)  /* valid as it is */
         return 0;
     unsigned full = ~csum_fold(body) & 0xFFFFu;
-    if (proto == PROTO_UDP && full == 0)
+    if (p[9] == PROTO_UDP && full == 0)
         full = 0xFFFF;  /* RFC 768: a computed 0 is sent as all ones */
-    put_be16(l4 + offset, full);
+    put_be16(p + at, full);
     return 1;
 }
 
@@ -118,5 +131,7 @@ int vxlan_tap_frame(unsigned char *f, size_t n, unsigned mtu, vnet_hdr_t *h)
         complete_partial_checksum(p, n - ETH_HDR_LEN);
         return V_OK;
     }
-    return gso_wire_superpacket(p, mtu, ETH_HDR_LEN, h) == 0 ? V_OK : V_BAD_IP_HEADER;
+    unsigned at, l4len;  /* ether.cut_superpacket: TCP with the partial checksum mark, else a drop */
+    int cut = p[9] == PROTO_TCP && partial_field(p, n - ETH_HDR_LEN, &at, &l4len);
+    return cut && gso_wire_superpacket(p, mtu, ETH_HDR_LEN, h) == 0 ? V_OK : V_BAD_IP_HEADER;
 }
