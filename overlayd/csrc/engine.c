@@ -468,6 +468,7 @@ static void *in_main(void *arg)
             const struct sockaddr_in *from = &s->from[i];
             int has_sender = s->msgs[i].msg_hdr.msg_namelen >= sizeof(*from) && from->sin_family == AF_INET;
             int port_ok = ntohs(from->sin_port) == e->port;
+            uint32_t sender = ntohl(from->sin_addr.s_addr);
             size_t n = s->msgs[i].msg_len, seg = segment_size(&s->msgs[i].msg_hdr, n), len;
             bytes += n;
             coalesced += seg < n;
@@ -475,7 +476,6 @@ static void *in_main(void *arg)
                 unsigned char *p = s->data[i] + at;
                 len = n - at < seg ? n - at : seg;
                 count++;
-                uint32_t sender = ntohl(from->sin_addr.s_addr);
                 size_t skip = 0;  /* VXLAN: the IP packet follows the VXLAN and Ethernet headers */
                 vnet_hdr_t h = {0};
                 int v;
