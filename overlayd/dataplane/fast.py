@@ -132,5 +132,3 @@ class FastDataPlane(DataPlane):
             where, code = error
             self.ended.set_exception(PlumbingError(f"data plane engine: {where} failed: {os.strerror(code)}"))
 
-
-FastUdpDataPlane = FastDataPlane  # its name from when only the UDP backend ran on the engine

@@ -31,7 +31,7 @@ def ipv4(src: str, dst: str, payload: bytes = b"x" * 16, proto: int = 17) -> byt
     return header + payload
 
 
-PLANES = [DataPlane, pytest.param(fast.FastUdpDataPlane, id="c", marks=pytest.mark.skipif(
+PLANES = [DataPlane, pytest.param(fast.FastDataPlane, id="c", marks=pytest.mark.skipif(
     not fast.available(), reason="the C fast path is not built"))]
 
 

@@ -220,7 +220,7 @@ async def run_traffic(rig: Rig, close_device_after: bool = False) -> dict:
 
 @pytest.mark.parametrize("close_device", [False, True], ids=["device-ok", "device-gone"])
 async def test_the_c_plane_counts_exactly_like_the_python_plane(rigs, close_device):
-    python, c = rigs(DataPlane), rigs(fast.FastUdpDataPlane)
+    python, c = rigs(DataPlane), rigs(fast.FastDataPlane)
     await run_traffic(python, close_device)
     await run_traffic(c, close_device)
     want, got = await python.settled(), await c.settled()
@@ -361,7 +361,7 @@ async def test_udp_gso_sends_a_superpacket_as_the_reference_segments(rigs):
 def test_udp_gso_needs_a_checksumming_socket(rigs):
     rig = rigs()
     with pytest.raises(ValueError, match="SO_NO_CHECK"):
-        fast.FastUdpDataPlane(rig.dev_ours.fileno(), rig.sock, rig.codec, None, Counters(), udp_gso=True)
+        fast.FastDataPlane(rig.dev_ours.fileno(), rig.sock, rig.codec, None, Counters(), udp_gso=True)
 
 
 @pytest.mark.parametrize("udp_gso", [False, True])
