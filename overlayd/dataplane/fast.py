@@ -73,7 +73,7 @@ class FastDataPlane(DataPlane):
     and split in either mode.
     """
 
-    def __init__(self, *args, udp_gso: bool = False, mtu: int | None = None, **kwargs):
+    def __init__(self, *args, udp_gso: bool = False, **kwargs):
         if not available():
             raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
         super().__init__(*args, **kwargs)
@@ -82,7 +82,9 @@ class FastDataPlane(DataPlane):
         if isinstance(codec, VxlanCodec):
             wire = {"vni": codec.vni, "own_mac": codec.own_mac}
             if self.vnet_hdr:
-                wire["mtu"] = device_mtu(self.dev_fd) if mtu is None else mtu
+                if self.mtu is None:
+                    self.mtu = device_mtu(self.dev_fd)
+                wire["mtu"] = self.mtu
         self.engine = _fastpath.Engine(self.dev_fd, self.sock.fileno(), codec.port, codec.subnet_int, codec.mask,
                                        codec.table, self.vnet_hdr, udp_gso, **wire)
 
@@ -131,4 +133,3 @@ class FastDataPlane(DataPlane):
         if error is not None and not self.ended.done():
             where, code = error
             self.ended.set_exception(PlumbingError(f"data plane engine: {where} failed: {os.strerror(code)}"))
-
