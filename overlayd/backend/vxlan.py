@@ -40,11 +40,12 @@ Weighed and left then: turning it on only when no peer is a userspace VTEP
 segmentation off on the underlay instead (every receiver then pays per
 packet).
 
-What is still lost with it on, over a virtual underlay, towards a userspace
-VTEP: a pod's UDP GSO send (UDP_SEGMENT, e.g. QUIC) can arrive as one UDP
-superpacket whose segment size is not on the wire, and is dropped
-(``bad_ip_header``; expected from the kernel's code, not measured here); and
-a third-party userspace VTEP may take neither.
+A pod's UDP GSO send (UDP_SEGMENT, e.g. QUIC) also leaves as one VXLAN
+datagram, whose segment size is not on the wire: our userspace receivers'
+sockets do not ask for UDP_GRO on the VXLAN wire, so their kernel cuts it
+into proper datagrams before they read it (tests/e2e/test_vxlan_offload.py).
+What is still lost with offload on, over a virtual underlay: a third-party
+userspace VTEP may take neither partial checksums nor superpackets.
 The operator's way out, as flannel documents it: turn it off on the kernel
 nodes (``ethtool -K flannel.<VNI> tx-checksum-ip-generic off``, or ``python
 -m overlayd.plumbing.ethtool flannel.<VNI> off`` where no ethtool binary is

@@ -69,8 +69,9 @@ class FastDataPlane(DataPlane):
     IFF_VNET_HDR; the engine then segments and coalesces superpackets (a tap's ``mtu``: read from the
     device unless given). With
     ``udp_gso`` (``--udp-checksum``; the socket must not have SO_NO_CHECK) a
-    superpacket's segments leave in UDP GSO sends; UDP_GRO buffers are taken
-    and split in either mode.
+    superpacket's segments leave in UDP GSO sends; on the UDP wire, UDP_GRO
+    buffers are taken and split in either mode (not on VXLAN's: see
+    engine_start in overlayd/csrc/engine.c).
     """
 
     def __init__(self, *args, udp_gso: bool = False, **kwargs):
