@@ -57,7 +57,7 @@ REQUIRED_ENV = {
     "CHECK": _ENV_NEEDED,
     "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),  # CNI_NETNS may be gone; CNI_PATH checked on use
 }
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # fullmatch: "$" would allow a final "\n"
 _DELEGATE_FIXED = ("cniVersion", "name")
 
 
@@ -107,7 +107,7 @@ def parse_env(environ: Mapping[str, str]) -> Invocation:
     if missing:
         raise CniError(ERR_INVALID_ENV, f"required environment variables missing: {', '.join(missing)}")
     container_id = environ["CNI_CONTAINERID"]
-    if not _CONTAINER_ID.match(container_id):
+    if not _CONTAINER_ID.fullmatch(container_id):
         raise CniError(ERR_INVALID_ENV, f"invalid CNI_CONTAINERID: {container_id!r}",
                        "letters, digits, '_', '.' and '-' only")
     ifname = environ["CNI_IFNAME"]
@@ -117,12 +117,20 @@ def parse_env(environ: Mapping[str, str]) -> Invocation:
     return Invocation(command, container_id, ifname, cni_path)
 
 
+def decode(raw: bytes | str, what: str) -> Any:
+    """``raw`` as JSON; code 6 naming ``what`` when it is not (also when nested too deeply
+    for the decoder, which raises RecursionError rather than ValueError)."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise CniError(ERR_DECODE, f"cannot decode {what}", str(exc)) from None
+    except RecursionError:
+        raise CniError(ERR_DECODE, f"cannot decode {what}", "JSON nested too deeply") from None
+
+
 def parse_netconf(raw: bytes | str) -> NetConf:
     """Decode and validate our network config (codes 1, 2, 6 and 7)."""
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise CniError(ERR_DECODE, "cannot decode network config from stdin", str(exc)) from None
+    data = decode(raw, "network config from stdin")
     if not isinstance(data, dict):
         raise CniError(ERR_DECODE, "network config is not a JSON object")
     version = data.get("cniVersion")
@@ -214,7 +222,7 @@ def error_version(raw: bytes | str) -> str:
     """The cniVersion to answer an error in: the caller's when usable, else ours."""
     try:
         version = json.loads(raw).get("cniVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return SPEC_VERSION
     return version if version in SUPPORTED_VERSIONS else SPEC_VERSION
 
@@ -265,10 +273,7 @@ def load_conf(path: str) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise CniError(ERR_IO, f"cannot read delegate config {path}", str(exc)) from None
-    try:
-        conf = json.loads(raw)
-    except ValueError as exc:
-        raise CniError(ERR_DECODE, f"cannot decode delegate config {path}", str(exc)) from None
+    conf = decode(raw, f"delegate config {path}")
     if not isinstance(conf, dict) or not isinstance(conf.get("type"), str):
         raise CniError(ERR_DECODE, f"delegate config {path} has no type")
     return conf

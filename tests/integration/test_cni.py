@@ -144,6 +144,21 @@ def test_bad_json_is_a_decoding_failure(node):
     assert_error(node.call("ADD", "{not json"), 6)
 
 
+def test_deeply_nested_json_is_a_decoding_failure(node):
+    rc, out, err = node.call("ADD", "[" * 100_000)
+    assert out.count("\n") == 1, out  # one error object, one line
+    error = assert_error((rc, out, err), 6)
+    assert "internal error" not in error["msg"]
+    assert not node.data_dir.exists()
+
+
+def test_container_id_with_a_newline_is_refused(node):
+    node.container_id += "\n"
+    error = assert_error(node.call("ADD", node.conf()), 4)
+    assert "CNI_CONTAINERID" in error["msg"]
+    assert not node.data_dir.exists()
+
+
 def test_check_of_unknown_container_fails(node):
     assert_error(node.call("CHECK", node.conf(prevResult={"cniVersion": "1.0.0"})), 3)
 

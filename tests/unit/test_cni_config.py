@@ -115,6 +115,7 @@ def test_env_parsed():
     {"CNI_CONTAINERID": None},
     {"CNI_CONTAINERID": "../../etc/passwd"},
     {"CNI_CONTAINERID": "-x"},
+    {"CNI_CONTAINERID": "abc\n"},  # '$' matches before a final newline: the ID must match whole
     {"CNI_NETNS": None},
     {"CNI_IFNAME": ""},
     {"CNI_IFNAME": "a/b"},
@@ -148,6 +149,7 @@ def test_error_json_shape():
     (b"{garbage", "1.0.0"),
     (b"[]", "1.0.0"),
     (b"", "1.0.0"),
+    (b"[" * 100_000, "1.0.0"),  # nested too deeply for the decoder
 ])
 def test_errors_answer_in_the_callers_version(raw, version):
     assert cni.error_version(raw) == version
@@ -167,9 +169,22 @@ def test_version_command_needs_no_config():
     ({}, json.dumps(BASE), cni.ERR_INVALID_ENV),
     ({"CNI_COMMAND": "NOPE"}, json.dumps(BASE), cni.ERR_INVALID_ENV),
     (FULL_ENV, b"{bad", cni.ERR_DECODE),
+    # nested deeper than the decoder's recursion limit: a decoding failure, not "internal error"
+    (FULL_ENV, b"[" * 100_000, cni.ERR_DECODE),
+    (FULL_ENV, b'{"cniVersion": "1.0.0", "x": ' + b'{"a": ' * 100_000, cni.ERR_DECODE),
 ])
 def test_run_turns_failures_into_error_json(environ, stdin, code):
     rc, out = cni.run(environ, io.BytesIO(stdin.encode() if isinstance(stdin, str) else stdin))
     assert rc == 1
+    assert out.count(b"\n") == 1 and out.endswith(b"\n")
     result = json.loads(out)
     assert set(result) == {"cniVersion", "code", "msg", "details"} and result["code"] == code
+    assert "\n" not in result["msg"] + result["details"]
+
+
+def test_saved_config_nested_too_deeply_is_a_decoding_failure(tmp_path):
+    path = tmp_path / "c1-eth0.json"
+    path.write_bytes(b"[" * 100_000)
+    with pytest.raises(cni.CniError) as info:
+        cni.load_conf(str(path))
+    assert info.value.code == cni.ERR_DECODE
