@@ -126,6 +126,8 @@ typedef struct {
     unsigned char slots[BATCH][SLOT];
     unsigned char arena[ARENA];  /* segments' headers; their payloads stay in the slots they were read to */
     struct mmsghdr msgs[SEND_MAX];
+    struct sockaddr_in addrs[SEND_MAX];  /* each message's destination, copied from its route: a queued
+                                          * message points into this state only, never into a table */
     struct iovec iovs[IOV_OUT];
     unsigned char ctrl[SEND_MAX][CMSG_SPACE(sizeof(uint16_t))];  /* UDP_SEGMENT, when segs > 1 */
     int segs[SEND_MAX];   /* datagrams per message: > 1 is one UDP GSO send of equal-size segments */
@@ -181,11 +183,13 @@ static void add_iov(out_state_t *s, const void *p, size_t n)
 }
 
 /* Queue the n bytes in iovecs s->iovs[first:] to r: one datagram, or (segs > 1) segs datagrams of seg
- * bytes (the last may be shorter) that the kernel cuts from one UDP GSO send. */
+ * bytes (the last may be shorter) that the kernel cuts from one UDP GSO send. r's address is copied:
+ * the table r lives in may be swapped out and freed before the message is sent (issue 16). */
 static void queue_send(out_state_t *s, const route_t *r, size_t first, size_t n, int segs, size_t seg)
 {
     struct msghdr *m = &s->msgs[s->nmsgs].msg_hdr;
-    *m = (struct msghdr){.msg_name = (void *)&r->addr, .msg_namelen = sizeof(r->addr),
+    s->addrs[s->nmsgs] = r->addr;
+    *m = (struct msghdr){.msg_name = &s->addrs[s->nmsgs], .msg_namelen = sizeof(s->addrs[0]),
                          .msg_iov = &s->iovs[first], .msg_iovlen = s->niov - first};
     s->segs[s->nmsgs] = segs;
     s->bytes[s->nmsgs] = n;
