@@ -27,7 +27,9 @@ do (see :data:`UNSUPPORTED`, :data:`FLANNEL_ONLY_BACKENDS`):
   underlay's MTU when absent); the overlay gets it minus the encapsulation
   overhead.
 
-Defaults follow flannel's ``pkg/subnet/config.go``: no ``Backend`` means udp;
+Defaults follow flannel's ``pkg/subnet/config.go``: no ``Backend`` means udp
+(but a ``Backend`` without a ``Type``, ``{}`` or ``null``, is an error there and
+here; ``Type`` ignores case, as flannel lowercases it: ``"VXLAN"`` is vxlan);
 SubnetLen is 24 when the Network is a /22 or shorter, otherwise Network
 prefix + 2 (so that at least four subnets fit); SubnetMin is the network plus
 one subnet (the first subnet is never handed out); SubnetMax is the last
@@ -272,21 +274,30 @@ def _network_field(value: Any) -> ipaddress.IPv4Network:
     return network
 
 
-def _parse_backend(raw: Any, notes: list[str]) -> BackendConfig:
-    """Validate the ``Backend`` object (absent means UDP on the default port); fields
-    accepted without effect are added to ``notes``."""
-    if raw is None:
+def _parse_backend(top: dict, notes: list[str]) -> BackendConfig:
+    """Validate the ``Backend`` object of the config ``top``; fields accepted without effect
+    are added to ``notes``. As in flannel, no ``Backend`` at all means UDP on the default
+    port, while a ``Backend`` given without a ``Type`` (``{}``, ``null``) is refused, and
+    the type ignores case (``"VXLAN"`` is vxlan)."""
+    if "Backend" not in top:
         return BackendConfig()
+    raw = top["Backend"]
     if not isinstance(raw, dict):
         raise ConfigError("Backend: must be a JSON object")
     raw = _canonical(raw, _ALL_BACKEND_KEYS, "Backend.")
-    btype = raw.get("Type", "udp")
+    given = raw.get("Type")
+    if given is None or given == "":
+        raise ConfigError(f"Backend.Type: missing (one of: {', '.join(BACKEND_TYPES)}; "
+                          "without a Backend object the backend is udp)")
+    if not isinstance(given, str):
+        raise ConfigError(f"Backend.Type: must be a string, got {_show(given)}")
+    btype = given.lower()
     if btype in FLANNEL_ONLY_BACKENDS:
         raise ConfigError(f"Backend.Type: {btype} is a flannel backend not supported by overlayd "
                           f"(use one of: {', '.join(BACKEND_TYPES)})")
     if btype not in BACKEND_TYPES:
         raise ConfigError(
-            f"Backend.Type: unknown backend {_show(btype)} "
+            f"Backend.Type: unknown backend {_show(given)} "
             f"(expected one of: {', '.join(BACKEND_TYPES)})"
         )
     unknown = sorted(set(raw) - _BACKEND_KEYS[btype], key=str)
@@ -373,7 +384,7 @@ def parse_config(data: str | bytes | dict) -> NetworkConfig:
         subnet_len=subnet_len,
         subnet_min=bounds["SubnetMin"],
         subnet_max=bounds["SubnetMax"],
-        backend=_parse_backend(raw.get("Backend"), notes),
+        backend=_parse_backend(raw, notes),
         notes=tuple(notes),
     )
     if config.subnet_count > MAX_SUBNETS:

@@ -259,3 +259,44 @@ def test_flannel_backends_overlayd_lacks_are_named(btype):
     assert str(err.value) == (f"Backend.Type: {btype} is a flannel backend not supported by overlayd "
                               "(use one of: udp, vxlan, host-gw)")
 
+
+
+
+@pytest.mark.parametrize("backend, btype", [
+    ({"Type": "VXLAN", "VNI": 2}, "vxlan"), ({"Type": "Vxlan"}, "vxlan"), ({"Type": "UDP", "Port": 8285}, "udp"),
+    ({"Type": "Host-GW"}, "host-gw"), ({"Type": "HOST-GW"}, "host-gw"),
+])
+def test_backend_type_ignores_case_as_in_flannel(backend, btype):
+    """flannel's backend manager (pkg/backend/manager.go, GetBackend) lowercases the type
+    (``strings.ToLower(backendType)``) before looking it up, so ``"VXLAN"`` runs vxlan;
+    overlayd accepts it too and stores the lowercase name."""
+    cfg = parse_config({"Network": "10.244.0.0/16", "Backend": backend})
+    assert cfg.backend.type == btype
+    assert cfg.to_json()["Backend"]["Type"] == btype
+    assert parse_config(cfg.to_json()) == cfg
+
+
+def test_backend_type_case_does_not_open_other_backends_settings():
+    with pytest.raises(ConfigError, match="Backend.VNI: not a setting of the udp backend"):
+        parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "UDP", "VNI": 1}})
+    with pytest.raises(ConfigError, match="Backend.Type: wireguard is a flannel backend"):
+        parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "WireGuard"}})
+
+
+@pytest.mark.parametrize("backend", [{}, {"Port": 8285}, {"Type": ""}, None, {"Type": 5}, {"Type": None}])
+def test_a_backend_without_a_type_is_refused_as_in_flannel(backend):
+    """flannel (pkg/subnet/config.go) keeps ``Backend`` as a ``json.RawMessage``;
+    ``parseBackendType`` returns "udp" only when it is empty (no Backend field at all) and
+    otherwise decodes ``struct{ Type string }`` from it: ``{}`` gives the type "" (and so
+    does ``null``, which Go keeps as the raw bytes ``null``, golang/go#40495), for which
+    GetBackend (pkg/backend/manager.go) fails with "unknown backend type"; a Type that is
+    not a string fails to decode. overlayd refuses all of them, in one line."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"Network": "10.244.0.0/16", "Backend": backend})
+    assert str(err.value).startswith("Backend")
+    assert "\n" not in str(err.value)
+
+
+def test_no_backend_at_all_is_udp_as_in_flannel():
+    """``parseBackendType``: ``if len(be) == 0 { return "udp", nil }`` (no Backend field)."""
+    assert parse_config({"Network": "10.244.0.0/16"}).backend.type == "udp"
