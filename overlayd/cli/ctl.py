@@ -38,6 +38,12 @@ PROG = "overlayctl"
 WIDTH = 80  # columns of human output
 CUT = "~"  # ends a cell cut to fit WIDTH
 
+# The largest config 'config set' stores. etcd refuses a request over --max-request-bytes
+# (default 1.5 MiB = 1572864) with "request is too large", and only once connected. A put
+# costs the key and ~24 bytes of framing besides the value (etcd 3.4 stored 1572814 bytes
+# under a 26-byte key, not one more): 4 KiB of room covers any sane --etcd-prefix.
+MAX_CONFIG_BYTES = 1572864 - 4096
+
 
 def _run(coro_fn, obj):
     async def main():
@@ -392,6 +398,9 @@ def config_set(obj, source, as_json):
     effect (EnableNFTables: false, Windows-only settings, ...) are noted.
     """
     raw = source.read()
+    if len(raw) > MAX_CONFIG_BYTES:  # before connecting: etcd would refuse it after
+        raise ConfigError(f"config is {len(raw)} bytes, more than the {MAX_CONFIG_BYTES} etcd "
+                          "accepts in one request (with its default --max-request-bytes, 1.5 MiB)")
     cfg = parse_config(raw)  # refuse to store what the daemons would reject
     _run(lambda s: s.put_config(raw), obj)
     if as_json:

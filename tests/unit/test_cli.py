@@ -8,6 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from overlayd.cli import ctl as ctl_module
 from overlayd.cli.ctl import cli as ctl, fmt_duration, render_table, watch_line
 from overlayd.cli.daemon import cli as daemon
 from overlayd.daemon import Daemon, DaemonOptions
@@ -54,6 +55,53 @@ def test_overlayctl_etcd_problems_are_one_line(args, needle):
 def test_config_set_validates_before_touching_etcd(config, needle):
     # the endpoint is dead: a validation error must come first
     one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "-"], input=config), needle)
+
+
+ETCD_DEFAULT_MAX_REQUEST_BYTES = 1572864  # etcd's --max-request-bytes default: 1.5 MiB
+
+
+def padded_config(size: int) -> bytes:
+    """A valid config of exactly ``size`` bytes (JSON allows any amount of whitespace)."""
+    base = b'{"Network": "10.244.0.0/16"}'
+    return base[:-1] + b" " * (size - len(base)) + base[-1:]
+
+
+class RecordingStore:
+    """Stands in for EtcdStore: records what ``config set`` stores, connects nowhere."""
+
+    def __init__(self, *args, **kwargs):
+        self.puts: list[bytes] = []
+        RecordingStore.last = self
+
+    async def put_config(self, raw: bytes) -> None:
+        self.puts.append(raw)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("size", [ETCD_DEFAULT_MAX_REQUEST_BYTES + 1, 8 << 20])
+def test_config_over_etcds_request_limit_is_refused_before_connecting(monkeypatch, size):
+    """etcd refuses a request over --max-request-bytes ("request is too large") only after
+    the connection; overlayctl refuses such a config first, in one line, without trying."""
+    def no_connection(*args, **kwargs):
+        raise AssertionError("config set tried to reach etcd")
+    monkeypatch.setattr(ctl_module, "EtcdStore", no_connection)
+    started = time.monotonic()
+    result = run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "-"], input=padded_config(size))
+    one_line_error(result, f"{size} bytes, more than the")
+    assert time.monotonic() - started < 5
+
+
+def test_config_at_the_size_limit_is_stored(monkeypatch):
+    monkeypatch.setattr(ctl_module, "EtcdStore", RecordingStore)
+    limit = ctl_module.MAX_CONFIG_BYTES
+    assert limit < ETCD_DEFAULT_MAX_REQUEST_BYTES
+    result = run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "-"], input=padded_config(limit))
+    assert result.exit_code == 0, result.output
+    assert [len(raw) for raw in RecordingStore.last.puts] == [limit]
+    one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "-"], input=padded_config(limit + 1)),
+                   f"{limit + 1} bytes, more than the {limit}")
 
 
 def test_config_set_missing_file():
