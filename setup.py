@@ -1,17 +1,22 @@
 """Build the optional C fast path ``overlayd._fastpath``; all metadata lives in pyproject.toml.
 
-Design note: the extension is a speedup, never a requirement (as in aioquic
-or websockets). If it cannot be compiled (no compiler, no Python headers),
-the build prints a warning and the package installs without it; the pure
-Python data path then runs, and ``overlayd --datapath c`` says it is missing.
+Design note: for a user's ``pip install`` the extension is a speedup, never a
+requirement (as in aioquic or websockets). If it cannot be compiled (no
+compiler, no Python headers), the build prints a warning and the package
+installs without it; the pure Python data path then runs, the daemon logs a
+warning and ``overlayd_c_engine_available`` is 0 in /metrics, and
+``overlayd --datapath c`` says it is missing. With OVERLAYD_REQUIRE_FASTPATH=1
+(scripts/install, the tests, CI) a build failure fails the install instead.
 """
+
+import os
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
 class OptionalBuildExt(build_ext):
-    """``build_ext`` that turns any build failure into a warning."""
+    """``build_ext`` that turns any build failure into a warning (unless OVERLAYD_REQUIRE_FASTPATH=1)."""
 
     def run(self):
         try:
@@ -27,6 +32,8 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _warn(exc: Exception) -> None:
+        if os.environ.get("OVERLAYD_REQUIRE_FASTPATH") == "1":
+            raise exc
         print(f"WARNING: the overlayd C fast path was not built ({exc}); "
               "the pure Python data path will be used")
 

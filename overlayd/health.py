@@ -35,6 +35,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from . import __version__
 from .backend.base import Backend
 from .backend.userspace import UserspaceBackend
+from .dataplane import fast
 from .errors import ConfigError
 from .lease.connectivity import Connectivity
 from .lease.model import Lease
@@ -166,6 +167,9 @@ class DaemonCollector:
         """Every overlayd metric, read now (README: Observing it)."""
         state, backend, lease = self.state, self.state.backend, self.state.lease
         yield InfoMetricFamily("overlayd_build", "overlayd's version", value={"version": __version__})
+        yield _gauge("overlayd_c_engine_available", "1 when the C engine (overlayd._fastpath) loads; 0: it was "
+                     "not built or does not load, and the userspace backends fall back to the Python data path",
+                     1 if fast.available() else 0)
         yield _gauge("overlayd_ready", "1 while /readyz answers 200", 0 if readiness(state) else 1)
         if lease is not None and lease.expiration is not None:
             yield _gauge("overlayd_lease_seconds_left", "Seconds until this node's lease expires "

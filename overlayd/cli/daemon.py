@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import sys
 
@@ -13,6 +14,7 @@ from ..errors import ConfigError
 from .common import ENV_PREFIX, check_etcd_flags, etcd_options, setup_logging
 
 PROG = "overlayd"
+log = logging.getLogger(__name__)
 
 
 def _ipv4(ctx, param, value):
@@ -133,8 +135,14 @@ def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface
     """
     check_etcd_flags(etcd_endpoints, etcd_credentials)
     from ..daemon import DaemonOptions, run  # netlink and friends: not needed for --help
+    from ..dataplane import fast
 
     setup_logging(verbose, PROG)
+    if not fast.available() and click.get_current_context().get_parameter_source("datapath") \
+            is click.core.ParameterSource.DEFAULT:
+        log.warning("the C engine (overlayd._fastpath) does not load (%s): the userspace backends fall back to "
+                    "the slower Python data path (reinstall with a C compiler and Python headers: "
+                    "scripts/install)", fast.IMPORT_ERROR)
     options = DaemonOptions(
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, etcd_credentials=etcd_credentials, iface=iface,
         iface_regex=iface_regex, iface_can_reach=iface_can_reach,

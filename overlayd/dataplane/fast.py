@@ -51,12 +51,14 @@ from .loop import DataPlane, error_counter
 
 try:
     from .. import _fastpath
-except ImportError:  # not built: only the Python data plane is available
+    IMPORT_ERROR = None
+except ImportError as exc:  # not built, or does not load: only the Python data plane is available
     _fastpath = None
+    IMPORT_ERROR = str(exc)
 
 
 def available() -> bool:
-    """Whether the C extension was built and imports."""
+    """Whether the C extension was built and imports (else :data:`IMPORT_ERROR` says why not)."""
     return _fastpath is not None
 
 
