@@ -1,36 +1,48 @@
 """``--healthz-addr``: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus text format).
 
-Design note. The endpoints are served by a small WSGI server on its own
-thread (prometheus-client's ``ThreadingWSGIServer``), not on the daemon's
-asyncio loop, for two reasons: a scrape never delays the control loop, and
-when that loop is wedged the server still answers, so ``/healthz`` says 503
-``control loop stalled for 12s`` (from the heartbeats of
-:mod:`overlayd.watchdog`) instead of hanging with it. ``/metrics`` is
-prometheus-client's own WSGI app over a registry holding
-:class:`DaemonCollector`, which reads the daemon's live state at scrape time
-(no copies kept, no background task). Those reads happen on the server's
-thread: they are reads of ints, ``dict`` copies and table lengths, which the
-GIL makes atomic; the daemon never waits for a scrape.
+Design note. The endpoints are served by a small WSGI server on threads of
+its own (:class:`BoundedWSGIServer`), not on the daemon's asyncio loop, for
+two reasons: a scrape never delays the control loop, and when that loop is
+wedged the server still answers, so ``/healthz`` says 503 ``control loop
+stalled for 12s`` (from the heartbeats of :mod:`overlayd.watchdog`) instead
+of hanging with it. ``/metrics`` is prometheus-client's own WSGI app over a
+registry holding :class:`DaemonCollector`, which reads the daemon's live
+state at scrape time (no copies kept, no background task). Those reads happen
+on the server's threads: they are reads of ints, ``dict`` copies and table
+lengths, which the GIL makes atomic; the daemon never waits for a scrape.
 
 Backend counters are read generically (``Backend.stats()``): ``drop_<reason>``
 become ``overlayd_dropped_packets_total{reason}``, ``<direction>_packets`` and
 ``<direction>_bytes`` the packet and byte counters, names with ``error`` in
 them ``overlayd_datapath_errors_total``, any other counter
 ``overlayd_datapath_events_total``. A new drop reason needs no change here.
+
+Bounds. A thread per connection (prometheus-client's ``ThreadingWSGIServer``,
+used before) let 1,000 half-open connections make 1,012 threads. Now one
+thread accepts connections and watches them in a selector until their
+request arrives; only then does one of :data:`WORKERS` threads serve it, with
+:data:`READ_TIMEOUT` on every read and write. At most
+:data:`MAX_IDLE_CONNECTIONS` wait for their request (a new one closes the
+oldest, and none waits past :data:`IDLE_TIMEOUT`) and :data:`MAX_QUEUED_REQUESTS`
+wait for a worker (more are closed unanswered). So a flood of idle
+connections costs no thread and a bounded number of descriptors, and a probe
+that sends its request at once is answered at once behind it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import queue
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Protocol
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer
 
 from . import __version__
 from .backend.base import Backend
@@ -44,6 +56,14 @@ from .watchdog import Liveness
 
 # Backend stats that are table sizes, not counters: overlayd_peers covers them.
 TABLE_SIZES = frozenset({"peers", "routes"})
+
+# The health server's bounds (see "Bounds" in the module note). Its clients are probes and
+# scrapers that send their request as soon as they connect and take milliseconds to serve.
+WORKERS = 4  # threads serving requests
+MAX_IDLE_CONNECTIONS = 64  # connections waiting for their request; a new one closes the oldest
+MAX_QUEUED_REQUESTS = 16  # requests waiting for a worker; more are closed unanswered
+IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent before it is closed
+READ_TIMEOUT = 2.0  # seconds a worker waits on one read or write of a request
 
 
 class DaemonState(Protocol):
@@ -203,6 +223,112 @@ class _QuietHandler(WSGIRequestHandler):
         """No access log: probes come every few seconds."""
 
 
+class BoundedWSGIServer(WSGIServer):
+    """A WSGI server that a flood of connections cannot exhaust (module note, "Bounds").
+
+    :meth:`serve` runs the accepting and watching loop (on the caller's thread, until
+    :meth:`stop`); requests are served by :data:`WORKERS` daemon threads.
+    """
+
+    request_queue_size = MAX_IDLE_CONNECTIONS  # listen backlog: socketserver's 5 drops SYNs in a burst
+
+    def __init__(self, addr: tuple[str, int], handler: type[WSGIRequestHandler]):
+        super().__init__(addr, handler)  # binds and listens: OSError when it cannot
+        self.socket.setblocking(False)
+        self.idle_timeout, self.read_timeout = IDLE_TIMEOUT, READ_TIMEOUT
+        self.idle: dict[socket.socket, tuple[float, tuple]] = {}  # oldest first: accept time, peer
+        self.requests: queue.Queue = queue.Queue(MAX_QUEUED_REQUESTS)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.socket, selectors.EVENT_READ)
+        self._wake, self._waker = socket.socketpair()
+        self.selector.register(self._wake, selectors.EVENT_READ)
+        self._stopping = False
+        self.workers = [threading.Thread(target=self._work, name=f"overlayd-healthz-{i}", daemon=True)
+                        for i in range(WORKERS)]
+        for worker in self.workers:
+            worker.start()
+
+    def serve(self) -> None:
+        """Accept connections and hand each to a worker once its request arrives, until :meth:`stop`."""
+        try:
+            while not self._stopping:
+                oldest = next(iter(self.idle.values()), (None,))[0]
+                timeout = None if oldest is None else max(0.0, oldest + self.idle_timeout - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    elif key.fileobj is not self._wake:  # the wake-up only ends the loop
+                        self._dispatch(key.fileobj)
+                silent_since = time.monotonic() - self.idle_timeout
+                while self.idle and next(iter(self.idle.values()))[0] <= silent_since:
+                    self._drop(next(iter(self.idle)))
+        finally:
+            self._close_all()
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return (it closes every connection it holds on its way out)
+        and the workers end once their current request is done."""
+        self._stopping = True
+        try:
+            self._waker.send(b"x")
+        except OSError:
+            pass  # serve() already returned and closed it
+
+    def _accept(self) -> None:
+        try:
+            conn, peer = self.socket.accept()
+        except (BlockingIOError, ConnectionError):
+            return
+        if len(self.idle) >= MAX_IDLE_CONNECTIONS:
+            self._drop(next(iter(self.idle)))
+        self.idle[conn] = (time.monotonic(), peer)
+        self.selector.register(conn, selectors.EVENT_READ)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        del self.idle[conn]
+        conn.close()
+
+    def _dispatch(self, conn: socket.socket) -> None:
+        """``conn`` has sent something: queue it for a worker (or close it when the queue is full)."""
+        if conn not in self.idle:
+            return  # closed as the oldest by an accept earlier in the same select batch
+        self.selector.unregister(conn)
+        _, peer = self.idle.pop(conn)
+        try:
+            self.requests.put_nowait((conn, peer))
+        except queue.Full:
+            conn.close()
+
+    def _work(self) -> None:
+        while (item := self.requests.get()) is not None:
+            conn, peer = item
+            conn.settimeout(self.read_timeout)
+            try:
+                self.finish_request(conn, peer)
+            except OSError:
+                pass  # timed out or reset: nothing to answer
+            except Exception:
+                self.handle_error(conn, peer)
+            finally:
+                self.shutdown_request(conn)
+
+    def _close_all(self) -> None:
+        for conn in list(self.idle):
+            self._drop(conn)
+        while True:
+            try:
+                conn, _ = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            conn.close()
+        for _ in self.workers:
+            self.requests.put(None)
+        self.selector.close()
+        self._wake.close()
+        self._waker.close()
+
+
 class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``addr``, served on a thread (see the module note)."""
 
@@ -215,11 +341,11 @@ class HealthServer:
         self.metrics = make_wsgi_app(registry)
         host, port = addr
         try:
-            self.httpd = make_server(host, port, self.app, ThreadingWSGIServer, handler_class=_QuietHandler)
+            self.httpd = make_server(host, port, self.app, BoundedWSGIServer, handler_class=_QuietHandler)
         except OSError as exc:
             raise ConfigError(f"--healthz-addr {host}:{port}: cannot listen: {exc.strerror}") from None
         self.address = self.httpd.server_address[:2]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="overlayd-healthz", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve, name="overlayd-healthz", daemon=True)
         self.thread.start()
 
     def app(self, environ, start_response):
@@ -239,7 +365,10 @@ class HealthServer:
         return [f"{problem or 'ok'}\n".encode()]
 
     def close(self) -> None:
-        """Stop serving and release the port (blocks up to half a second: call it off the loop)."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop serving and release the port (blocks briefly: call it off the loop). A request
+        being served finishes on its worker (within :data:`READ_TIMEOUT` per read or write)."""
+        self.httpd.stop()
         self.thread.join(5)
+        self.httpd.server_close()
+        for worker in self.httpd.workers:
+            worker.join(READ_TIMEOUT)

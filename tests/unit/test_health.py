@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import overlayd
 import overlayd.daemon
+from overlayd import health
 from overlayd.cli.daemon import cli as daemon_cli
 from overlayd.daemon import Daemon, DaemonOptions
 from overlayd.errors import ConfigError
@@ -135,6 +138,66 @@ def test_healthz_flags_a_loop_that_never_beat_once_its_grace_is_over():
 
 def test_other_paths_are_404(server):
     assert get(server, "/")[0] == 404
+
+
+# -- a flood of connections (issue 16.4) ----------------------------------------------------------
+
+@pytest.fixture
+def clients():
+    """Open TCP connections to a server, each bounded by a timeout; all closed at teardown."""
+    opened: list[socket.socket] = []
+
+    def connect(address, count: int = 1) -> list[socket.socket]:
+        for _ in range(count):
+            opened.append(socket.create_connection(address, timeout=5))
+        return opened[-count:]
+
+    yield connect
+    for sock in opened:
+        sock.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_flood_of_idle_connections_leaves_threads_bounded_and_healthz_answering(server, state, clients):
+    """1,000 half-open connections made 1,012 threads (one per connection, forever). Now a
+    fixed pool serves requests and idle connections are capped: 300 of them add no thread,
+    hold a bounded number of descriptors, and /healthz answers at once behind them."""
+    get(server, "/healthz")  # the server's own threads are up
+    threads, fds = threading.active_count(), open_fds()
+    clients(server.address, 300)  # connected, never a byte sent
+    state.liveness.beats["control loop"].last = started = time.monotonic()  # the fake loop is alive
+    assert get(server, "/healthz") == (200, "ok\n")  # accepted after all 300 (one backlog, in order)
+    assert time.monotonic() - started < 5
+    assert threading.active_count() <= threads + 2  # was + 300
+    server_fds = open_fds() - fds - 300  # the 300 client ends are ours
+    assert server_fds <= health.MAX_IDLE_CONNECTIONS
+    assert get(server, "/readyz")[0] == 503 and metrics(server)["overlayd_ready"]
+
+
+def read_until_closed(sock: socket.socket, within: float) -> bytes:
+    """What the server sends until it closes ``sock``; fails when it is still open after ``within``."""
+    sock.settimeout(within)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.0\r\n"])  # silent; a request never finished
+def test_a_connection_that_does_not_send_its_request_is_closed(monkeypatch, state, clients, sent):
+    monkeypatch.setattr(health, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(health, "READ_TIMEOUT", 0.3)
+    srv = HealthServer(("127.0.0.1", 0), state)
+    try:
+        (sock,) = clients(srv.address)
+        sock.sendall(sent)
+        assert read_until_closed(sock, within=5) == b""  # closed without an answer (socket.timeout if never)
+        assert get(srv, "/healthz") == (200, "ok\n")
+    finally:
+        srv.close()
 
 
 # -- /metrics ---------------------------------------------------------------------------------
