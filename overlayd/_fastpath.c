@@ -265,23 +265,37 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
 
 /* ---- Python API: userspace VXLAN (parity with overlayd.dataplane.codecs.VxlanCodec) -- */
 
-static int vni_ok(unsigned long vni)
+#define VNI_MAX 0xFFFFFF
+
+/* An "O&" converter: a VNI argument, an int in 0..VNI_MAX (encap.vxlan.VNI_MAX), into *(uint32_t *)out.
+ * Anything else is refused whole (TypeError, or ValueError however large or negative the int), never
+ * masked or wrapped into range. */
+static int vni_arg(PyObject *obj, void *out)
 {
-    if (vni > 0xFFFFFFul) {
-        PyErr_Format(PyExc_ValueError, "VNI %lu is outside 0..16777215", vni);
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "a VNI is an int, not %.100s", Py_TYPE(obj)->tp_name);
         return 0;
     }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return 0;
+    if (overflow || v < 0 || v > VNI_MAX) {
+        PyErr_Format(PyExc_ValueError, "VNI %S is outside 0..%d", obj, VNI_MAX);
+        return 0;
+    }
+    *(uint32_t *)out = (uint32_t)v;
     return 1;
 }
 
 static PyObject *py_classify_tap_outbound(PyObject *self, PyObject *args)
 {
     Py_buffer fb;
-    unsigned long vni;
+    uint32_t vni;
     PyObject *table, *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*kO:classify_tap_outbound", &fb, &vni, &table))
+    if (!PyArg_ParseTuple(args, "y*O&O:classify_tap_outbound", &fb, vni_arg, &vni, &table))
         return NULL;
-    peer_table_t *t = vni_ok(vni) ? table_from(table, 0) : NULL;
+    peer_table_t *t = table_from(table, 0);
     unsigned char *buf = t ? PyMem_Malloc(VXLAN_HDR_LEN + (size_t)fb.len) : NULL;
     if (t != NULL && buf == NULL)
         PyErr_NoMemory();
@@ -293,7 +307,7 @@ static PyObject *py_classify_tap_outbound(PyObject *self, PyObject *args)
         if (v != V_OK) {
             result = PyUnicode_FromString(reason_names[v]);
         } else {
-            PyObject *payload = PyBytes_FromStringAndSize((const char *)vxlan_encapsulate(f, r, (uint32_t)vni),
+            PyObject *payload = PyBytes_FromStringAndSize((const char *)vxlan_encapsulate(f, r, vni),
                                                           VXLAN_HDR_LEN + fb.len);
             result = payload ? routed(table, r, payload) : NULL;
             Py_XDECREF(payload);
@@ -309,10 +323,11 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
 {
     Py_buffer db, mb;
     PyObject *sender_ip, *table, *result = NULL;
-    unsigned long vni, mtu = PKT_MAX;
+    uint32_t vni;
+    unsigned long mtu = PKT_MAX;
     unsigned long long subnet, mask;
-    if (!PyArg_ParseTuple(args, "y*OKy*KKO|k:classify_vxlan_inbound", &db, &sender_ip, &vni, &mb, &subnet, &mask,
-                          &table, &mtu))
+    if (!PyArg_ParseTuple(args, "y*OO&y*KKO|k:classify_vxlan_inbound", &db, &sender_ip, vni_arg, &vni, &mb, &subnet,
+                          &mask, &table, &mtu))
         return NULL;
     peer_table_t *t = NULL;
     unsigned char *d = NULL;
@@ -320,7 +335,7 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "own_mac is 6 bytes");
     else if (mtu > PKT_MAX)
         PyErr_Format(PyExc_ValueError, "mtu %lu is beyond %d", mtu, PKT_MAX);
-    else if (vni_ok(vni) && (t = table_from(table, 0)) != NULL && (d = PyMem_Malloc(db.len > 0 ? (size_t)db.len : 1)) == NULL)
+    else if ((t = table_from(table, 0)) != NULL && (d = PyMem_Malloc(db.len > 0 ? (size_t)db.len : 1)) == NULL)
         PyErr_NoMemory();
     if (d != NULL) {
         memcpy(d, db.buf, (size_t)db.len);
@@ -328,7 +343,7 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
         int parsed, canonical;
         parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
         vnet_hdr_t h = {0};
-        int v = vxlan_inbound(t, d, (size_t)db.len, canonical, ip, (uint32_t)vni, mb.buf, (uint32_t)subnet,
+        int v = vxlan_inbound(t, d, (size_t)db.len, canonical, ip, vni, mb.buf, (uint32_t)subnet,
                               (uint32_t)mask);
         if (v == V_OK)
             v = vxlan_tap_frame(d + VXLAN_HDR_LEN, (size_t)db.len - VXLAN_HDR_LEN, (unsigned)mtu, &h);
@@ -539,7 +554,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
     unsigned long long subnet, mask;
     PyObject *table, *vni_obj = Py_None;
     Py_buffer mac = {0};
-    unsigned long vni = 0;
+    uint32_t vni = 0;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
@@ -549,8 +564,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         return -1;
     int vxlan = vni_obj != Py_None, bad = 0;
     if (vxlan) {  /* a tap speaking VXLAN */
-        vni = PyLong_AsUnsignedLong(vni_obj);
-        bad = PyErr_Occurred() || !vni_ok(vni);
+        bad = !vni_arg(vni_obj, &vni);
         if (!bad && (mac.buf == NULL || mac.len != MAC_LEN)) {
             PyErr_SetString(PyExc_ValueError, "a VXLAN engine needs own_mac (6 bytes)");
             bad = 1;
@@ -587,7 +601,7 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (vxlan)
-        engine_set_vxlan(&self->engine, (uint32_t)vni, self->mac, vnet ? (unsigned)mtu : PKT_MAX);
+        engine_set_vxlan(&self->engine, vni, self->mac, vnet ? (unsigned)mtu : PKT_MAX);
     self->ready = 1;
     return 0;
 }

@@ -566,6 +566,10 @@ int engine_start(engine_t *e)
     uint64_t drain;
     while (read(e->stop_fd, &drain, sizeof(drain)) > 0)
         continue;
+    pthread_mutex_lock(&e->lock);  /* a failure belongs to the threads that had it, not to the new ones */
+    e->failed = e->error_errno = 0;
+    e->error_where = NULL;
+    pthread_mutex_unlock(&e->lock);
     /* UDP_GRO takes a peer's UDP GSO sends whole (a kernel without it, < 5.0, splits them). Not on the
      * VXLAN wire: a kernel VTEP sends a pod's UDP GSO superpacket (QUIC stacks use UDP_SEGMENT) as one
      * VXLAN datagram, which a UDP_GRO socket takes whole too, with the INNER segment size in the cmsg,

@@ -70,7 +70,8 @@ int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uin
 void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac, unsigned tap_mtu);
 /* Make t (one reference handed over) the table every later batch uses. */
 void engine_set_table(engine_t *e, peer_table_t *t);
-/* Start the threads: 0 or an errno. Turns UDP_GRO on for sock_fd on the UDP wire, off on VXLAN's. */
+/* Start the threads: 0 or an errno. Clears the failure earlier threads recorded (engine_t.failed). Turns
+ * UDP_GRO on for sock_fd on the UDP wire, off on VXLAN's. */
 int engine_start(engine_t *e);
 /* Wake and join the threads (no-op when not running). */
 void engine_stop(engine_t *e);

@@ -99,7 +99,11 @@ class FastDataPlane(DataPlane):
         self.sock.setblocking(False)
         self.engine.set_peers(self.codec.table)
         loop.add_reader(self.engine.notify_fd, self._engine_news)
-        self.engine.start()
+        try:
+            self.engine.start()
+        except BaseException:  # no threads: nothing to watch either
+            loop.remove_reader(self.engine.notify_fd)
+            raise
 
     def stop(self) -> None:
         """Stop and join the threads (the fds stay open: their owner closes them)."""

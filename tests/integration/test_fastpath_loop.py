@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import select
 import socket
 import struct
 import threading
@@ -316,6 +318,49 @@ async def test_a_failed_thread_ends_the_plane(rigs):
     rig.dev_ours.close()  # the device fd goes away under the tun reader (poll: POLLNVAL)
     with pytest.raises(PlumbingError, match="device reader"):
         await asyncio.wait_for(rig.plane.ended, 3)
+
+
+def test_a_restarted_engine_does_not_report_the_old_failure(rigs):
+    rig = rigs()
+    engine = rig.plane.engine
+    fresh_ours, fresh = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    engine.start()
+    fd = rig.dev_ours.detach()
+    os.close(fd)  # the tun reader fails (POLLNVAL) and says so through notify_fd
+    assert select.select([engine.notify_fd], [], [], 3)[0] and engine.error() is not None
+    engine.stop()
+    os.dup2(fresh_ours.fileno(), fd)  # the engine's fd is a device again
+    os.set_blocking(fd, False)
+    rig.dev_ours = socket.socket(fileno=fd)
+    engine.start()
+    assert engine.error() is None
+    pkt = ipv4("10.244.1.5", "10.244.2.7")
+    fresh.send(pkt)
+    assert rig.peers["127.0.0.2"].recv(100) == pkt and engine.error() is None
+    for s in (fresh_ours, fresh):
+        s.close()
+
+
+class FailingStart:
+    """An Engine whose start() fails (e.g. no threads left), otherwise the real one."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def start(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+
+async def test_a_failed_start_leaves_no_reader_on_the_loop(rigs):
+    rig = rigs()
+    loop = asyncio.get_running_loop()
+    rig.plane.engine = FailingStart(rig.plane.engine)
+    with pytest.raises(OSError):
+        rig.plane.start(loop)
+    assert not loop.remove_reader(rig.plane.engine.notify_fd)  # False: nothing was left registered
 
 
 async def test_superpackets_through_a_vnet_hdr_device(rigs):

@@ -272,6 +272,21 @@ def test_tap_outbound_rewrites_to_the_vtep_mac(vtable):
         fastpath.classify_tap_outbound(frame, 1 << 24, vtable)
 
 
+@pytest.mark.parametrize("vni", [-1, 1 << 24, (1 << 64) + VNI, (1 << 32) + VNI, -(1 << 64) + VNI])
+def test_a_vni_outside_24_bits_is_refused_everywhere(vtable, vni):
+    """Not masked to an unsigned long (2**64 + 1 was VNI 1), nor wrapped: one clear ValueError."""
+    frame = eth(ipv4("10.244.1.5", "10.244.3.9"), dst=OWN_MAC, src=OWN_MAC)
+    payload = bytes([8, 0, 0, 0, 0, 0, VNI, 0]) + frame
+    calls = [lambda: fastpath.classify_tap_outbound(frame, vni, vtable),
+             lambda: fastpath.classify_vxlan_inbound(payload, "198.18.0.13", vni, OWN_MAC, SUBNET_INT, MASK, vtable),
+             lambda: fastpath.Engine(-1, -1, 8472, SUBNET_INT, MASK, vtable, vni=vni, own_mac=OWN_MAC)]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"^VNI {vni} is outside 0\.\.16777215$"):
+            call()
+    with pytest.raises(TypeError):
+        fastpath.classify_tap_outbound(frame, float(VNI), vtable)
+
+
 def test_vxlan_inbound_vectors(vtable):
     srcs = ["10.244.2.7", "10.244.3.7", "10.244.5.7", "10.244.6.7", "10.244.1.7", "8.8.8.8"]
     dsts = ["10.244.1.5", "10.244.1.0", "10.244.1.255", "10.244.2.5"]
