@@ -69,6 +69,20 @@ def _ifreq(name: str, what: str, request: int, payload: bytes, verb: str = "set"
             raise PlumbingError(f"cannot {verb} {what} on {name}: {exc.strerror}") from None
 
 
+def _configured(fd: int, name: str, mtu: int, mac: str | None = None) -> int:
+    """``fd`` (device ``name``) once its MAC (a tap's, when given) and ``mtu`` are set; on failure
+    it is closed, and with it the non-persistent device, before the error is raised."""
+    try:
+        if mac is not None:
+            hwaddr = struct.pack("H", ARPHRD_ETHER) + bytes.fromhex(mac.replace(":", ""))
+            _ifreq(name, f"MAC {mac}", SIOCSIFHWADDR, hwaddr.ljust(24, b"\0"))
+        _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_tun(name: str, mtu: int, vnet_hdr: bool = False, offload: bool = False) -> int:
     """A tun device ``name`` (IFF_TUN|IFF_NO_PI) with ``mtu``; returns its fd.
 
@@ -78,9 +92,7 @@ def open_tun(name: str, mtu: int, vnet_hdr: bool = False, offload: bool = False)
     (TUNSETOFFLOAD: CSUM, TSO4, TSO6); only a reader that segments them
     (the C engine) may ask for it.
     """
-    fd = _open_offloaded(name, IFF_TUN, vnet_hdr, offload)
-    _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
-    return fd
+    return _configured(_open_offloaded(name, IFF_TUN, vnet_hdr, offload), name, mtu)
 
 
 def open_tap(name: str, mac: str, mtu: int, vnet_hdr: bool = False, offload: bool = False) -> int:
@@ -90,11 +102,7 @@ def open_tap(name: str, mac: str, mtu: int, vnet_hdr: bool = False, offload: boo
     then carry Ethernet frames behind the virtio header, whose checksum
     offsets count from the frame's start.
     """
-    fd = _open_offloaded(name, IFF_TAP, vnet_hdr, offload)
-    hwaddr = struct.pack("H", ARPHRD_ETHER) + bytes.fromhex(mac.replace(":", ""))
-    _ifreq(name, f"MAC {mac}", SIOCSIFHWADDR, hwaddr.ljust(24, b"\0"))
-    _ifreq(name, f"MTU {mtu}", SIOCSIFMTU, struct.pack("i", mtu).ljust(24, b"\0"))
-    return fd
+    return _configured(_open_offloaded(name, IFF_TAP, vnet_hdr, offload), name, mtu, mac)
 
 
 def device_mtu(fd: int) -> int:
