@@ -26,10 +26,10 @@ from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
 from .backend.userspace import UserspaceBackend
-from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreUnavailable, TaskDied
+from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreRetryable, TaskDied
 from .lease.connectivity import Backoff, Connectivity
 from .lease.etcd import EtcdCredentials, EtcdStore
-from .lease.manager import LeaseManager, follow_peers
+from .lease.manager import LeaseManager, follow_peers, thaw_grace
 from .lease.model import Lease, config_key
 from .netconf import NetworkConfig, parse_config
 from .plumbing import guard, nft, sysctl
@@ -92,7 +92,7 @@ async def wait_for_config(store, prefix: str, sleep=asyncio.sleep) -> NetworkCon
                        "(write one with 'overlayctl config set FILE')")
             else:
                 return parse_config(raw)
-        except StoreUnavailable as exc:
+        except StoreRetryable as exc:
             report(f"{exc}; retrying")
         except ConfigError as exc:
             report(f"invalid network config at {config_key(prefix)}: {exc}; waiting for a fix")
@@ -100,12 +100,13 @@ async def wait_for_config(store, prefix: str, sleep=asyncio.sleep) -> NetworkCon
 
 
 async def retry_unavailable(fn, what: str, sleep=asyncio.sleep):
-    """``await fn()``, retrying with backoff while etcd is unreachable."""
+    """``await fn()``, retrying with jittered backoff while etcd is unreachable or busy
+    (:class:`StoreRetryable`)."""
     backoff, report = Backoff(), _Reporter()
     while True:
         try:
             return await fn()
-        except StoreUnavailable as exc:
+        except StoreRetryable as exc:
             report(f"{what}: {exc}; retrying")
             await sleep(backoff.next())
 
@@ -291,7 +292,7 @@ class Daemon:
             "etcd probe": self.connectivity.run(),
             "lease renewal": manager.keep_renewed(lease, self.connectivity, self._renewed),
             "peer watch": follow_peers(self.store, watcher, self._peers_changed, self.connectivity,
-                                       on_own=self._own_key_seen),
+                                       on_own=self._own_key_seen, grace=thaw_grace(opts.lease_ttl)),
             "data plane": backend.run(),
             "status file": self._status_loop(),
             "resync": self._resync_loop(),
@@ -406,6 +407,10 @@ class Daemon:
         for lease in batch.ignored:
             log.warning("ignoring lease %s on %s: not a /%d inside %s", lease.subnet, lease.public_ip,
                         self.backend.config.subnet_len, self.backend.config.network)
+        for lease in batch.held:
+            log.info("peer %s on %s: its key expired with etcd's outage; its route stays until its "
+                     "owner puts the key back (or for %.0fs)", lease.subnet, lease.public_ip,
+                     thaw_grace(self.options.lease_ttl))
         for lease in batch.removed:
             log.info("peer gone: %s on %s", lease.subnet, lease.public_ip)
             self.peers_seen.pop(lease.subnet, None)

@@ -22,8 +22,17 @@ class StoreError(OverlayError):
     """The key-value store (etcd) failed or cannot be reached."""
 
 
-class StoreUnavailable(StoreError):
-    """The store did not answer (connection refused, timeout): worth retrying."""
+class StoreRetryable(StoreError):
+    """A transient store failure (etcd busy, a leader election, a timeout): retry with backoff.
+
+    Which etcd errors are transient, which mean a lost lease (:class:`LeaseError`) and
+    which are fatal (a plain :class:`StoreError`) is decided in one place:
+    :func:`overlayd.lease.etcd.classify`.
+    """
+
+
+class StoreUnavailable(StoreRetryable):
+    """The store did not answer (connection refused, timeout): wait until it does."""
 
 
 class WatchReset(StoreError):

@@ -84,10 +84,10 @@ class CountingLeaseWatcher(LeaseWatcher):
 
     listings = 0
 
-    def reset(self, snapshot, revision):
+    def reset(self, snapshot, revision, thaw=None):
         """As :meth:`LeaseWatcher.reset`, counted."""
         self.listings += 1
-        return super().reset(snapshot, revision)
+        return super().reset(snapshot, revision, thaw)
 
     @property
     def resets(self) -> int:

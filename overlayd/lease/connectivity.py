@@ -13,6 +13,11 @@ once and "etcd back" once per outage; the renew and watch loops wait on it
 instead of sleeping through their own backoff, and are woken the instant
 etcd is back (the renew loop renews at once then).
 
+A broken watch is not an outage by itself: the peer watch asks :meth:`Connectivity.check`,
+which probes at once; only a failed probe marks etcd unreachable. A watch that
+keeps breaking while etcd answers is the watch loop's business (it backs off
+and says so once), not an "etcd unreachable"/"etcd back" pair per break.
+
 Time enters only through the ``sleep`` callable and the random source.
 """
 
@@ -24,7 +29,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreRetryable, StoreUnavailable
 
 log = logging.getLogger("overlayd")
 
@@ -74,6 +79,17 @@ async def sleep_or(event: asyncio.Event, delay: float,
     return waiter in done
 
 
+async def wait_to_retry(exc: StoreRetryable, connectivity: "Connectivity", backoff: Backoff,
+                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """After a transient failure: wait until etcd answers again when it did not answer,
+    else (it answered "busy") one jittered ``backoff`` step."""
+    if isinstance(exc, StoreUnavailable):
+        connectivity.failed(exc)
+        await connectivity.wait_up()
+    else:
+        await sleep(backoff.next())
+
+
 class Connectivity:
     """Tracks whether etcd answers; see the module note."""
 
@@ -92,6 +108,7 @@ class Connectivity:
         self._up_event.set()
         self._kick = asyncio.Event()
         self._down_since = 0.0
+        self._back_at: float | None = None  # when etcd last answered again after an outage
         self._listeners: list[asyncio.Event] = []
 
     def notify_on_return(self, event: asyncio.Event) -> None:
@@ -115,10 +132,28 @@ class Connectivity:
             return
         self.up = True
         self.reconnects += 1
-        log.warning("etcd back after %.0fs", self.clock() - self._down_since)
+        self._back_at = self.clock()
+        log.warning("etcd back after %.0fs", self._back_at - self._down_since)
         self._up_event.set()
         for event in self._listeners:
             event.set()
+
+    def recently_down(self, window: float) -> bool:
+        """Whether etcd is unreachable now or answered again at most ``window`` seconds ago."""
+        return not self.up or (self._back_at is not None and self.clock() - self._back_at <= window)
+
+    async def check(self, exc: BaseException) -> bool:
+        """A call failed with ``exc``: probe now. True when etcd answers (the failure was the
+        call's own); False when it does not, and etcd is marked unreachable."""
+        if self.up:
+            try:
+                await self.probe()
+            except StoreError as probe_exc:
+                self.failed(probe_exc)
+            else:
+                return True
+        self.failed(exc)
+        return False
 
     async def wait_up(self) -> None:
         """Return once etcd answers (at once if it does now)."""

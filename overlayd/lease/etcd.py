@@ -48,12 +48,23 @@ Design notes (what aetcd leaves to us, measured against Debian's etcd 3.4.23):
   ``FAILOVER_AFTER`` seconds, the last one the full timeout; leaving an
   endpoint also drops the watch channel on it, so the watch re-lists and
   resumes on the live member instead of waiting ~15 s for gRPC keepalives.
+* Errors are classified once, by :func:`classify` (issue 16): a call that got
+  no answer fails over and ends as :class:`StoreUnavailable`; an answer that
+  is transient (``too many requests``, ``database space exceeded`` until an
+  operator compacts, an aborted or unknown status) is :class:`StoreRetryable`;
+  ``requested lease not found`` (a renewal or revoke racing an expiry) is a
+  :class:`LeaseError`, which the renew loop answers by re-acquiring its
+  subnet; anything else (permission denied, invalid argument) is a fatal
+  :class:`StoreError`. Renewal, startup and the peer watch all retry the
+  first two with jittered backoff; before, every answer but "unavailable"
+  became a StoreError that stopped the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import ipaddress
 import logging
 import os
@@ -72,7 +83,7 @@ import grpc  # noqa: E402
 from aetcd import rpc, watcher  # noqa: E402
 from aetcd.client import _handle_errors  # noqa: E402
 
-from ..errors import ConfigError, LeaseError, StoreError, StoreUnavailable, WatchReset
+from ..errors import ConfigError, LeaseError, StoreError, StoreRetryable, StoreUnavailable, WatchReset
 from .model import (DEFAULT_PREFIX, Lease, LeaseAttrs, config_key, parse_subnet_key,
                     subnet_key, subnets_prefix)
 from .watcher import LeaseEvent
@@ -84,6 +95,59 @@ FAILOVER_AFTER = 2.0  # seconds one endpoint gets while others remain (see the m
 
 _UNAVAILABLE = (aex.ConnectionFailedError, aex.ConnectionTimeoutError, asyncio.TimeoutError,
                 aex.WatchTimeoutError, aex.InternalError)
+
+class Verdict(enum.Enum):
+    """What an etcd error means for the caller (see the module note)."""
+
+    RETRY = "retry"  # transient: retry with jittered backoff
+    LOST_LEASE = "lost lease"  # the etcd lease is gone: re-acquire the subnet
+    FATAL = "fatal"  # will not fix itself: stop with one line
+
+
+# gRPC statuses worth retrying (grpc's own retry guidance, and what etcd returns for a busy or
+# electing cluster: "too many requests" and "database space exceeded" are RESOURCE_EXHAUSTED,
+# "leader changed"/"no leader"/"request timed out" UNAVAILABLE).
+RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
+                             "INTERNAL", "UNKNOWN", "CANCELLED"})
+
+
+def classify(code: str, message: str) -> Verdict:
+    """The verdict on an etcd error from its gRPC status name and message. Pure."""
+    if code == "NOT_FOUND" and "lease not found" in message:
+        return Verdict.LOST_LEASE
+    return Verdict.RETRY if code in RETRYABLE_CODES else Verdict.FATAL
+
+
+# aetcd turns gRPC statuses into these classes (keeping the AioRpcError as __cause__ when it had one)
+_CODE_OF_CLASS = (
+    (aex.RevisionCompactedError, "OUT_OF_RANGE"), (aex.DuplicateLeaseError, "ALREADY_EXISTS"),
+    (aex.ConnectionFailedError, "UNAVAILABLE"), (aex.ConnectionTimeoutError, "DEADLINE_EXCEEDED"),
+    (aex.WatchTimeoutError, "DEADLINE_EXCEEDED"), (aex.InternalError, "INTERNAL"),
+    (aex.InvalidArgumentError, "INVALID_ARGUMENT"), (aex.UnauthenticatedError, "UNAUTHENTICATED"),
+    (aex.PreconditionFailedError, "FAILED_PRECONDITION"),
+)
+
+
+def status_of(exc: BaseException) -> tuple[str, str]:
+    """``(gRPC status name, message)`` of an error raised by aetcd."""
+    cause = exc.__cause__
+    if isinstance(cause, grpc.aio.AioRpcError):
+        return cause.code().name, cause.details() or ""
+    code = next((name for cls, name in _CODE_OF_CLASS if isinstance(exc, cls)), "UNKNOWN")
+    return code, str(exc)
+
+
+def store_error(exc: aex.ClientError) -> StoreError | LeaseError:
+    """The typed error for an etcd error that came with an answer (see :func:`classify`)."""
+    code, message = status_of(exc)
+    text = _short(exc)
+    verdict = classify(code, message)
+    if verdict is Verdict.LOST_LEASE:
+        return LeaseError(f"etcd lease gone: {text}")
+    if verdict is Verdict.RETRY:
+        return StoreRetryable(f"etcd busy ({code.lower()}): {text}")
+    return StoreError(f"etcd error: {text}")
+
 
 # gRPC channel options. Keepalives so that a dead etcd eventually breaks an idle
 # watch stream (the Connectivity probe notices much sooner). Each channel gets
@@ -328,7 +392,7 @@ class EtcdStore:
                 await self._drop_client(role)
                 continue
             except aex.ClientError as exc:
-                raise StoreError(f"etcd error: {_short(exc)}") from None
+                raise store_error(exc) from None
             await self._leave(index)
             attempts -= 1
         what = "etcd TLS handshake failed" if all_tls else "etcd unreachable"
@@ -338,6 +402,17 @@ class EtcdStore:
         """One cheap read that fails with :class:`StoreUnavailable` when etcd does not answer."""
         await self._call(lambda c: c.get(config_key(self.prefix).encode()),
                          timeout=min(self.timeout, PROBE_TIMEOUT))
+
+    async def live_lease_ids(self) -> frozenset[int]:
+        """The IDs of every etcd lease alive now (one LeaseLeases call, whatever their number)."""
+        async def op(c):
+            try:
+                reply = await c.leasestub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=c._timeout,
+                                                      metadata=c.metadata)
+            except grpc.aio.AioRpcError as exc:
+                aex._handle_exception(exc)  # raises aetcd's error for it, as its own calls do
+            return frozenset(l.ID for l in reply.leases)
+        return await self._call(op)
 
     async def get_config(self) -> bytes | None:
         res = await self._call(lambda c: c.get(config_key(self.prefix).encode()))
@@ -444,9 +519,11 @@ class EtcdStore:
 
         try:
             return await self._call(op)
-        except StoreError:  # unreachable, or an error after the grant: its fate is unknown
+        except (StoreError, LeaseError) as exc:  # unreachable, or an error after the grant: its fate is unknown
             if lease_id:  # granted or not, bound or not: settled once etcd answers again
                 self._unsettled.add(lease_id)
+            if isinstance(exc, LeaseError):  # our fresh grant expired under the create: try again
+                raise StoreRetryable(f"creating {subnet}: {exc}") from None
             raise
 
     async def create_lease(self, subnet, attrs, ttl, reclaim_invalid: bool = False):
@@ -500,9 +577,8 @@ class EtcdStore:
             return False
         try:
             await self._call(lambda c: c.revoke_lease(lease.handle))
-        except StoreError as exc:
-            if "not found" not in str(exc):  # expired already: nothing left to give up
-                raise
+        except LeaseError:
+            pass  # expired already: nothing left to give up
         return True
 
     async def reserve(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs) -> Lease:
@@ -549,9 +625,12 @@ class EtcdStore:
                     yield [event]
         except aex.RevisionCompactedError as exc:
             raise WatchReset(f"watch revision compacted: {exc}") from None
-        except (*_UNAVAILABLE, aex.ClientError) as exc:
+        except _UNAVAILABLE as exc:
             await self._drop_client("watch")
             raise StoreUnavailable(f"etcd watch broke: {_short(exc)}") from None
+        except aex.ClientError as exc:
+            await self._drop_client("watch")
+            raise store_error(exc) from None
         except asyncio.CancelledError:
             if _really_cancelled():
                 raise

@@ -29,24 +29,76 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from ..errors import LeaseError, StoreError, StoreUnavailable, WatchReset
+from ..errors import LeaseError, StoreError, StoreRetryable, StoreUnavailable, WatchReset
 from ..netconf import NetworkConfig
 from .allocator import choose_subnet, is_free
-from .connectivity import Backoff, Connectivity, sleep_or
+from .connectivity import Backoff, Connectivity, sleep_or, wait_to_retry
 from .model import Lease, LeaseAttrs
 from .store import Store
-from .watcher import Batch, LeaseEvent, LeaseWatcher
+from .watcher import Batch, LeaseEvent, LeaseWatcher, Thaw
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600
 MAX_RENEW_MARGIN = 3600
 RESERVATION_CHECK = 600  # seconds between checks that a reservation (no TTL) is still ours
+RENEW_RETRY_CAP = 5.0  # longest pause between renewals etcd answered "busy"
+THAW_GRACE_MIN, THAW_GRACE_MAX = 5.0, 30.0
+WATCH_STEADY = 30.0  # a watch that lived this long before breaking was not flapping
+WATCH_FLAPS = 3  # short-lived watches in a row that make a flapping watch
+WATCH_RETRY_CAP = 5.0  # longest pause before re-listing a flapping watch
 
 
 def renew_margin(ttl: float) -> float:
     """How long before expiry to renew: min(60 min, TTL/3)."""
     return min(MAX_RENEW_MARGIN, ttl / 3)
+
+
+def thaw_grace(ttl: float) -> float:
+    """How long a peer whose key expired around an etcd outage keeps its route: one renew
+    margin of the cluster's TTL, within [5 s, 30 s]. Owners put their keys back the moment
+    their own probe sees etcd again (2 s apart at most, jittered) plus one round trip."""
+    return min(THAW_GRACE_MAX, max(THAW_GRACE_MIN, renew_margin(ttl)))
+
+
+class WatchFlaps:
+    """Tells a flapping peer watch from one that broke once. Pure: time is passed in.
+
+    A watch that lived :data:`WATCH_STEADY` seconds broke once: re-list at once. Watches
+    that break sooner back off (jittered, doubling up to :data:`WATCH_RETRY_CAP`); the
+    :data:`WATCH_FLAPS`-th short one in a row is reported, once per flapping episode.
+    """
+
+    def __init__(self, rng: random.Random | None = None):
+        self.backoff = Backoff(first=0.1, cap=WATCH_RETRY_CAP, rng=rng)
+        self.since = 0.0  # when the current watch started
+        self.short = 0  # short-lived watches in a row
+        self.breaks = 0  # breaks since the watch was last steady
+
+    def started(self, now: float) -> None:
+        """A listing succeeded and a watch starts."""
+        self.since = now
+
+    def steady(self) -> None:
+        """The watch ended for a reason of its own (etcd was away): not a flap."""
+        self.short = self.breaks = 0
+        self.backoff.reset()
+
+    def broke(self, now: float, exc: BaseException) -> tuple[float, str | None]:
+        """The pause before re-listing, and a line to log (None: nothing new to say)."""
+        self.breaks += 1
+        if now - self.since >= WATCH_STEADY:
+            self.steady()
+            self.breaks = 1
+            return 0.0, f"peer watch broke ({exc}); re-listing"
+        self.short += 1
+        delay = self.backoff.next()
+        if self.short == WATCH_FLAPS:
+            return delay, (f"peer watch keeps breaking while etcd answers ({self.breaks} times, "
+                           f"last: {exc}); re-listing with backoff up to {WATCH_RETRY_CAP:g}s")
+        if self.short < WATCH_FLAPS:
+            return delay, f"peer watch broke ({exc}); re-listing in {delay:.1f}s"
+        return delay, None
 
 
 class LeaseManager:
@@ -155,14 +207,16 @@ class LeaseManager:
         """
         self.lease = lease
         connectivity.notify_on_return(self.wake)
+        busy = Backoff(first=0.25, cap=RENEW_RETRY_CAP, rng=self.rng)
         while True:
             await sleep_or(self.wake, self.renew_delay(lease), self.sleep)
             self.wake.clear()
             try:
                 renewed = await self.store.renew_lease(lease)
-            except StoreUnavailable as exc:
-                connectivity.failed(exc)
-                await connectivity.wait_up()
+            except StoreRetryable as exc:
+                if not isinstance(exc, StoreUnavailable):
+                    log.warning("renewing %s: %s; retrying", lease.subnet, exc)
+                await wait_to_retry(exc, connectivity, busy, self.sleep)
                 self.wake.set()  # renew the moment etcd answers
                 continue
             except LeaseError as exc:
@@ -171,17 +225,18 @@ class LeaseManager:
                 log.warning("lease on %s is ours again", renewed.subnet)
             if renewed.expiration is not None:
                 log.debug("renewed %s, expires in %.0fs", renewed.subnet, renewed.expiration - self.clock())
+            busy.reset()
             lease = self.lease = renewed
             if on_renew is not None:
                 on_renew(lease)
 
     async def _reacquire(self, subnet: ipaddress.IPv4Network, connectivity: Connectivity) -> Lease:
+        busy = Backoff(first=0.25, cap=RENEW_RETRY_CAP, rng=self.rng)
         while True:  # etcd tends to flap exactly when leases expire: outlast it
             try:
                 return await self.acquire(only=subnet)
-            except StoreUnavailable as exc:
-                connectivity.failed(exc)
-                await connectivity.wait_up()
+            except StoreRetryable as exc:
+                await wait_to_retry(exc, connectivity, busy, self.sleep)
             except LeaseError as exc:
                 raise LeaseError(f"lost subnet {subnet}: {exc}; restarting") from None
 
@@ -190,7 +245,8 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
                        on_batch: Callable[[Batch], Awaitable[None] | None],
                        connectivity: Connectivity,
                        on_own: Callable[[Lease | None], None] | None = None,
-                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                       grace: float = 0.0, rng: random.Random | None = None) -> None:
     """Keep ``watcher``'s peer table in step with the store, forever.
 
     List, apply the difference, watch from the listing's revision; when the
@@ -199,34 +255,81 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
     again and apply only the difference, so no peer is lost or reported
     twice. ``on_own`` gets our own key whenever a listing or an event shows
     it (None when it is absent or no longer decodes).
+
+    With ``grace``, a peer whose key vanishes while etcd is away or within
+    ``grace`` seconds of its return, with its etcd lease gone, keeps its route
+    for ``grace`` seconds or until its owner puts the key back (see
+    :mod:`.watcher`). A watch that breaks while etcd answers is re-listed
+    with backoff (:class:`WatchFlaps`). A fatal store error ends the loop.
     """
     own = watcher.own_subnet
-    backoff = Backoff(first=0.1, cap=5.0)
-    while True:
+    clock = connectivity.clock
+    flaps = WatchFlaps(rng)
+    lock = asyncio.Lock()  # one batch at a time: the watch's and the grace timer's
+    held = asyncio.Event()  # set: a peer was held, the timer looks at its deadline
+
+    async def thaw(vanishing: list[Lease]) -> Thaw | None:
+        if grace <= 0 or not vanishing or not connectivity.recently_down(grace):
+            return None
         try:
-            leases, revision = await store.list_leases()
-            if revision < watcher.revision:
-                log.warning("etcd revision went backwards (%d -> %d): etcd restored from "
-                            "an older state? resynchronising the peer table",
-                            watcher.revision, revision)
-            if on_own is not None:
-                on_own(next((l for l in leases if l.subnet == own), None))
-            await _deliver(on_batch, watcher.reset(leases, revision))
-            backoff.reset()
-            async for events in batched(store.watch_leases(revision)):
+            live = await store.live_lease_ids()
+        except (StoreError, LeaseError) as exc:  # cannot tell: treat them as expired (for one grace)
+            log.debug("cannot list live etcd leases (%s)", exc)
+            live = frozenset()
+        return Thaw(until=clock() + grace, live=live)
+
+    async def step(apply, vanishing: list[Lease]) -> None:
+        async with lock:
+            batch = apply(await thaw(vanishing))
+            if watcher.held:
+                held.set()
+            await _deliver(on_batch, batch)
+
+    async def release_held() -> None:
+        while True:
+            due = watcher.next_expiry()
+            if due is None:
+                await held.wait()
+            else:
+                await sleep_or(held, due - clock())
+            held.clear()
+            async with lock:
+                await _deliver(on_batch, watcher.expire(clock()))
+
+    timer = asyncio.create_task(release_held())
+    try:
+        while True:
+            try:
+                leases, revision = await store.list_leases()
+                if revision < watcher.revision:
+                    log.warning("etcd revision went backwards (%d -> %d): etcd restored from "
+                                "an older state? resynchronising the peer table",
+                                watcher.revision, revision)
                 if on_own is not None:
-                    for ev in events:
-                        if ev.subnet == own:
-                            on_own(ev.lease)
-                await _deliver(on_batch, watcher.apply(events))
-        except StoreUnavailable as exc:
-            connectivity.failed(exc)
-            await connectivity.wait_up()
-            log.info("peer watch resumes (%s)", exc)
-        except (WatchReset, StoreError) as exc:
-            delay = backoff.next()
-            log.warning("peer watch reset (%s); re-listing in %.1fs", exc, delay)
+                    on_own(next((l for l in leases if l.subnet == own), None))
+                await step(lambda t: watcher.reset(leases, revision, t), watcher.vanishing(leases))
+                flaps.started(clock())
+                async for events in batched(store.watch_leases(revision)):
+                    if on_own is not None:
+                        for ev in events:
+                            if ev.subnet == own:
+                                on_own(ev.lease)
+                    await step(lambda t: watcher.apply(events, t), watcher.vanishing(events=events))
+            except StoreUnavailable as exc:
+                if not await connectivity.check(exc):  # etcd itself is away: wait, re-list at once
+                    await connectivity.wait_up()
+                    flaps.steady()
+                    log.info("peer watch resumes (%s)", exc)
+                    continue
+                delay, line = flaps.broke(clock(), exc)
+            except (WatchReset, StoreRetryable) as exc:
+                delay, line = flaps.broke(clock(), exc)
+            if line:
+                log.warning("%s", line)
             await sleep(delay)
+    finally:
+        timer.cancel()
+        await asyncio.gather(timer, return_exceptions=True)
 
 
 async def batched(stream: AsyncIterator[list[LeaseEvent]]) -> AsyncIterator[list[LeaseEvent]]:

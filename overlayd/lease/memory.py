@@ -25,6 +25,7 @@ class MemoryStore:
         self._config: bytes | None = None
         self._leases: dict[ipaddress.IPv4Network, Lease] = {}
         self._ttls: dict[int, int] = {}
+        self._live: set[int] = set()  # handles not expired nor revoked (a key deletion keeps its handle)
         self._ids = itertools.count(1)
         self.revision = 1
         self._history: list[LeaseEvent] = []
@@ -65,6 +66,7 @@ class MemoryStore:
         else:
             handle = next(self._ids)
             self._ttls[handle] = ttl
+            self._live.add(handle)
             lease = Lease(subnet, attrs, self._clock() + ttl, handle, self.revision)
         self._leases[subnet] = lease
         await self._record(LeaseEvent(subnet, lease, self.revision))
@@ -108,6 +110,7 @@ class MemoryStore:
         self._check()
         if not lease.handle:
             return False
+        self._live.discard(lease.handle)
         current = self._leases.get(lease.subnet)
         if current is not None and current.handle == lease.handle:
             await self.delete_lease(lease.subnet)
@@ -126,8 +129,13 @@ class MemoryStore:
         now = self._clock()
         gone = [s for s, l in self._leases.items() if l.expiration is not None and l.expiration <= now]
         for subnet in gone:
+            self._live.discard(self._leases[subnet].handle)
             await self.delete_lease(subnet)
         return gone
+
+    async def live_lease_ids(self) -> frozenset[int]:
+        self._check()
+        return frozenset(self._live)
 
     async def break_watches(self) -> None:
         """Make every open watch fail, as an etcd restart does."""

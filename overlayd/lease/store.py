@@ -63,6 +63,10 @@ class Store(Protocol):
     async def delete_lease(self, subnet: ipaddress.IPv4Network) -> bool:
         """Delete a lease; True if it existed."""
 
+    async def live_lease_ids(self) -> frozenset[int]:
+        """The handles of every TTL lease alive now (a key deleted while its handle lives was
+        deleted on purpose; one whose handle is gone expired or was revoked)."""
+
     def watch_leases(self, revision: int) -> AsyncIterator[list[LeaseEvent]]:
         """Lease changes after ``revision``, in batches.
 

@@ -10,6 +10,23 @@ the Network's first subnet): those are reported in ``Batch.ignored`` so the
 daemon can say so, and never reach a backend (a key ``0.0.0.0-0`` must not
 become a route). A key without a TTL (a reservation) is a lease like any
 other here: how long it lives is the lease manager's business.
+
+Design note: holding peers through an etcd thaw (issue 16). A single etcd
+member that was frozen (SIGSTOP, a paused VM) longer than the TTL expires
+every lease the moment it resumes. The first node back re-listed, found the
+other nodes' keys gone and dropped their routes until each owner put its key
+back a second later: a traffic gap of ~0.9 s after every such outage. A
+DELETE event does not say why a key went, so the caller tells us two things
+(:class:`Thaw`): that etcd was unreachable for us a moment ago (or still is),
+and which etcd leases are alive now. A peer key that vanished in that window
+while its etcd lease is gone (expired, or revoked: etcd cannot tell the two
+apart afterwards) keeps its route until its owner puts it back or
+``Thaw.until`` passes (:meth:`LeaseWatcher.expire`). A key deleted while its
+etcd lease still lives (``etcdctl del``), a reservation (no etcd lease) and
+any deletion outside the window are removed at once, as before. The cost: a
+node that really died during the outage, or revoked its lease inside the
+window, stays routed for one grace period; its traffic was lost anyway.
+Pure: time and liveness are passed in.
 """
 
 from __future__ import annotations
@@ -35,6 +52,21 @@ class LeaseEvent:
         return self.lease is None
 
 
+@dataclasses.dataclass(frozen=True)
+class Thaw:
+    """The caller's view right after an etcd outage (see the module note): peers that vanish
+    now with their etcd lease gone keep their route until ``until``; ``live`` are the etcd
+    lease IDs alive now (a key deleted under a live lease was deleted on purpose)."""
+
+    until: float
+    live: frozenset[int] = frozenset()
+
+
+def holds(lease: Lease, thaw: Thaw | None) -> bool:
+    """Whether ``lease``, whose key just vanished, keeps its route for a grace period."""
+    return thaw is not None and lease.handle != 0 and lease.handle not in thaw.live
+
+
 @dataclasses.dataclass
 class Batch:
     """The peers that appeared (or changed) and disappeared in one step."""
@@ -42,9 +74,10 @@ class Batch:
     added: list[Lease] = dataclasses.field(default_factory=list)
     removed: list[Lease] = dataclasses.field(default_factory=list)
     ignored: list[Lease] = dataclasses.field(default_factory=list)  # do not fit the config
+    held: list[Lease] = dataclasses.field(default_factory=list)  # vanished, kept through a thaw
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.ignored)
+        return bool(self.added or self.removed or self.ignored or self.held)
 
 
 def _same(a: Lease, b: Lease) -> bool:
@@ -63,13 +96,50 @@ class LeaseWatcher:
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}
         self.revision = 0  # the newest revision seen
         self._floor = 0  # the revision of the last snapshot: older events are stale
+        self.held: dict[ipaddress.IPv4Network, float] = {}  # vanished peers kept until then
 
     def fits(self, subnet: ipaddress.IPv4Network) -> bool:
         """Whether ``subnet`` can be a peer's: of SubnetLen, between SubnetMin and SubnetMax."""
         return self.config is None or self.config.contains_subnet(subnet)
 
-    def reset(self, snapshot: Iterable[Lease], revision: int) -> Batch:
-        """Replace the table by a full listing taken at ``revision``."""
+    def vanishing(self, snapshot: Iterable[Lease] | None = None,
+                  events: Iterable[LeaseEvent] = ()) -> list[Lease]:
+        """The peers that ``snapshot`` (a full listing) or the DELETEs among ``events`` would
+        remove: the caller asks etcd which of their leases live before judging them."""
+        if snapshot is not None:
+            listed = {l.subnet for l in snapshot}
+            return [l for s, l in self.peers.items() if s not in listed]
+        return [self.peers[ev.subnet] for ev in events
+                if ev.lease is None and ev.revision > self._floor and ev.subnet in self.peers]
+
+    def _vanish(self, old: Lease, thaw: Thaw | None, batch: Batch) -> None:
+        """``old``'s key is gone: drop the peer, or hold it through a thaw."""
+        if old.subnet in self.held:
+            return  # held already: its grace runs on
+        if holds(old, thaw):
+            self.held[old.subnet] = thaw.until
+            batch.held.append(old)
+            return
+        del self.peers[old.subnet]
+        batch.removed.append(old)
+
+    def expire(self, now: float) -> Batch:
+        """Remove the held peers whose grace has ended by ``now``."""
+        batch = Batch()
+        for subnet, until in list(self.held.items()):
+            if until <= now:
+                del self.held[subnet]
+                batch.removed.append(self.peers.pop(subnet))
+        return batch
+
+    def next_expiry(self) -> float | None:
+        """When the first held peer's grace ends (None: none is held)."""
+        return min(self.held.values(), default=None)
+
+    def reset(self, snapshot: Iterable[Lease], revision: int, thaw: Thaw | None = None) -> Batch:
+        """Replace the table by a full listing taken at ``revision``; a peer missing from it
+        is held through ``thaw`` when :func:`holds` says so."""
+        snapshot = list(snapshot)
         batch = Batch()
         fresh = {}
         for lease in snapshot:
@@ -81,9 +151,9 @@ class LeaseWatcher:
                 batch.ignored.append(lease)
         for subnet, old in list(self.peers.items()):
             if subnet not in fresh:
-                batch.removed.append(old)
-                del self.peers[subnet]
+                self._vanish(old, thaw, batch)
         for subnet, lease in fresh.items():
+            self.held.pop(subnet, None)  # back: its owner re-asserted it
             old = self.peers.get(subnet)
             if old is None or not _same(old, lease):
                 batch.added.append(lease)
@@ -91,8 +161,9 @@ class LeaseWatcher:
         self.revision = self._floor = revision
         return batch
 
-    def apply(self, events: Iterable[LeaseEvent]) -> Batch:
-        """Apply watch events in order; events not newer than the last snapshot are skipped."""
+    def apply(self, events: Iterable[LeaseEvent], thaw: Thaw | None = None) -> Batch:
+        """Apply watch events in order; events not newer than the last snapshot are skipped.
+        A deleted peer is held through ``thaw`` when :func:`holds` says so."""
         batch = Batch()
         for ev in events:
             if ev.revision <= self._floor:
@@ -107,9 +178,9 @@ class LeaseWatcher:
             old = self.peers.get(ev.subnet)
             if ev.lease is None:
                 if old is not None:
-                    del self.peers[ev.subnet]
-                    batch.removed.append(old)
+                    self._vanish(old, thaw, batch)
                 continue
+            self.held.pop(ev.subnet, None)  # back: its owner re-asserted it
             self.peers[ev.subnet] = ev.lease
             if old is None or not _same(old, ev.lease):
                 batch.added.append(ev.lease)

@@ -535,3 +535,21 @@ async def test_revoking_our_lease_frees_key_and_grant_but_never_anothers(own_etc
         assert pinned.subnet in {l.subnet for l in (await store.list_leases())[0]}
     finally:
         await store.close()
+
+
+async def test_live_lease_ids_tell_a_deleted_key_from_an_expired_or_revoked_lease(etcd_server, etcd_prefix):
+    """Issue 16: the thaw grace asks etcd which leases live: a key deleted by hand leaves its
+    lease alive; a revoked (or expired) lease is gone with its key."""
+    store = EtcdStore(etcd_server.endpoint, etcd_prefix)
+    try:
+        a = await store.create_lease(ipaddress.IPv4Network("10.244.1.0/24"), attrs(11), 60)
+        b = await store.create_lease(ipaddress.IPv4Network("10.244.2.0/24"), attrs(12), 60)
+        assert {a.handle, b.handle} <= await store.live_lease_ids()
+        await store.delete_lease(a.subnet)
+        await store.revoke_lease(b)
+        live = await store.live_lease_ids()
+        assert a.handle in live and b.handle not in live
+        assert await store.revoke_lease(a)  # tidy; a second revoke of b is 'lease not found': no error
+        assert await store.revoke_lease(b)
+    finally:
+        await store.close()

@@ -424,3 +424,275 @@ async def test_batched_stops_its_pump_when_the_consumer_stops():
     assert await agen.__anext__()
     await agen.aclose()
     assert closed == [True]
+
+
+# -- issue 16: the control plane ----------------------------------------------------------
+
+import logging  # noqa: E402
+
+import grpc  # noqa: E402
+import aetcd.exceptions as aex  # noqa: E402
+
+from overlayd.errors import StoreError, StoreRetryable  # noqa: E402
+from overlayd.lease.etcd import EtcdStore, Verdict, classify, status_of, store_error  # noqa: E402
+from overlayd.lease.manager import WATCH_FLAPS, WATCH_RETRY_CAP, WatchFlaps, thaw_grace  # noqa: E402
+
+
+class Peers:
+    """follow_peers with a thaw grace against a store, recording every batch."""
+
+    def __init__(self, store, own, grace):
+        self.conn = Connectivity(store.probe, interval=0.01)
+        self.watcher = LeaseWatcher(own_subnet=own)
+        self.batches = []
+        self.tasks = [asyncio.create_task(self.conn.run()),
+                      asyncio.create_task(follow_peers(store, self.watcher, self.batches.append, self.conn,
+                                                       grace=grace))]
+
+    def removed(self):
+        return [l.subnet for b in self.batches for l in b.removed]
+
+    async def stop(self):
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_peer_whose_key_expired_in_an_etcd_outage_keeps_its_route_until_its_owner_is_back():
+    """Point 1: etcd expires every lease when it thaws; the peer is not dropped while its
+    owner puts its key back, and nothing is reported to the backend at all."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    own = await manager(store, 11, clock).acquire()
+    owner = manager(store, 12, clock)
+    peer = await owner.acquire()
+    node = Peers(store, own.subnet, grace=5.0)
+    try:
+        assert await wait_until(lambda: peer.subnet in node.watcher.peers)
+        store.available = False  # frozen...
+        assert await wait_until(lambda: not node.conn.up)
+        clock.now += 61
+        store.available = True  # ...and thawed: the TTL ran out inside
+        await store.expire()
+        assert await wait_until(lambda: peer.subnet in node.watcher.held)
+        assert peer.subnet in node.watcher.peers and node.removed() == []
+        back = await owner.acquire(only=peer.subnet)  # the owner is back: a new etcd lease
+        assert await wait_until(lambda: not node.watcher.held)
+        assert node.watcher.peers[peer.subnet] == back
+        assert node.removed() == [] and [l.subnet for b in node.batches for l in b.added] == [peer.subnet]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize("how", ["deleted", "revoked outside the window", "never comes back"])
+async def test_a_peer_is_still_removed_when_its_key_really_went(how):
+    clock = Clock()
+    store = MemoryStore(clock)
+    own = await manager(store, 11, clock).acquire()
+    peer = await manager(store, 12, clock).acquire()
+    node = Peers(store, own.subnet, grace=0.3)
+    try:
+        assert await wait_until(lambda: peer.subnet in node.watcher.peers)
+        if how == "never comes back":  # expired in an outage: held for the grace, then gone
+            store.available = False
+            assert await wait_until(lambda: not node.conn.up)
+            clock.now += 61
+            store.available = True
+            await store.expire()
+            assert await wait_until(lambda: node.watcher.held)
+        elif how == "deleted":  # etcdctl del right after an outage, its etcd lease alive: at once
+            store.available = False
+            assert await wait_until(lambda: not node.conn.up)
+            store.available = True
+            assert await wait_until(lambda: node.conn.up)
+            await store.delete_lease(peer.subnet)
+        else:
+            await store.revoke_lease(peer)
+        assert await wait_until(lambda: node.removed() == [peer.subnet])
+        assert peer.subnet not in node.watcher.peers and not node.watcher.held
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize("ttl, grace", [(24 * 3600, 30.0), (60, 20.0), (4, 5.0), (2, 5.0)])
+def test_thaw_grace_is_one_renew_margin_within_bounds(ttl, grace):
+    assert thaw_grace(ttl) == grace
+
+
+@pytest.mark.parametrize("code, message, verdict", [
+    ("UNAVAILABLE", "etcdserver: leader changed", Verdict.RETRY),
+    ("UNAVAILABLE", "etcdserver: no leader", Verdict.RETRY),
+    ("UNAVAILABLE", "etcdserver: request timed out", Verdict.RETRY),
+    ("DEADLINE_EXCEEDED", "Deadline Exceeded", Verdict.RETRY),
+    ("RESOURCE_EXHAUSTED", "etcdserver: too many requests", Verdict.RETRY),
+    ("RESOURCE_EXHAUSTED", "etcdserver: mvcc: database space exceeded", Verdict.RETRY),
+    ("ABORTED", "transport closing", Verdict.RETRY),
+    ("INTERNAL", "stream terminated by RST_STREAM", Verdict.RETRY),
+    ("UNKNOWN", "", Verdict.RETRY),
+    ("CANCELLED", "Cancelled", Verdict.RETRY),
+    ("NOT_FOUND", "etcdserver: requested lease not found", Verdict.LOST_LEASE),
+    ("NOT_FOUND", "etcdserver: key not found", Verdict.FATAL),
+    ("PERMISSION_DENIED", "etcdserver: permission denied", Verdict.FATAL),
+    ("INVALID_ARGUMENT", "etcdserver: request is too large", Verdict.FATAL),
+    ("UNAUTHENTICATED", "etcdserver: authentication failed, invalid user ID or password", Verdict.FATAL),
+    ("FAILED_PRECONDITION", "etcdserver: not capable", Verdict.FATAL),
+    ("OUT_OF_RANGE", "etcdserver: mvcc: required revision has been compacted", Verdict.FATAL),
+])
+def test_etcd_errors_are_classified_once(code, message, verdict):
+    assert classify(code, message) is verdict
+
+
+def aetcd_error(code: str, details: str) -> aex.ClientError:
+    """The exception aetcd raises for a gRPC status (its own mapping, as on the wire)."""
+    err = grpc.aio.AioRpcError(getattr(grpc.StatusCode, code), grpc.aio.Metadata(), grpc.aio.Metadata(),
+                               details=details)
+    try:
+        aex._handle_exception(err)
+    except aex.ClientError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("code, details, error", [
+    ("RESOURCE_EXHAUSTED", "etcdserver: too many requests", StoreRetryable),
+    ("ABORTED", "aborted", StoreRetryable),
+    ("NOT_FOUND", "etcdserver: requested lease not found", LeaseError),
+    ("PERMISSION_DENIED", "etcdserver: permission denied", StoreError),
+    ("INVALID_ARGUMENT", "etcdserver: request is too large", StoreError),
+])
+async def test_an_answered_etcd_error_becomes_the_typed_error_of_its_class(code, details, error):
+    exc = aetcd_error(code, details)
+    assert status_of(exc) == (code, details)
+    typed = store_error(exc)
+    assert type(typed) is error and details in str(typed)
+    store = EtcdStore("http://127.0.0.1:1", "/t")
+
+    async def attempt(role, op):
+        raise exc
+
+    store._attempt = attempt  # the call reaches etcd, which answers with the error
+    with pytest.raises(error) as raised:
+        await store._call(lambda c: None)
+    assert type(raised.value) is error
+
+
+class Flaky(MemoryStore):
+    """Renewal fails with the given errors first (as etcd's answers), then works."""
+
+    def __init__(self, clock, errors):
+        super().__init__(clock)
+        self.errors = list(errors)
+
+    async def renew_lease(self, lease):
+        if self.errors:
+            raise store_error(self.errors.pop(0))
+        return await super().renew_lease(lease)
+
+
+@pytest.mark.parametrize("code, details", [
+    ("RESOURCE_EXHAUSTED", "etcdserver: too many requests"),
+    ("UNKNOWN", "stream reset"),
+    ("NOT_FOUND", "etcdserver: requested lease not found"),  # a revoke racing the expiry
+])
+async def test_renewal_outlives_transient_etcd_errors(code, details, caplog):
+    """Point 2: these ended the daemon (a StoreError out of keep_renewed); now they are retried
+    with jittered backoff, or the lease is re-acquired, and renewal goes on."""
+    clock = Clock()
+    store = Flaky(clock, [aetcd_error(code, details)] * 3)
+    sleeps = []
+
+    async def fake_sleep(d):
+        sleeps.append(d)
+        clock.now += d
+        if len(sleeps) >= 8:
+            raise asyncio.CancelledError
+
+    m = manager(store, 11, clock, ttl=60, sleep=fake_sleep)
+    lease = await m.acquire()
+    renewed = []
+    with pytest.raises(asyncio.CancelledError):
+        await m.keep_renewed(lease, Connectivity(store.probe), renewed.append)
+    assert store.errors == [] and renewed and all(r.subnet == lease.subnet for r in renewed)
+    leases, _ = await store.list_leases()
+    assert [l.subnet for l in leases] == [lease.subnet]
+    if code != "NOT_FOUND":
+        backoff = sleeps[1:4]  # after the first renewal's wait: jittered, growing, bounded
+        assert all(0 < d <= 5 for d in backoff) and backoff == sorted(backoff), sleeps
+
+
+async def test_a_fatal_etcd_error_still_ends_renewal():
+    clock = Clock()
+    store = Flaky(clock, [aetcd_error("PERMISSION_DENIED", "etcdserver: permission denied")])
+
+    async def fake_sleep(d):
+        clock.now += d
+
+    m = manager(store, 11, clock, ttl=60, sleep=fake_sleep)
+    lease = await m.acquire()
+    with pytest.raises(StoreError, match="permission denied") as raised:
+        await m.keep_renewed(lease, Connectivity(store.probe))
+    assert not isinstance(raised.value, StoreRetryable)
+
+
+async def test_startup_retries_a_busy_etcd():
+    from overlayd.daemon import retry_unavailable
+    calls, sleeps = [], []
+
+    async def busy_then_fine():
+        calls.append(1)
+        if len(calls) < 3:
+            raise store_error(aetcd_error("RESOURCE_EXHAUSTED", "etcdserver: too many requests"))
+        return "leased"
+
+    async def fake_sleep(d):
+        sleeps.append(d)
+
+    assert await retry_unavailable(busy_then_fine, "cannot lease a subnet", fake_sleep) == "leased"
+    assert len(sleeps) == 2
+
+
+class BrokenWatch(MemoryStore):
+    """etcd answers every call, but every watch breaks at once (a proxy cutting streams)."""
+
+    lists = 0
+
+    async def list_leases(self):
+        self.lists += 1
+        return await super().list_leases()
+
+    async def watch_leases(self, revision):
+        raise StoreUnavailable("etcd watch broke: stream reset")
+        yield  # an async generator, like the real one
+
+
+async def test_a_flapping_watch_backs_off_and_is_logged_once_not_as_etcd_outages(caplog):
+    """Point 3: a watch that keeps breaking while etcd answers re-listed at probe speed with
+    an 'etcd unreachable'/'etcd back' pair per break."""
+    clock = Clock()
+    store = BrokenWatch(clock)
+    sleeps = []
+
+    async def fake_sleep(d):
+        sleeps.append(d)
+        if len(sleeps) >= 12:
+            raise asyncio.CancelledError
+
+    conn = Connectivity(store.probe, interval=3600)
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(follow_peers(store, LeaseWatcher(), lambda b: None, conn, sleep=fake_sleep,
+                                                rng=random.Random(1)), 5)
+    text = caplog.text
+    assert "etcd unreachable" not in text and "etcd back" not in text and conn.outages == 0
+    assert text.count("keeps breaking") == 1
+    assert len(caplog.records) == WATCH_FLAPS, text  # two single breaks, then the flapping line
+    assert store.lists == 12
+    assert all(0 < d <= WATCH_RETRY_CAP for d in sleeps) and sleeps[-1] > WATCH_RETRY_CAP / 2
+    assert sum(sleeps) > 25  # backed off: 12 re-lists took > 25 s, not 12 probe rounds
+
+
+@pytest.mark.parametrize("lived, delay_zero", [(31.0, True), (1.0, False)])
+def test_watch_flaps_a_steady_watch_that_breaks_relists_at_once(lived, delay_zero):
+    flaps = WatchFlaps(random.Random(0))
+    flaps.started(100.0)
+    delay, line = flaps.broke(100.0 + lived, "x")
+    assert (delay == 0) == delay_zero and "broke" in line

@@ -3,7 +3,7 @@ import ipaddress
 import pytest
 
 from overlayd.lease.model import Lease, LeaseAttrs
-from overlayd.lease.watcher import LeaseEvent, LeaseWatcher
+from overlayd.lease.watcher import Batch, LeaseEvent, LeaseWatcher, Thaw
 from overlayd.netconf import parse_config
 
 N = ipaddress.IPv4Network
@@ -127,3 +127,80 @@ def test_a_reservation_without_ttl_is_a_peer_like_any_lease():
     assert subnets(w.reset([reserved], 3).added) == ["10.244.5.0/24"]
     renewed = lease("10.244.5.0/24", "198.18.0.15", rev=4, exp=1e9)  # same node, now with a TTL
     assert not w.apply([LeaseEvent(renewed.subnet, renewed, 4)])
+
+
+# -- issue 16: peers held through an etcd thaw ------------------------------------------
+
+def tlease(subnet, ip, handle, rev=1, btype="udp"):
+    return Lease(N(subnet), LeaseAttrs(ipaddress.IPv4Address(ip), btype), 100.0, handle, rev)
+
+
+TA = tlease("10.244.1.0/24", "198.18.0.11", handle=7)
+TB = tlease("10.244.2.0/24", "198.18.0.12", handle=8)
+RES = lease("10.244.3.0/24", "198.18.0.13")  # a reservation: no etcd lease (handle 0)
+THAW = Thaw(until=50.0, live=frozenset({99}))
+
+
+@pytest.mark.parametrize("gone, thaw, removed, held", [
+    # the thaw: the key vanished with its etcd lease (expired): the route stays, held until 50
+    (TA, THAW, [], {TA.subnet: 50.0}),
+    # outside the window (no thaw): removed at once, as always
+    (TA, None, [TA.subnet], {}),
+    # deleted while its etcd lease lives (etcdctl del): removed at once, thaw or not
+    (TA, Thaw(until=50.0, live=frozenset({7})), [TA.subnet], {}),
+    # a reservation has no etcd lease to expire: its key went on purpose
+    (RES, THAW, [RES.subnet], {}),
+])
+def test_a_vanished_peer_is_held_only_when_its_key_expired_around_an_outage(gone, thaw, removed, held):
+    for how in ("listing", "event"):
+        w = LeaseWatcher(own_subnet=OWN.subnet)
+        w.reset([gone, TB], 10)
+        if how == "listing":
+            assert w.vanishing([TB]) == [gone]
+            batch = w.reset([TB], 20, thaw)
+        else:
+            events = [LeaseEvent(gone.subnet, None, 11)]
+            assert w.vanishing(events=events) == [gone]
+            batch = w.apply(events, thaw)
+        assert [l.subnet for l in batch.removed] == removed, how
+        assert [l.subnet for l in batch.held] == list(held), how
+        assert w.held == held, how
+        assert (gone.subnet in w.peers) == bool(held), how
+        assert w.next_expiry() == (50.0 if held else None)
+
+
+@pytest.mark.parametrize("back, added", [
+    # the owner puts its key back (a new etcd lease, same node): nothing to tell the backend
+    (tlease("10.244.1.0/24", "198.18.0.11", handle=70, rev=30), []),
+    # the subnet came back for another node: a change, reported as such
+    (tlease("10.244.1.0/24", "198.18.0.99", handle=71, rev=30), ["10.244.1.0/24"]),
+])
+def test_a_held_peer_that_comes_back_is_no_longer_held(back, added):
+    for how in ("listing", "event"):
+        w = LeaseWatcher()
+        w.reset([TA, TB], 10)
+        assert w.reset([TB], 20, THAW) == Batch(held=[TA])
+        batch = w.reset([back, TB], 30) if how == "listing" else w.apply([LeaseEvent(back.subnet, back, 30)])
+        assert (subnets(batch.added), batch.removed) == (added, []), how
+        assert w.held == {} and w.peers[TA.subnet] == back, how
+        assert not w.expire(1e9), how  # nothing left to expire
+
+
+def test_a_held_peer_is_removed_when_its_grace_ends_and_only_then():
+    w = LeaseWatcher()
+    w.reset([TA, TB], 10)
+    w.reset([TB], 20, THAW)
+    assert not w.reset([TB], 21, Thaw(until=90.0))  # listed again: the first grace runs on
+    assert w.held == {TA.subnet: 50.0}
+    assert not w.expire(49.9)
+    assert [l.subnet for l in w.expire(50.0).removed] == [TA.subnet]
+    assert TA.subnet not in w.peers and w.held == {}
+    assert not w.apply([LeaseEvent(TA.subnet, None, 22)])  # deleting twice reports nothing
+
+
+def test_a_thaw_holds_nothing_that_was_not_a_peer():
+    w = LeaseWatcher(own_subnet=OWN.subnet)
+    w.reset([TA], 10)
+    assert w.vanishing(events=[LeaseEvent(TB.subnet, None, 11), LeaseEvent(TA.subnet, None, 9)]) == []
+    assert not w.apply([LeaseEvent(TB.subnet, None, 11)], THAW)
+    assert w.held == {}
