@@ -26,9 +26,10 @@ from .atomicfile import write_atomic
 from .backend import create_backend
 from .backend.base import Backend, NodeOptions, Underlay
 from .backend.userspace import UserspaceBackend
-from .errors import ConfigError, OverlayError, PlumbingError, StoreError, StoreRetryable, TaskDied
+from .errors import ConfigError, LeaseError, OverlayError, PlumbingError, StoreError, StoreRetryable, TaskDied
 from .lease.connectivity import Backoff, Connectivity
 from .lease.etcd import EtcdCredentials, EtcdStore
+from .lease.audit import misfit
 from .lease.manager import LeaseManager, follow_peers, thaw_grace
 from .lease.model import Lease, config_key
 from .netconf import NetworkConfig, parse_config
@@ -285,7 +286,8 @@ class Daemon:
         self.ready = True
         sdnotify.notify("READY=1")  # STATUS= follows from the notifier below
 
-        self.watcher = watcher = health.CountingLeaseWatcher(own_subnet=lease.subnet, config=config)
+        self.watcher = watcher = health.CountingLeaseWatcher(own_subnet=lease.subnet, config=config,
+                                                             own_ip=lease.public_ip)
         if isinstance(backend, UserspaceBackend):  # from now: its grace to start is the stall limit
             self.liveness.watch("data plane", backend.heartbeat)
         await supervise({
@@ -351,6 +353,26 @@ class Daemon:
             self.lease_lost = True
         self.manager.own_key_seen(seen)
 
+    async def _stray_seen(self, stray: Lease) -> None:
+        """A key for another subnet names our PublicIP: every peer routes that subnet here. Said
+        once per key (the watcher reports each once); deleted when it hangs on our own etcd
+        lease, which we renew, so it would live as long as we do. Anything else is the
+        operator's to remove: it may be a reservation for a node that has not started yet."""
+        own = self.lease
+        if not stray.handle or stray.handle != own.handle:
+            log.warning("lease key %s names this node (%s) but is not its lease (%s): every peer routes "
+                        "%s here, where nothing answers; remove it ('overlayctl lease delete %s --yes')",
+                        stray.subnet, stray.public_ip, own.subnet, stray.subnet, stray.subnet)
+            return
+        try:
+            deleted = await self.store.delete_lease(stray.subnet, stray.revision)
+        except (StoreError, LeaseError) as exc:
+            outcome = f"cannot delete it: {exc}"
+        else:
+            outcome = "deleted it" if deleted else "it changed meanwhile: left alone"
+        log.warning("lease key %s names this node (%s) but is not its lease (%s) and hangs on this "
+                    "node's etcd lease: %s", stray.subnet, stray.public_ip, own.subnet, outcome)
+
     def write_status(self, state: str = "running", error: str | None = None) -> None:
         """Write the node's view (lease, reachable peers, :func:`peer_table`, counters) as JSON.
 
@@ -405,8 +427,10 @@ class Daemon:
 
     async def _peers_changed(self, batch) -> None:
         for lease in batch.ignored:
-            log.warning("ignoring lease %s on %s: not a /%d inside %s", lease.subnet, lease.public_ip,
-                        self.backend.config.subnet_len, self.backend.config.network)
+            log.warning("ignoring lease %s on %s: %s", lease.subnet, lease.public_ip,
+                        misfit(lease.subnet, self.backend.config))
+        for lease in batch.strays:
+            await self._stray_seen(lease)
         for lease in batch.held:
             log.info("peer %s on %s: its key expired with etcd's outage; its route stays until its "
                      "owner puts the key back (or for %.0fs)", lease.subnet, lease.public_ip,

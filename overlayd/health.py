@@ -203,6 +203,9 @@ class DaemonCollector:
                        connectivity.reconnects)
         yield _counter("overlayd_watch_resets", "Times the peer watch broke and was re-established "
                        "from a fresh listing", state.watcher.resets if state.watcher else 0)
+        yield _gauge("overlayd_stray_leases", "Lease keys for another subnet that carry this node's "
+                     "PublicIP: every peer routes them here (warned about once each)",
+                     len(state.watcher.strays) if state.watcher else 0)
         ages = GaugeMetricFamily("overlayd_loop_heartbeat_age_seconds", "Seconds since each event loop "
                                  "last turned (the watchdog and /healthz judge these)", labels=["loop"])
         for name, age in state.liveness.ages().items():

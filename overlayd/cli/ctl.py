@@ -26,12 +26,13 @@ import time
 import click
 
 from ..errors import ConfigError, LeaseError, OverlayError
+from ..lease.audit import audit
 from ..lease.connectivity import Connectivity
 from ..lease.etcd import EtcdStore
 from ..lease.manager import follow_peers
 from ..lease.model import Lease, LeaseAttrs
 from ..lease.watcher import Batch, LeaseWatcher
-from ..netconf import parse_config
+from ..netconf import NetworkConfig, parse_config
 from .common import etcd_options, one_line_errors, setup_logging
 
 PROG = "overlayctl"
@@ -103,8 +104,10 @@ def render_table(rows: list[list[object]], headers: list[str], width: int = WIDT
     return "\n".join("  ".join(fit(c, w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def lease_record(lease: Lease, now: float, mine: set[ipaddress.IPv4Address]) -> dict:
-    """One lease as ``subnets --json`` and the ``lease`` commands print it."""
+def lease_record(lease: Lease, now: float, mine: set[ipaddress.IPv4Address],
+                 problems: list[str] | None = None) -> dict:
+    """One lease as ``subnets --json`` and the ``lease`` commands print it; ``problems``:
+    what :func:`overlayd.lease.audit.audit` says about it (the daemons' rule)."""
     data = lease.attrs.backend_data or {}
     left = lease.time_left(now)
     return {
@@ -116,6 +119,7 @@ def lease_record(lease: Lease, now: float, mine: set[ipaddress.IPv4Address]) -> 
         "ttl_seconds": None if left is None else int(left),
         "reserved": lease.handle == 0,
         "local": lease.public_ip in mine,
+        "problems": problems or [],
     }
 
 
@@ -145,12 +149,13 @@ def cli(ctx, etcd_endpoints, etcd_prefix, etcd_credentials, timeout):
                "timeout": timeout}
 
 
-SUBNET_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL"]
+SUBNET_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "TTL LEFT", "LOCAL", "!"]
 
 
 def _subnet_row(r: dict) -> list[str]:
     return [r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"] or "-",
-            "reserved" if r["reserved"] else fmt_duration(r["ttl_seconds"]), "*" if r["local"] else ""]
+            "reserved" if r["reserved"] else fmt_duration(r["ttl_seconds"]), "*" if r["local"] else "",
+            "!" if r["problems"] else ""]
 
 
 def watch_line(event: str, record: dict, when: float) -> str:
@@ -161,22 +166,40 @@ def watch_line(event: str, record: dict, when: float) -> str:
     return fit(line.rstrip(), WIDTH)
 
 
-def _records(leases, now: float, mine) -> list[dict]:
-    """The leases as ``subnets`` records, by subnet."""
-    return [lease_record(l, now, mine) for l in sorted(leases, key=lambda l: l.subnet)]
+def _records(leases, now: float, mine, config: NetworkConfig | None = None) -> list[dict]:
+    """The leases as ``subnets`` records, by subnet, each with what :func:`audit` says about it
+    under ``config`` (nothing without one)."""
+    notes = audit(leases, config) if config is not None else {}
+    return [lease_record(l, now, mine, notes.get(l.subnet)) for l in sorted(leases, key=lambda l: l.subnet)]
 
 
 def _subnets_text(records: list[dict]) -> str:
-    """The human ``subnets`` listing of ``records``."""
-    return render_table([_subnet_row(r) for r in records], SUBNET_HEADERS) if records else "no subnet leases"
+    """The human ``subnets`` listing of ``records``: the table, then one line per problem
+    (for the rows marked ``!``)."""
+    if not records:
+        return "no subnet leases"
+    lines = [render_table([_subnet_row(r) for r in records], SUBNET_HEADERS)]
+    lines += [fit(f"! {r['subnet']}: {'; '.join(r['problems'])}", WIDTH) for r in records if r["problems"]]
+    return "\n".join(lines)
+
+
+async def _listing(store) -> tuple[list[Lease], int, NetworkConfig | None]:
+    """The leases (with their TTLs), the listing's revision and the network config they are
+    judged by (None when there is none or it is invalid: then nothing is marked)."""
+    leases, revision = await store.list_leases(with_ttl=True)
+    raw = await store.get_config()
+    try:
+        return leases, revision, parse_config(raw) if raw is not None else None
+    except ConfigError:
+        return leases, revision, None
 
 
 async def _watch(store, as_json: bool) -> None:
     """List the leases, then print every change the etcd watch reports, until cancelled."""
     mine = await asyncio.to_thread(local_addresses)  # pyroute2's IPRoute runs a loop of its own
-    leases, revision = await store.list_leases(with_ttl=True)
+    leases, revision, config = await _listing(store)
     now = time.time()
-    records = _records(leases, now, mine)
+    records = _records(leases, now, mine, config)
     if as_json:
         for r in records:
             click.echo(json.dumps({"time": now, "event": "listed", **r}))
@@ -217,7 +240,10 @@ def subnets(obj, watch, as_json):
     """List the subnet leases: subnet, node IP, backend, time left, and the local node.
 
     A reserved lease (overlayctl lease reserve) shows 'reserved' instead of a
-    time left. With --watch the list is followed by the changes etcd reports;
+    time left. A row marked '!' is explained below the table (in 'problems'
+    with --json): a key the daemons ignore (outside the Network, not of
+    SubnetLen, overlapping valid leases) or a node IP that holds more than one
+    valid lease (every peer routes all of them to that node). With --watch the list is followed by the changes etcd reports;
     if etcd goes away the watch waits for it and resumes without losing or
     repeating a change.
     """
@@ -228,8 +254,8 @@ def subnets(obj, watch, as_json):
         except KeyboardInterrupt:
             pass
         return
-    leases, _ = _run(lambda s: s.list_leases(with_ttl=True), obj)
-    records = _records(leases, time.time(), local_addresses())
+    leases, _, config = _run(_listing, obj)
+    records = _records(leases, time.time(), local_addresses(), config)
     if as_json:
         _echo_json(records)
     else:

@@ -565,9 +565,17 @@ class EtcdStore:
         expiration = time.time() + reply.TTL if lease.handle else None
         return Lease(lease.subnet, lease.attrs, expiration, lease.handle, kv.mod_revision)
 
-    async def delete_lease(self, subnet):
+    async def delete_lease(self, subnet, revision: int | None = None):
+        """Delete the lease on ``subnet`` (with ``revision``: only if its key is unchanged since)."""
         key = subnet_key(self.prefix, subnet).encode()
-        return bool(await self._call(lambda c: c.delete(key)))
+        if revision is None:
+            return bool(await self._call(lambda c: c.delete(key)))
+
+        async def op(c):
+            ok, _ = await c.transaction(compare=[c.transactions.mod(key) == revision],
+                                        success=[c.transactions.delete(key)], failure=[])
+            return ok
+        return bool(await self._call(op))
 
     async def revoke_lease(self, lease: Lease) -> bool:
         """Give ``lease`` up: revoke its etcd lease, which deletes the key only while it is still

@@ -116,10 +116,12 @@ class MemoryStore:
             await self.delete_lease(lease.subnet)
         return True
 
-    async def delete_lease(self, subnet):
+    async def delete_lease(self, subnet, revision=None):
         self._check()
-        if self._leases.pop(subnet, None) is None:
+        current = self._leases.get(subnet)
+        if current is None or revision not in (None, current.revision):
             return False
+        del self._leases[subnet]
         self.revision += 1
         await self._record(LeaseEvent(subnet, None, self.revision))
         return True

@@ -60,8 +60,9 @@ class Store(Protocol):
         """Give up our own ``lease``: its key goes only if still bound to it. A reservation
         (``handle == 0``) is kept: False."""
 
-    async def delete_lease(self, subnet: ipaddress.IPv4Network) -> bool:
-        """Delete a lease; True if it existed."""
+    async def delete_lease(self, subnet: ipaddress.IPv4Network, revision: int | None = None) -> bool:
+        """Delete a lease; True if it existed. With ``revision``, only if its key was last
+        modified then (a key rewritten meanwhile is left alone: False)."""
 
     async def live_lease_ids(self) -> frozenset[int]:
         """The handles of every TTL lease alive now (a key deleted while its handle lives was

@@ -8,7 +8,9 @@ subnet is never reported as a peer, and neither is a lease that does not fit
 the network config (another SubnetLen, outside SubnetMin..SubnetMax, such as
 the Network's first subnet): those are reported in ``Batch.ignored`` so the
 daemon can say so, and never reach a backend (a key ``0.0.0.0-0`` must not
-become a route). A key without a TTL (a reservation) is a lease like any
+become a route). Which leases fit is :mod:`.audit`'s rule, shared with
+``overlayctl subnets``; so is a stray: a key for another subnet that names
+our PublicIP, reported once in ``Batch.strays`` and never a peer. A key without a TTL (a reservation) is a lease like any
 other here: how long it lives is the lease manager's business.
 
 Design note: holding peers through an etcd thaw (issue 16). A single etcd
@@ -36,6 +38,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from ..netconf import NetworkConfig
+from .audit import misfit, stray
 from .model import Lease
 
 
@@ -75,9 +78,10 @@ class Batch:
     removed: list[Lease] = dataclasses.field(default_factory=list)
     ignored: list[Lease] = dataclasses.field(default_factory=list)  # do not fit the config
     held: list[Lease] = dataclasses.field(default_factory=list)  # vanished, kept through a thaw
+    strays: list[Lease] = dataclasses.field(default_factory=list)  # new keys naming us, not ours
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.ignored or self.held)
+        return bool(self.added or self.removed or self.ignored or self.held or self.strays)
 
 
 def _same(a: Lease, b: Lease) -> bool:
@@ -89,18 +93,31 @@ class LeaseWatcher:
     """Holds the current peer table and diffs snapshots and events against it."""
 
     def __init__(self, own_subnet: ipaddress.IPv4Network | None = None,
-                 config: NetworkConfig | None = None):
-        """``config``: only leases it could hand out become peers (None: any)."""
+                 config: NetworkConfig | None = None, own_ip: ipaddress.IPv4Address | None = None):
+        """``config``: only leases it could hand out become peers (None: any). ``own_ip``:
+        our PublicIP; a key naming it for another subnet is a stray, never a peer."""
         self.own_subnet = own_subnet
+        self.own_ip = own_ip
         self.config = config
+        self.strays: dict[ipaddress.IPv4Network, Lease] = {}  # keys naming us that are not ours
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}
         self.revision = 0  # the newest revision seen
         self._floor = 0  # the revision of the last snapshot: older events are stale
         self.held: dict[ipaddress.IPv4Network, float] = {}  # vanished peers kept until then
 
     def fits(self, subnet: ipaddress.IPv4Network) -> bool:
-        """Whether ``subnet`` can be a peer's: of SubnetLen, between SubnetMin and SubnetMax."""
-        return self.config is None or self.config.contains_subnet(subnet)
+        """Whether ``subnet`` can be a peer's (:func:`.audit.misfit`)."""
+        return self.config is None or misfit(subnet, self.config) is None
+
+    def _stray(self, lease: Lease, batch: Batch, known: dict[ipaddress.IPv4Network, Lease]) -> bool:
+        """Whether ``lease`` is a stray (reported in ``batch`` unless ``known`` has it as it is)."""
+        if self.own_ip is None or not stray(lease, self.own_subnet, self.own_ip):
+            return False
+        old = known.get(lease.subnet)
+        if old is None or old.handle != lease.handle or not _same(old, lease):
+            batch.strays.append(lease)
+        self.strays[lease.subnet] = lease
+        return True
 
     def vanishing(self, snapshot: Iterable[Lease] | None = None,
                   events: Iterable[LeaseEvent] = ()) -> list[Lease]:
@@ -142,16 +159,17 @@ class LeaseWatcher:
         snapshot = list(snapshot)
         batch = Batch()
         fresh = {}
+        known, self.strays = self.strays, {}
         for lease in snapshot:
             if lease.subnet == self.own_subnet:
                 continue
-            if self.fits(lease.subnet):
-                fresh[lease.subnet] = lease
-            else:
+            if not self.fits(lease.subnet):
                 batch.ignored.append(lease)
+            elif not self._stray(lease, batch, known):
+                fresh[lease.subnet] = lease
         for subnet, old in list(self.peers.items()):
             if subnet not in fresh:
-                self._vanish(old, thaw, batch)
+                self._vanish(old, None if subnet in self.strays else thaw, batch)
         for subnet, lease in fresh.items():
             self.held.pop(subnet, None)  # back: its owner re-asserted it
             old = self.peers.get(subnet)
@@ -177,9 +195,17 @@ class LeaseWatcher:
                 continue
             old = self.peers.get(ev.subnet)
             if ev.lease is None:
+                self.strays.pop(ev.subnet, None)
                 if old is not None:
                     self._vanish(old, thaw, batch)
                 continue
+            if self._stray(ev.lease, batch, self.strays):
+                if old is not None:  # a peer's key now names us: no longer a peer
+                    self.held.pop(ev.subnet, None)
+                    del self.peers[ev.subnet]
+                    batch.removed.append(old)
+                continue
+            self.strays.pop(ev.subnet, None)
             self.held.pop(ev.subnet, None)  # back: its owner re-asserted it
             self.peers[ev.subnet] = ev.lease
             if old is None or not _same(old, ev.lease):

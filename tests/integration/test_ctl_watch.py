@@ -3,6 +3,7 @@ SIGINT (exit 0, no traceback), and the lease commands' --json records (issue 11.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -73,7 +74,7 @@ async def test_subnets_watch_follows_changes_until_ctrl_c(etcd_server, etcd_pref
             assert listed["event"] == "listed" and listed["subnet"] == "10.244.1.0/24"
             assert listed["vtep_mac"] == "0e:00:00:00:00:01" and listed["ttl_seconds"] > 500
         else:
-            assert out.next().split() == ["SUBNET", "NODE", "IP", "BACKEND", "VTEP", "MAC", "TTL", "LEFT", "LOCAL"]
+            assert out.next().split() == ["SUBNET", "NODE", "IP", "BACKEND", "VTEP", "MAC", "TTL", "LEFT", "LOCAL", "!"]
             assert out.next().split()[:4] == ["10.244.1.0/24", "198.18.0.11", "vxlan", "0e:00:00:00:00:01"]
         time.sleep(0.5)  # let the watch start (a change before it is found by the re-list anyway)
 
@@ -139,3 +140,34 @@ def test_lease_commands_print_the_lease_they_acted_on(etcd_server, etcd_prefix):
     again = runner.invoke(ctl, ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
                                 "lease", "delete", "10.244.5.0/24", "--yes"])
     assert again.exit_code == 1 and again.output.strip() == "overlayctl: error: 10.244.5.0/24 has no lease"
+
+
+def test_subnets_marks_what_the_daemons_ignore_and_a_node_ip_with_two_leases(etcd_server, etcd_prefix):
+    """Issue 16: a reservation overlapping leases, one outside the Network, and a second key with
+    a node's PublicIP are marked, by the rule the daemons follow (overlayd.lease.audit)."""
+    async def fill(store):
+        await store.put_config(b'{"Network": "10.244.0.0/16"}')
+        await store.create_lease(NET("10.244.2.0/24"), vxlan("198.18.0.12", "0e:00:00:00:00:02"), 600)
+        await store.create_lease(NET("10.244.7.0/24"), vxlan("198.18.0.12", "0e:00:00:00:00:02"), 600)
+        await store.create_lease(NET("10.244.9.0/24"), vxlan("198.18.0.19", "0e:00:00:00:00:09"), 600)
+        await store.reserve(NET("10.244.2.0/23"), vxlan("198.18.0.40", "0e:00:00:00:00:40"))
+        await store.reserve(NET("10.250.0.0/24"), vxlan("198.18.0.41", "0e:00:00:00:00:41"))
+    asyncio.run(on_store(etcd_server, etcd_prefix, fill))
+    args = ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix, "subnets"]
+    res = CliRunner().invoke(ctl, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    problems = {r["subnet"]: r["problems"] for r in json.loads(res.output)}
+    assert problems == {
+        "10.244.2.0/23": ["ignored: not a /24 (SubnetLen)", "overlaps 10.244.2.0/24"],
+        "10.244.2.0/24": ["198.18.0.12 also holds 10.244.7.0/24"],
+        "10.244.7.0/24": ["198.18.0.12 also holds 10.244.2.0/24"],
+        "10.244.9.0/24": [],
+        "10.250.0.0/24": ["ignored: outside the Network 10.244.0.0/16"],
+    }
+    res = CliRunner().invoke(ctl, args)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert all(len(l) <= 80 for l in lines)
+    marked = [l.split()[0] for l in lines[1:6] if l.rstrip().endswith("!")]
+    assert marked == ["10.244.2.0/23", "10.244.2.0/24", "10.244.7.0/24", "10.250.0.0/24"]
+    assert "! 10.250.0.0/24: ignored: outside the Network 10.244.0.0/16" in lines

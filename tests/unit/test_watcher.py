@@ -204,3 +204,52 @@ def test_a_thaw_holds_nothing_that_was_not_a_peer():
     assert w.vanishing(events=[LeaseEvent(TB.subnet, None, 11), LeaseEvent(TA.subnet, None, 9)]) == []
     assert not w.apply([LeaseEvent(TB.subnet, None, 11)], THAW)
     assert w.held == {}
+
+
+# -- issue 16: keys that point at us but are not ours; one validity rule ------------------
+
+from overlayd.lease.audit import audit, misfit  # noqa: E402
+
+ME = ipaddress.IPv4Address("198.18.0.19")
+STRAY = tlease("10.244.5.0/24", "198.18.0.19", handle=5)
+
+
+def test_a_key_naming_our_ip_for_another_subnet_is_a_stray_reported_once_never_a_peer():
+    w = LeaseWatcher(own_subnet=OWN.subnet, config=CFG, own_ip=ME)
+    b = w.reset([A, OWN, STRAY], 10)
+    assert subnets(b.added) == ["10.244.1.0/24"] and b.strays == [STRAY]
+    assert STRAY.subnet not in w.peers and w.strays == {STRAY.subnet: STRAY}
+    assert not w.reset([A, OWN, STRAY], 11)  # listed again: nothing new to say
+    assert not w.apply([LeaseEvent(STRAY.subnet, STRAY, 12)])
+    moved = tlease("10.244.5.0/24", "198.18.0.19", handle=6, rev=13)  # rebound to another etcd lease
+    assert w.apply([LeaseEvent(STRAY.subnet, moved, 13)]).strays == [moved]
+    assert not w.apply([LeaseEvent(STRAY.subnet, None, 14)]) and w.strays == {}
+    # a peer's key rewritten to name us stops being a peer at once
+    b = w.apply([LeaseEvent(A.subnet, tlease("10.244.1.0/24", "198.18.0.19", handle=7, rev=15), 15)])
+    assert subnets(b.removed) == ["10.244.1.0/24"] and subnets(b.strays) == ["10.244.1.0/24"]
+    assert subnets(w.reset([OWN], 16).removed) == [] and w.strays == {}
+
+
+@pytest.mark.parametrize("subnet, why", [
+    ("10.244.2.0/24", None),
+    ("10.245.1.0/24", "outside the Network 10.244.0.0/16"),
+    ("0.0.0.0/0", "outside the Network 10.244.0.0/16"),
+    ("10.244.2.0/23", "not a /24 (SubnetLen)"),
+    ("10.244.0.0/24", "below SubnetMin 10.244.1.0"),
+])
+def test_misfit_says_why_a_lease_is_not_a_peer(subnet, why):
+    assert misfit(N(subnet), CFG) == why
+    assert LeaseWatcher(config=CFG).fits(N(subnet)) == (why is None)
+
+
+def test_audit_marks_what_the_daemons_ignore_and_keys_sharing_a_public_ip():
+    reserved_wide = lease("10.244.2.0/23", "198.18.0.40")  # a reservation over live /24s
+    outside = lease("10.250.0.0/24", "198.18.0.41")
+    twin = tlease("10.244.7.0/24", "198.18.0.12", handle=9)  # B's node, a second key
+    notes = audit([A, B, C, reserved_wide, outside, twin], CFG)
+    assert notes == {
+        N("10.244.2.0/23"): ["ignored: not a /24 (SubnetLen)", "overlaps 10.244.2.0/24, 10.244.3.0/24"],
+        N("10.250.0.0/24"): ["ignored: outside the Network 10.244.0.0/16"],
+        N("10.244.2.0/24"): ["198.18.0.12 also holds 10.244.7.0/24"],
+        N("10.244.7.0/24"): ["198.18.0.12 also holds 10.244.2.0/24"],
+    }
