@@ -78,6 +78,16 @@
  * its TCP checksum taken as verified: the kernel merges only datagrams whose
  * non-zero UDP checksum (covering the whole inner packet) it validated.
  *
+ * UDP runs (issue 20). With udp_runs (FastDataPlane probes the device:
+ * TUNSETOFFLOAD knows USO on Linux >= 6.2), consecutive datagrams of one UDP
+ * flow accepted from the wire are written as one UDP_L4 GSO write too (gso.c's
+ * gro_run and gro_header, gso.coalesce(udp=True) in Python): the kernel routes,
+ * filters and bridges the run once and cuts it back into the very datagrams at
+ * the receiving socket (udp_rcv_segment), where a 64-byte flood used to cross
+ * the forwarding path once per datagram. Only what the cut reproduces joins a
+ * run: same addresses, ports, TTL, TOS and DF, IPv4 IDs counting up by one,
+ * equal sizes but the last, a non-zero UDP checksum, verified like TCP's.
+ *
  * Checksummed mode (udp_gso, the daemon's --udp-checksum). Checksum 0 stays
  * the default wire format, but it rules out the kernel's UDP offloads: it
  * refuses UDP_SEGMENT on an SO_NO_CHECK socket and never GRO-merges
@@ -114,23 +124,31 @@
 const char *const reason_names[V_COUNT] = {
     NULL, "truncated", "not_ipv4", "bad_ip_header", "no_lease", "unknown_sender", "wrong_source_port",
     "not_our_subnet", "to_broadcast_address", "spoofed_source", "wrong_source_mac", "bad_vxlan", "wrong_vni",
-    "not_for_us",
+    "not_for_us", "too_big",
 };
 
 /* ---- the peer table, built from a Python PeerTable ------------------------------ */
 
-/* A node IP as Python holds it: *ip (host order) and whether it parsed and is canonical. */
-static void parse_ip(PyObject *text, uint32_t *ip, int *send_ok, int *canonical)
+/* A node IP as Python holds it, an IPv4 or IPv6 address: *ip (IPv4 as node_of_ipv4) and whether it
+ * parsed and is canonical, i.e. written as a received address is (inet_ntop's form; an IPv4-mapped
+ * IPv6 address never is: no socket of ours receives from one, see sender_of in csrc/engine.c). */
+static void parse_ip(PyObject *text, addr6_t *ip, int *send_ok, int *canonical)
 {
     const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
     struct in_addr a;
-    char back[INET_ADDRSTRLEN];
-    *ip = 0;
+    struct in6_addr a6;
+    char back[INET6_ADDRSTRLEN];
+    *ip = (addr6_t){0, 0};
     *send_ok = *canonical = 0;
     if (s != NULL && inet_pton(AF_INET, s, &a) == 1) {
-        *ip = ntohl(a.s_addr);
+        *ip = node_of_ipv4(ntohl(a.s_addr));
         *send_ok = 1;
         *canonical = inet_ntop(AF_INET, &a, back, sizeof(back)) != NULL && strcmp(back, s) == 0;
+    } else if (s != NULL && inet_pton(AF_INET6, s, &a6) == 1) {
+        *ip = addr6_masked(a6.s6_addr, (addr6_t){~0ull, ~0ull});
+        *send_ok = 1;
+        *canonical = !(ip->hi == 0 && ip->lo >> 32 == 0xFFFF) && inet_ntop(AF_INET6, &a6, back, sizeof(back)) != NULL
+                     && strcmp(back, s) == 0;
     }
     PyErr_Clear();  /* an unusable node_ip is a send error, as sendto() would make it */
 }
@@ -156,60 +174,128 @@ static int peer_mac(PyObject *peer, const unsigned char **mac, unsigned char *bu
     return rc;
 }
 
-/* A C table holding the PeerTable's peers (its `mask` and `_by_subnet`: int -> Peer with .node_ip
- * and .vtep_mac), addresses on port; NULL with an exception set. */
-static peer_table_t *table_from(PyObject *table, uint16_t port)
+/* A Python int's low 128 bits as an addr6_t: 0, or -1 with an exception set. */
+static int addr6_from(PyObject *v, addr6_t *a)
 {
-    PyObject *mask = PyObject_GetAttrString(table, "mask");
-    PyObject *by_subnet = mask ? PyObject_GetAttrString(table, "_by_subnet") : NULL;
-    peer_table_t *t = NULL;
-    if (by_subnet == NULL || !PyDict_Check(by_subnet)) {
-        if (by_subnet != NULL)
-            PyErr_SetString(PyExc_TypeError, "table._by_subnet is not a dict");
-        goto done;
-    }
-    uint32_t m = (uint32_t)PyLong_AsUnsignedLongLongMask(mask);
-    if (PyErr_Occurred() || (t = table_new(m, (size_t)PyDict_Size(by_subnet))) == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-        goto done;
-    }
+    PyObject *sixty_four = PyLong_FromLong(64);
+    PyObject *hi = sixty_four ? PyNumber_Rshift(v, sixty_four) : NULL;
+    a->lo = PyLong_AsUnsignedLongLongMask(v);
+    a->hi = hi && !PyErr_Occurred() ? PyLong_AsUnsignedLongLongMask(hi) : 0;
+    Py_XDECREF(hi);
+    Py_XDECREF(sixty_four);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* Add the peers of by_subnet (IPv4 keys, or IPv6 ones when v6) to t, addresses on port: 0, or -1 with an
+ * exception set. */
+static int add_peers(peer_table_t *t, PyObject *by_subnet, int v6, uint16_t port)
+{
     Py_ssize_t pos = 0;
     PyObject *key, *peer;
     while (PyDict_Next(by_subnet, &pos, &key, &peer)) {
-        uint32_t subnet = (uint32_t)PyLong_AsUnsignedLongLongMask(key), ip;
-        PyObject *node_ip = PyErr_Occurred() ? NULL : PyObject_GetAttrString(peer, "node_ip");
-        if (node_ip == NULL) {
-            table_unref(t);
-            t = NULL;
-            goto done;
-        }
+        addr6_t subnet6 = {0, 0}, ip;
+        uint32_t subnet = 0;
+        if (v6 ? addr6_from(key, &subnet6) < 0 : (subnet = (uint32_t)PyLong_AsUnsignedLongLongMask(key),
+                                                   PyErr_Occurred() != NULL))
+            return -1;
+        PyObject *node_ip = PyObject_GetAttrString(peer, "node_ip");
+        if (node_ip == NULL)
+            return -1;
         int send_ok, canonical;
         parse_ip(node_ip, &ip, &send_ok, &canonical);
         Py_DECREF(node_ip);
         unsigned char buf[MAC_LEN];
         const unsigned char *mac;
-        if (peer_mac(peer, &mac, buf) < 0) {
-            table_unref(t);
-            t = NULL;
-            goto done;
-        }
-        table_add(t, subnet, ip, send_ok, canonical, port, mac);
+        if (peer_mac(peer, &mac, buf) < 0)
+            return -1;
+        if (v6)
+            table_add6(t, subnet6, ip, send_ok, canonical, port, mac);
+        else
+            table_add(t, subnet, ip, send_ok, canonical, port, mac);
+    }
+    return 0;
+}
+
+/* A C table holding the PeerTable's peers (its `mask` and `_by_subnet`: int -> Peer with .node_ip
+ * and .vtep_mac; `mask6` and `_by_subnet6` alike for IPv6), addresses on port; NULL with an exception
+ * set. */
+static peer_table_t *table_from(PyObject *table, uint16_t port)
+{
+    PyObject *mask = PyObject_GetAttrString(table, "mask");
+    PyObject *mask6 = mask ? PyObject_GetAttrString(table, "mask6") : NULL;
+    PyObject *by_subnet = mask6 ? PyObject_GetAttrString(table, "_by_subnet") : NULL;
+    PyObject *by_subnet6 = by_subnet ? PyObject_GetAttrString(table, "_by_subnet6") : NULL;
+    peer_table_t *t = NULL;
+    if (by_subnet6 == NULL || !PyDict_Check(by_subnet) || !PyDict_Check(by_subnet6)) {
+        if (by_subnet6 != NULL)
+            PyErr_SetString(PyExc_TypeError, "table._by_subnet and _by_subnet6 are dicts");
+        goto done;
+    }
+    uint32_t m = (uint32_t)PyLong_AsUnsignedLongLongMask(mask);
+    addr6_t m6;
+    if (PyErr_Occurred() || addr6_from(mask6, &m6) < 0)
+        goto done;
+    if ((t = table_new(m, m6, (size_t)(PyDict_Size(by_subnet) + PyDict_Size(by_subnet6)))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (add_peers(t, by_subnet, 0, port) < 0 || add_peers(t, by_subnet6, 1, port) < 0) {
+        table_unref(t);
+        t = NULL;
     }
 done:
     Py_XDECREF(mask);
+    Py_XDECREF(mask6);
     Py_XDECREF(by_subnet);
+    Py_XDECREF(by_subnet6);
     return t;
+}
+
+/* An optional IPv6 subnet argument: its network address, when there is one (has). */
+typedef struct {
+    addr6_t subnet6;
+    int has;
+} subnet6_arg_t;
+
+/* An "O&" converter for an IPv6 subnet: None (no IPv6 subnet) or an int, into a subnet6_arg_t. */
+static int subnet6_arg(PyObject *obj, void *out)
+{
+    subnet6_arg_t *a = out;
+    a->has = obj != Py_None;
+    a->subnet6 = (addr6_t){0, 0};
+    if (!a->has)
+        return 1;
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an IPv6 subnet is an int or None, not %.100s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    return addr6_from(obj, &a->subnet6) == 0;
 }
 
 /* ---- Python API: one packet (parity with overlayd.encap) ------------------------ */
 
-/* (node_ip, payload) for an accepted outbound packet routed by r: the verdict is the C table's, the
- * node IP as the Python table spells it. */
-static PyObject *routed(PyObject *table, const route_t *r, PyObject *payload)
+/* r's subnet as the Python table's key (in _by_subnet6 when v6). */
+static PyObject *route_key(const route_t *r, int v6)
 {
-    PyObject *by_subnet = PyObject_GetAttrString(table, "_by_subnet");
-    PyObject *key = PyLong_FromUnsignedLong(r->subnet);
+    if (!v6)
+        return PyLong_FromUnsignedLong(r->subnet);
+    PyObject *hi = PyLong_FromUnsignedLongLong(r->subnet6.hi), *lo = PyLong_FromUnsignedLongLong(r->subnet6.lo);
+    PyObject *sixty_four = PyLong_FromLong(64);
+    PyObject *shifted = hi && sixty_four ? PyNumber_Lshift(hi, sixty_four) : NULL;
+    PyObject *key = shifted && lo ? PyNumber_Or(shifted, lo) : NULL;
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sixty_four);
+    Py_XDECREF(shifted);
+    return key;
+}
+
+/* (node_ip, payload) for an accepted outbound packet routed by r (an IPv6 route when v6): the verdict is
+ * the C table's, the node IP as the Python table spells it. */
+static PyObject *routed(PyObject *table, const route_t *r, int v6, PyObject *payload)
+{
+    PyObject *by_subnet = PyObject_GetAttrString(table, v6 ? "_by_subnet6" : "_by_subnet");
+    PyObject *key = route_key(r, v6);
     PyObject *peer = by_subnet && key ? PyDict_GetItemWithError(by_subnet, key) : NULL;
     PyObject *ip = peer ? PyObject_GetAttrString(peer, "node_ip") : NULL;
     PyObject *result = ip ? PyTuple_Pack(2, ip, payload) : NULL;
@@ -221,17 +307,21 @@ static PyObject *routed(PyObject *table, const route_t *r, PyObject *payload)
 
 static PyObject *py_classify_outbound(PyObject *self, PyObject *args)
 {
-    PyObject *pkt, *table, *result = NULL;
+    PyObject *pkt, *table, *mtu_obj = Py_None, *result = NULL;
     Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "OO:classify_outbound", &pkt, &table))
+    if (!PyArg_ParseTuple(args, "OO|O:classify_outbound", &pkt, &table, &mtu_obj))
+        return NULL;
+    unsigned long mtu = mtu_obj == Py_None ? 0 : PyLong_AsUnsignedLong(mtu_obj);
+    if (PyErr_Occurred())
         return NULL;
     peer_table_t *t = table_from(table, 0);
     if (t == NULL)
         return NULL;
     if (PyObject_GetBuffer(pkt, &buf, PyBUF_SIMPLE) == 0) {
         const route_t *r;
-        int v = table_outbound(t, buf.buf, (size_t)buf.len, &r);
-        result = v != V_OK ? PyUnicode_FromString(reason_names[v]) : routed(table, r, pkt);
+        int v = table_outbound(t, buf.buf, (size_t)buf.len, (unsigned)mtu, &r);
+        result = v != V_OK ? PyUnicode_FromString(reason_names[v])
+                           : routed(table, r, is_ipv6(buf.buf, (size_t)buf.len, t->has6), pkt);
         PyBuffer_Release(&buf);
     }
     table_unref(t);
@@ -243,19 +333,20 @@ static PyObject *py_classify_inbound(PyObject *self, PyObject *args)
     PyObject *dgram, *sender_ip, *table, *result = NULL;
     int sender_port, port;
     unsigned long long subnet, mask;
+    subnet6_arg_t own6 = {{0, 0}, 0};
     Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "O(Oi)iKKO:classify_inbound", &dgram, &sender_ip, &sender_port, &port,
-                          &subnet, &mask, &table))
+    if (!PyArg_ParseTuple(args, "O(Oi)iKKO|O&:classify_inbound", &dgram, &sender_ip, &sender_port, &port,
+                          &subnet, &mask, &table, subnet6_arg, &own6))
         return NULL;
     peer_table_t *t = table_from(table, 0);
     if (t == NULL)
         return NULL;
     if (PyObject_GetBuffer(dgram, &buf, PyBUF_SIMPLE) == 0) {
-        uint32_t ip;
+        addr6_t ip;
         int parsed, canonical;
         parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
         int v = table_inbound(t, buf.buf, (size_t)buf.len, canonical, ip, sender_port == port, (uint32_t)subnet,
-                              (uint32_t)mask);
+                              (uint32_t)mask, own6.has ? &own6.subnet6 : NULL);
         result = v == V_OK ? Py_NewRef(dgram) : PyUnicode_FromString(reason_names[v]);
         PyBuffer_Release(&buf);
     }
@@ -309,7 +400,8 @@ static PyObject *py_classify_tap_outbound(PyObject *self, PyObject *args)
         } else {
             PyObject *payload = PyBytes_FromStringAndSize((const char *)vxlan_encapsulate(f, r, vni),
                                                           VXLAN_HDR_LEN + fb.len);
-            result = payload ? routed(table, r, payload) : NULL;
+            result = payload ? routed(table, r, is_ipv6(f + ETH_HDR_LEN, (size_t)fb.len - ETH_HDR_LEN, t->has6),
+                                      payload) : NULL;  /* V_OK: the frame's family (vxlan_outbound) */
             Py_XDECREF(payload);
         }
     }
@@ -326,8 +418,9 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
     uint32_t vni;
     unsigned long mtu = PKT_MAX;
     unsigned long long subnet, mask;
-    if (!PyArg_ParseTuple(args, "y*OO&y*KKO|k:classify_vxlan_inbound", &db, &sender_ip, vni_arg, &vni, &mb, &subnet,
-                          &mask, &table, &mtu))
+    subnet6_arg_t own6 = {{0, 0}, 0};
+    if (!PyArg_ParseTuple(args, "y*OO&y*KKO|kO&:classify_vxlan_inbound", &db, &sender_ip, vni_arg, &vni, &mb,
+                          &subnet, &mask, &table, &mtu, subnet6_arg, &own6))
         return NULL;
     peer_table_t *t = NULL;
     unsigned char *d = NULL;
@@ -339,12 +432,12 @@ static PyObject *py_classify_vxlan_inbound(PyObject *self, PyObject *args)
         PyErr_NoMemory();
     if (d != NULL) {
         memcpy(d, db.buf, (size_t)db.len);
-        uint32_t ip;
+        addr6_t ip;
         int parsed, canonical;
         parse_ip(sender_ip, &ip, &parsed, &canonical);  /* a received address is always canonical */
         vnet_hdr_t h = {0};
         int v = vxlan_inbound(t, d, (size_t)db.len, canonical, ip, vni, mb.buf, (uint32_t)subnet,
-                              (uint32_t)mask);
+                              (uint32_t)mask, own6.has ? &own6.subnet6 : NULL);
         if (v == V_OK)
             v = vxlan_tap_frame(d + VXLAN_HDR_LEN, (size_t)db.len - VXLAN_HDR_LEN, (unsigned)mtu, &h);
         const char *f = (const char *)d + VXLAN_HDR_LEN;
@@ -403,7 +496,7 @@ static PyObject *segment_l2(PyObject *args, const char *format, size_t l2)
         vnet_parse(hb.buf, &h);
         vnet_strip_l2(&h, (unsigned)l2);
         memcpy(f, pb.buf, len);
-        int v = ipv4_check(p, n), count = 1;
+        int v = gso_check(p, n), count = 1;
         if (v == V_OK && (count = gso_prepare(&h, p, n)) < 0)
             v = -count;
         if (v != V_OK) {
@@ -468,12 +561,13 @@ static PyObject *run_item(unsigned char *const *pkts, const size_t *lens, int co
 }
 
 /* coalesce() (l2 0) or coalesce_frames() (l2 ETH_HDR_LEN: frames, each at least that long), as the
- * engine's deliver() runs it: args (packets[, verified]), verified one truth value per packet (None or
- * left out: none verified). */
+ * engine's deliver() runs it: args (packets[, verified[, udp]]), verified one truth value per packet
+ * (None or left out: none verified), udp (default true) whether UDP runs are made too. */
 static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
 {
     PyObject *arg, *flags = Py_None;
-    if (!PyArg_ParseTuple(args, format, &arg, &flags))
+    int udp = 1;
+    if (!PyArg_ParseTuple(args, format, &arg, &flags, &udp))
         return NULL;
     PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of bytes");
     if (seq == NULL)
@@ -511,7 +605,7 @@ static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
         lens[i] = (size_t)PyBytes_GET_SIZE(item) - l2;
     }
     for (Py_ssize_t i = 0; result != NULL && i < n;) {
-        int count = gro_run(pkts + i, lens + i, verified + i, (int)(n - i), l2);
+        int count = gro_run(pkts + i, lens + i, verified + i, (int)(n - i), l2, udp);
         PyObject *item = run_item(pkts + i, lens + i, count, l2);
         if (item == NULL || PyList_Append(result, item) < 0)
             Py_CLEAR(result);
@@ -528,12 +622,12 @@ static PyObject *coalesce_l2(PyObject *args, const char *format, size_t l2)
 
 static PyObject *py_coalesce(PyObject *self, PyObject *args)
 {
-    return coalesce_l2(args, "O|O:coalesce", 0);
+    return coalesce_l2(args, "O|Op:coalesce", 0);
 }
 
 static PyObject *py_coalesce_frames(PyObject *self, PyObject *args)
 {
-    return coalesce_l2(args, "O|O:coalesce_frames", ETH_HDR_LEN);
+    return coalesce_l2(args, "O|Op:coalesce_frames", ETH_HDR_LEN);
 }
 
 /* ---- Python API: the engine ------------------------------------------------------ */
@@ -548,8 +642,10 @@ typedef struct {
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"dev_fd", "sock_fd", "port", "subnet_int", "mask", "table", "vnet_hdr", "udp_gso",
-                             "vni", "own_mac", "mtu", NULL};
-    int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0, mtu = 0;
+                             "vni", "own_mac", "mtu", "subnet6_int", "tunnel_mtu", "udp_runs", NULL};
+    int dev_fd, sock_fd, port, vnet = 0, udp_gso = 0, no_check = 0, mtu = 0, udp_runs = 0;
+    unsigned tunnel_mtu = 0;
+    subnet6_arg_t own6 = {{0, 0}, 0};
     socklen_t optlen = sizeof(no_check);
     unsigned long long subnet, mask;
     PyObject *table, *vni_obj = Py_None;
@@ -559,8 +655,9 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|ppOy*i:Engine", kwlist, &dev_fd, &sock_fd, &port,
-                                     &subnet, &mask, &table, &vnet, &udp_gso, &vni_obj, &mac, &mtu))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiKKO|ppOy*iO&Ip:Engine", kwlist, &dev_fd, &sock_fd, &port,
+                                     &subnet, &mask, &table, &vnet, &udp_gso, &vni_obj, &mac, &mtu, subnet6_arg,
+                                     &own6, &tunnel_mtu, &udp_runs))
         return -1;
     int vxlan = vni_obj != Py_None, bad = 0;
     if (vxlan) {  /* a tap speaking VXLAN */
@@ -602,6 +699,9 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
     }
     if (vxlan)
         engine_set_vxlan(&self->engine, vni, self->mac, vnet ? (unsigned)mtu : PKT_MAX);
+    if (own6.has)
+        engine_set_ipv6(&self->engine, own6.subnet6, tunnel_mtu);
+    self->engine.udp_runs = vnet && udp_runs;
     self->ready = 1;
     return 0;
 }
@@ -671,21 +771,40 @@ static int put_count(PyObject *d, PyObject *key, uint64_t value)
 #define LOAD(field) (__atomic_load_n(&e->counters[OUT].field, __ATOMIC_RELAXED) + \
                      __atomic_load_n(&e->counters[IN].field, __ATOMIC_RELAXED))
 
+/* The engine's counters with a fixed name (besides drop_<reason>): the names of overlayd.encap.drops
+ * (its KNOWN_COUNTERS), as COUNTER_NAMES tells the parity test. */
+static const struct { const char *name; size_t offset; } plain[] = {
+#define F(x) {#x, offsetof(counters_t, x)}
+    F(dev_rx_packets), F(dev_rx_bytes), F(dev_read_error), F(tx_packets), F(tx_bytes), F(tx_dropped),
+    F(rx_packets), F(rx_bytes), F(sock_read_error), F(dev_tx_packets), F(dev_tx_bytes), F(dev_rx_superpackets),
+    F(dev_tx_superpackets), F(tx_gso_sends), F(rx_coalesced),
+#undef F
+};
+#define NPLAIN (sizeof(plain) / sizeof(plain[0]))
+
+/* COUNTER_NAMES: every name Engine.counters() may report in its first dict. */
+static PyObject *counter_names(void)
+{
+    PyObject *names = PyTuple_New((Py_ssize_t)(NPLAIN + V_COUNT - 1));
+    for (size_t i = 0; names != NULL && i < NPLAIN + V_COUNT - 1; i++) {
+        PyObject *name = i < NPLAIN ? PyUnicode_FromString(plain[i].name)
+                                    : PyUnicode_FromFormat("drop_%s", reason_names[i - NPLAIN + 1]);
+        if (name == NULL)
+            Py_CLEAR(names);
+        else
+            PyTuple_SET_ITEM(names, (Py_ssize_t)i, name);
+    }
+    return names;
+}
+
 static PyObject *Engine_counters(EngineObject *self, PyObject *unused)
 {
     if (!check_ready(self))
         return NULL;
     engine_t *e = &self->engine;
-    static const struct { const char *name; size_t offset; } plain[] = {
-#define F(x) {#x, offsetof(counters_t, x)}
-        F(dev_rx_packets), F(dev_rx_bytes), F(dev_read_error), F(tx_packets), F(tx_bytes), F(tx_dropped),
-        F(rx_packets), F(rx_bytes), F(sock_read_error), F(dev_tx_packets), F(dev_rx_superpackets),
-        F(dev_tx_superpackets), F(tx_gso_sends), F(rx_coalesced),
-#undef F
-    };
     PyObject *d = PyDict_New(), *tx_errors = PyDict_New(), *write_errors = PyDict_New();
     int rc = d && tx_errors && write_errors ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < sizeof(plain) / sizeof(plain[0]); i++) {
+    for (size_t i = 0; rc == 0 && i < NPLAIN; i++) {
         uint64_t sum = 0;
         for (int dir = OUT; dir <= IN; dir++)
             sum += __atomic_load_n((uint64_t *)((char *)&e->counters[dir] + plain[i].offset), __ATOMIC_RELAXED);
@@ -712,16 +831,20 @@ static PyObject *Engine_take_answers(EngineObject *self, PyObject *unused)
 {
     if (!check_ready(self))
         return NULL;
-    answer_t got[ANSWER_MAX];
+    answer_t *got = PyMem_Malloc(ANSWER_MAX * sizeof(*got));  /* ~80 KB: not on a loop thread's stack */
+    if (got == NULL)
+        return PyErr_NoMemory();
     int n = engine_take_answers(&self->engine, got, ANSWER_MAX);
     PyObject *list = PyList_New(n);
     for (int i = 0; list != NULL && i < n; i++) {
-        PyObject *item = PyBytes_FromStringAndSize((const char *)got[i].data, (Py_ssize_t)got[i].len);
+        PyObject *item = Py_BuildValue("(sy#)", reason_names[got[i].verdict], (const char *)got[i].data,
+                                       (Py_ssize_t)got[i].len);
         if (item == NULL)
             Py_CLEAR(list);
         else
             PyList_SET_ITEM(list, i, item);
     }
+    PyMem_Free(got);
     return list;
 }
 
@@ -767,8 +890,8 @@ static PyMethodDef engine_methods[] = {
      "counters() -> ({name: n}, {errno: n} send failures, {errno: n} device write failures); non-zero only. "
      "errno 0: a peer's node IP is not an address; -1: a code beyond the table."},
     {"take_answers", (PyCFunction)Engine_take_answers, METH_NOARGS,
-     "The first bytes of packets dropped for no_lease since the last call (Python answers them with ICMP); "
-     "also clears notify_fd."},
+     "[(reason, first bytes)] of the packets dropped for no_lease or too_big since the last call (Python answers "
+     "them with ICMP or ICMPv6); also clears notify_fd."},
     {"error", (PyCFunction)Engine_error, METH_NOARGS,
      "None, or (where, errno) when a thread failed and ended (notify_fd is then readable)."},
     {"last_beat", (PyCFunction)Engine_last_beat, METH_NOARGS,
@@ -788,13 +911,15 @@ static PyTypeObject EngineType = {
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Engine(dev_fd, sock_fd, port, subnet_int, mask, table, vnet_hdr=False, udp_gso=False, vni=None, "
-              "own_mac=None, mtu=0)\n\n"
+              "own_mac=None, mtu=0, subnet6_int=None, tunnel_mtu=0, udp_runs=False)\n\n"
               "The forwarding threads between a tun fd (non-blocking; with vnet_hdr, opened with "
               "IFF_VNET_HDR) and a UDP socket, for our subnet_int/mask, peers from the PeerTable table, "
               "peers' port `port`. udp_gso: send superpackets' segments with UDP GSO (the socket must "
               "checksum, not SO_NO_CHECK); UDP_GRO is turned on for the socket either way, unless the wire is VXLAN. With vni (and "
               "own_mac, our VtepMAC, 6 bytes) dev_fd is a tap and the wire is VXLAN on vni; with vnet_hdr "
-              "too, mtu is the tap's: a kernel VTEP's TCP superpacket beyond it is written as one GSO write.",
+              "too, mtu is the tap's: a kernel VTEP's TCP superpacket beyond it is written as one GSO write. "
+              "udp_runs (with vnet_hdr; the device must take UDP GSO writes): UDP datagrams are coalesced "
+              "too (coalesce(..., udp=True)).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
@@ -804,11 +929,12 @@ static PyTypeObject EngineType = {
 
 static PyMethodDef methods[] = {
     {"classify_outbound", py_classify_outbound, METH_VARARGS,
-     "classify_outbound(pkt, table) -> (node_ip, pkt) | reason\n\n"
+     "classify_outbound(pkt, table, mtu=None) -> (node_ip, pkt) | reason\n\n"
      "overlayd.encap.udp.outbound through the engine's C table: the owning peer's node IP and the payload, "
      "or the drop reason."},
     {"classify_inbound", py_classify_inbound, METH_VARARGS,
-     "classify_inbound(dgram, (sender_ip, sender_port), port, subnet_int, mask, table) -> dgram | reason\n\n"
+     "classify_inbound(dgram, (sender_ip, sender_port), port, subnet_int, mask, table, subnet6_int=None) -> "
+     "dgram | reason\n\n"
      "overlayd.encap.udp.inbound through the engine's C table: the packet to write to the tun, or the drop "
      "reason."},
     {"classify_tap_outbound", py_classify_tap_outbound, METH_VARARGS,
@@ -816,7 +942,8 @@ static PyMethodDef methods[] = {
      "overlayd.dataplane.codecs.VxlanCodec.outbound through the engine's C table: the owning peer's node IP "
      "and the VXLAN payload (destination MAC rewritten to its VtepMAC), or the drop reason."},
     {"classify_vxlan_inbound", py_classify_vxlan_inbound, METH_VARARGS,
-     "classify_vxlan_inbound(payload, sender_ip, vni, own_mac, subnet_int, mask, table, mtu=65535) -> "
+     "classify_vxlan_inbound(payload, sender_ip, vni, own_mac, subnet_int, mask, table, mtu=65535, "
+     "subnet6_int=None) -> "
      "frame | (vnet_hdr, frame) | reason\n\n"
      "overlayd.dataplane.codecs.VxlanCodec.inbound (with the tap's mtu) through the engine's C table: the "
      "frame to write to the tap (a partial inner checksum completed), a kernel VTEP's TCP superpacket beyond "
@@ -827,11 +954,12 @@ static PyMethodDef methods[] = {
     {"segment", py_segment, METH_VARARGS,
      "segment(vnet_hdr, pkt) -> [packet, ...] | reason\n\noverlayd.encap.gso.segment in C."},
     {"coalesce", py_coalesce, METH_VARARGS,
-     "coalesce([pkt, ...], verified=None) -> [(vnet_hdr, packet), ...]\n\noverlayd.encap.gso.coalesce in C."},
+     "coalesce([pkt, ...], verified=None, udp=True) -> [(vnet_hdr, packet), ...]\n\n"
+     "overlayd.encap.gso.coalesce in C."},
     {"segment_frame", py_segment_frame, METH_VARARGS,
      "segment_frame(vnet_hdr, frame) -> [frame, ...] | reason\n\noverlayd.encap.gso.segment_frame in C."},
     {"coalesce_frames", py_coalesce_frames, METH_VARARGS,
-     "coalesce_frames([frame, ...], verified=None) -> [(vnet_hdr, frame), ...]\n\n"
+     "coalesce_frames([frame, ...], verified=None, udp=True) -> [(vnet_hdr, frame), ...]\n\n"
      "overlayd.encap.gso.coalesce_frames in C."},
     {NULL, NULL, 0, NULL},
 };
@@ -849,8 +977,11 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 || PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0
-        || PyModule_AddType(m, &EngineType) < 0)
+    PyObject *names = counter_names();
+    if (names == NULL || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0
+        || PyModule_AddIntConstant(m, "VNET_HDR_LEN", VNET_HDR_LEN) < 0 || PyModule_AddType(m, &EngineType) < 0
+        || PyModule_AddObjectRef(m, "COUNTER_NAMES", names) < 0)
         Py_CLEAR(m);
+    Py_XDECREF(names);
     return m;
 }

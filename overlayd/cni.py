@@ -13,6 +13,14 @@ best-effort delegate DEL (so a veth the bridge made before failing does not stay
 behind) and the saved file is removed. DEL of an unknown container succeeds silently, as the
 spec requires.
 
+Services (issue 22): a pod that names services (``services`` in the network config or in
+its ``runtimeConfig``, or ``OVERLAYD_SERVICES=web,api`` in CNI_ARGS) joins them. The plugin
+stays etcd-free: after a successful ADD it writes the pod's IPv4 address and the service
+names to the daemon's endpoint spool (``endpointsDir``, default
+``/run/overlayd/endpoints``), which the daemon publishes; DEL removes the entry (see
+:mod:`overlayd.service.spool`). The bridge gets ``hairpinMode`` so that a pod reaching
+itself through its service is bridged back to it.
+
 Only the delegate's result (or a CNI error object) is ever written to stdout;
 every failure becomes ``{"cniVersion", "code", "msg", "details"}`` and exit 1.
 Everything that needs no I/O (config parsing, delegate rendering, result
@@ -22,6 +30,7 @@ formatting) is a plain function so it can be unit tested without root.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -32,7 +41,8 @@ from typing import Any
 
 from . import subnetenv
 from .atomicfile import write_atomic
-from .errors import ConfigError, OverlayError
+from .errors import ConfigError, OverlayError, ServiceError
+from .service import spool
 
 SPEC_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -81,6 +91,8 @@ class NetConf:
     data_dir: str = DEFAULT_DATA_DIR
     delegate: dict[str, Any] = dataclasses.field(default_factory=dict)
     prev_result: dict[str, Any] | None = None
+    services: tuple[str, ...] = ()  # services the pod joins (config and runtimeConfig)
+    endpoints_dir: str = spool.DEFAULT_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +168,42 @@ def parse_netconf(raw: bytes | str) -> NetConf:
     prev_result = data.get("prevResult")
     if prev_result is not None and not isinstance(prev_result, dict):
         raise CniError(ERR_INVALID_CONFIG, "network config: prevResult must be an object")
+    runtime = data.get("runtimeConfig", {})
+    if not isinstance(runtime, dict):
+        raise CniError(ERR_INVALID_CONFIG, "network config: runtimeConfig must be an object")
+    services = ()
+    for where, value in (("services", data.get("services")), ("runtimeConfig.services", runtime.get("services"))):
+        if value is not None:
+            services += _services(value, f"network config: {where}")
     return NetConf(version, name, _string(data, "subnetFile", DEFAULT_SUBNET_FILE),
-                   _string(data, "dataDir", DEFAULT_DATA_DIR), delegate, prev_result)
+                   _string(data, "dataDir", DEFAULT_DATA_DIR), delegate, prev_result,
+                   tuple(dict.fromkeys(services)), _string(data, "endpointsDir", spool.DEFAULT_DIR))
+
+
+def _services(value: Any, where: str) -> tuple[str, ...]:
+    try:
+        return spool.parse_services(value, where)
+    except ServiceError as exc:
+        raise CniError(ERR_INVALID_CONFIG, str(exc)) from None
+
+
+def args_services(cni_args: str) -> tuple[str, ...]:
+    """The services named in CNI_ARGS (``K=V;...``) by ``OVERLAYD_SERVICES=web,api``."""
+    pairs = dict(item.partition("=")[::2] for item in cni_args.split(";") if item)
+    value = pairs.get("OVERLAYD_SERVICES")
+    return () if value is None else _services(value, "CNI_ARGS: OVERLAYD_SERVICES")
+
+
+def pod_ipv4(result: Mapping[str, Any]):
+    """The pod's IPv4 address in a delegate's ADD result (``ips``, CNI 0.3.0 and later)."""
+    for entry in result.get("ips") or ():
+        try:
+            address = ipaddress.ip_interface(entry["address"]).ip
+        except (KeyError, TypeError, ValueError):
+            continue
+        if address.version == 4:
+            return address
+    raise CniError(ERR_OTHER, "cannot join services: the delegate's result has no IPv4 address")
 
 
 def _string(data: dict[str, Any], key: str, default: str | None) -> str | None:
@@ -179,16 +225,31 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_delegate(conf: NetConf, env: subnetenv.SubnetEnv) -> dict[str, Any]:
-    """The delegate's config: a bridge on cni0 over the node's subnet, plus overrides.
+    """The delegate's config: a bridge on cni0 over the node's subnets, plus overrides.
 
-    The pod's default route points at cni0 (``isDefaultGateway``): egress to
-    the world (masqueraded by the node) and replies to node addresses (host-gw
-    peers, the underlay) need it. When the daemon masquerades (FLANNEL_IPMASQ=true) the bridge must not. The
-    route to the cluster network names its gateway (the subnet's first address,
-    host-local's default and cni0's address) although the bridge would fill it in:
-    plugins before 1.3.0 (Debian ships 1.1.1) fail CHECK on a route without "gw"
+    The pod's default route points at cni0 (``isDefaultGateway``, one per family
+    the pod gets an address of): egress to the world (masqueraded by the node)
+    and replies to node addresses (host-gw peers, the underlay) need it. When the
+    daemon masquerades (FLANNEL_IPMASQ=true) the bridge must not. Each cluster
+    network's route names its gateway (the subnet's first address, host-local's
+    default and cni0's address) although the bridge would fill it in: plugins
+    before 1.3.0 (Debian ships 1.1.1) fail CHECK on a route without "gw"
     (containernetworking/plugins#886).
+
+    Dual stack: host-local gives one address per range set. The first family
+    (IPv4 when the node has it) stays in host-local's one-range shorthand
+    (``subnet``), which host-local puts before ``ranges``, so an
+    ``ipam.rangeStart`` override keeps applying to it; the IPv6 subnet of a
+    dual-stack node is the one extra range set. flannel's plugin writes every
+    family into ``ranges``; the pod ends up with the same two addresses.
     """
+    families = [(network, subnet) for network, subnet in ((env.network, env.subnet), (env.network6, env.subnet6))
+                if network is not None]
+    ipam: dict[str, Any] = {"type": "host-local", "subnet": str(families[0][1])}
+    if len(families) > 1:
+        ipam["ranges"] = [[{"subnet": str(subnet)}] for _, subnet in families[1:]]
+    ipam["routes"] = [{"dst": str(network), "gw": str(subnet.network_address + 1)} for network, subnet in families]
+    ipam["dataDir"] = os.path.join(conf.data_dir, "ipam")
     default = {
         "cniVersion": conf.cni_version,
         "name": conf.name,
@@ -196,14 +257,10 @@ def build_delegate(conf: NetConf, env: subnetenv.SubnetEnv) -> dict[str, Any]:
         "bridge": "cni0",
         "isGateway": True,
         "isDefaultGateway": True,
+        "hairpinMode": True,  # a pod reaching itself through a service (issue 22)
         "ipMasq": not env.ipmasq,
         "mtu": env.mtu,
-        "ipam": {
-            "type": "host-local",
-            "subnet": str(env.subnet),
-            "routes": [{"dst": str(env.network), "gw": str(env.subnet.network_address + 1)}],
-            "dataDir": os.path.join(conf.data_dir, "ipam"),
-        },
+        "ipam": ipam,
     }
     return merge(default, conf.delegate)
 
@@ -321,20 +378,38 @@ def invoke(inv: Invocation, environ: Mapping[str, str], conf: Mapping[str, Any])
 
 
 def cmd_add(inv: Invocation, environ: Mapping[str, str], conf: NetConf) -> tuple[int, bytes]:
-    """ADD: render and save the delegate config, then let the delegate do the work."""
+    """ADD: render and save the delegate config, then let the delegate do the work; a pod
+    that names services is put in the endpoint spool."""
+    services = tuple(dict.fromkeys(conf.services + args_services(environ.get("CNI_ARGS", ""))))
     delegate = build_delegate(conf, load_subnet_env(conf.subnet_file))
     find_plugin(delegate["type"], inv.cni_path)  # fail before leaving a file behind
     path = saved_conf_path(conf.data_dir, inv.container_id, inv.ifname)
     save_conf(path, delegate)
+    code = None
     try:
         code, out = invoke(inv, environ, delegate)
+        if code == 0 and services:
+            _join(conf, inv, services, decode(out, "delegate result"))
     except CniError:
+        if code == 0:
+            _undo_failed_add(inv, environ, delegate)
         remove_conf(path)
         raise
     if code != 0:
         _undo_failed_add(inv, environ, delegate)
         remove_conf(path)
     return code, out
+
+
+def _join(conf: NetConf, inv: Invocation, services: tuple[str, ...], result: Any) -> None:
+    """Write the pod's spool entry: its IPv4 address and the services it joins."""
+    if not isinstance(result, dict):
+        raise CniError(ERR_DECODE, "delegate result is not a JSON object")
+    entry = spool.Entry(pod_ipv4(result), services)
+    try:
+        spool.write_entry(spool.entry_path(conf.endpoints_dir, inv.container_id, inv.ifname), entry)
+    except OSError as exc:
+        raise CniError(ERR_IO, f"cannot write the endpoint spool entry in {conf.endpoints_dir}", str(exc)) from None
 
 
 def _undo_failed_add(inv: Invocation, environ: Mapping[str, str], delegate: Mapping[str, Any]) -> None:
@@ -346,7 +421,12 @@ def _undo_failed_add(inv: Invocation, environ: Mapping[str, str], delegate: Mapp
 
 
 def cmd_del(inv: Invocation, environ: Mapping[str, str], conf: NetConf) -> tuple[int, bytes]:
-    """DEL: replay the saved config; nothing saved means nothing to delete."""
+    """DEL: leave the services (the spool entry goes), replay the saved config; nothing saved
+    means nothing to delete."""
+    try:
+        spool.remove_entry(spool.entry_path(conf.endpoints_dir, inv.container_id, inv.ifname))
+    except OSError as exc:
+        raise CniError(ERR_IO, f"cannot remove the endpoint spool entry in {conf.endpoints_dir}", str(exc)) from None
     path = saved_conf_path(conf.data_dir, inv.container_id, inv.ifname)
     delegate = load_conf(path)
     if delegate is None:

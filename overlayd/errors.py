@@ -35,6 +35,14 @@ class StoreUnavailable(StoreRetryable):
     """The store did not answer (connection refused, timeout): wait until it does."""
 
 
+class ServiceError(OverlayError):
+    """A service or endpoint is invalid, unknown or already there (issue 22)."""
+
+
+class ServiceRangeFull(ServiceError):
+    """Every ClusterIP of the ServiceNetwork (or every port of the NodePortRange) is taken."""
+
+
 class WatchReset(StoreError):
     """A watch cannot be resumed from its revision: re-list and start over."""
 

@@ -11,11 +11,25 @@ state at scrape time (no copies kept, no background task). Those reads happen
 on the server's threads: they are reads of ints, ``dict`` copies and table
 lengths, which the GIL makes atomic; the daemon never waits for a scrape.
 
-Backend counters are read generically (``Backend.stats()``): ``drop_<reason>``
-become ``overlayd_dropped_packets_total{reason}``, ``<direction>_packets`` and
-``<direction>_bytes`` the packet and byte counters, names with ``error`` in
-them ``overlayd_datapath_errors_total``, any other counter
-``overlayd_datapath_events_total``. A new drop reason needs no change here.
+Data-plane counters are read generically (``Backend.stats()``) and named by
+the registry in :mod:`overlayd.encap.drops`: ``<key>_packets`` and
+``<key>_bytes`` of its ``TRAFFIC`` become
+``overlayd_datapath_packets_total``/``_bytes_total`` with the ``side``
+(underlay or device) and the ``direction`` (rx or tx) as two labels, so a
+``sum by`` never adds the device's packets to the peers'; ``drop_<reason>``
+(and ``tx_dropped``, a full send buffer) ``overlayd_dropped_packets_total
+{reason}``; failed calls ``overlayd_datapath_errors_total``; the others
+``overlayd_datapath_events_total``. For a userspace backend every name of the
+registry is exported from the start at 0 (a series born with its first drop
+hides that burst from ``increase()``); a name the registry does not know yet
+is still exported, by its prefix. Peer counts (``peers``, ``direct_peers``,
+``skipped_peers``) are gauges of their own. A kernel VXLAN node exports its
+device's own counters instead (``overlayd_kernel_device_*``, read from sysfs
+at scrape time). A backend with per-peer sessions (wireguard, ``Backend.peer_stats()``)
+exports each peer's last handshake age and bytes (``overlayd_peer_*``, labelled
+by device, peer subnet and public key). Label values are snake_case (no spaces). The reference, with
+example alerts and the renames of issue 21, is docs/metrics.md; a test holds
+it to what is exported here.
 
 Bounds. A thread per connection (prometheus-client's ``ThreadingWSGIServer``,
 used before) let 1,000 half-open connections make 1,012 threads. Now one
@@ -32,6 +46,7 @@ that sends its request at once is answered at once behind it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import queue
 import selectors
 import socket
@@ -48,14 +63,32 @@ from . import __version__
 from .backend.base import Backend
 from .backend.userspace import UserspaceBackend
 from .dataplane import fast
+from .encap import drops
 from .errors import ConfigError
+from .hostport import host_port
 from .lease.connectivity import Connectivity
 from .lease.model import Lease
 from .lease.watcher import LeaseWatcher
 from .watchdog import Liveness
 
-# Backend stats that are table sizes, not counters: overlayd_peers covers them.
+# Backend stats that are table sizes, not counters: the overlayd_*peers gauges (PEER_GAUGES) cover them.
 TABLE_SIZES = frozenset({"peers", "routes"})
+#: backend stats that are peer counts -> (gauge, what it counts)
+PEER_GAUGES = {
+    "direct_peers": ("overlayd_direct_peers", "Peers reached by a direct route on the underlay, not encapsulated "
+                     "(Backend.DirectRouting); counted in overlayd_peers too"),
+    "skipped_peers": ("overlayd_skipped_peers", "Peer leases this node cannot use (another backend, or not on "
+                      "this L2 segment for host-gw) and so does not route to"),
+}
+#: the kernel device's sysfs statistics exported for a kernel VXLAN node: kind -> (family, help)
+DEVICE_FAMILIES = {
+    "packets": ("overlayd_kernel_device_packets", "Packets the kernel's overlay device counted (ip -s link): "
+                "tx encapsulated and sent to peers, rx received from peers and decapsulated"),
+    "bytes": ("overlayd_kernel_device_bytes", "Bytes the kernel's overlay device counted (as "
+              "overlayd_kernel_device_packets_total)"),
+    "dropped": ("overlayd_kernel_device_dropped_packets", "Packets the kernel's overlay device dropped"),
+    "errors": ("overlayd_kernel_device_errors", "Transmit or receive errors of the kernel's overlay device"),
+}
 
 # The health server's bounds (see "Bounds" in the module note). Its clients are probes and
 # scrapers that send their request as soon as they connect and take milliseconds to serve.
@@ -73,6 +106,7 @@ class DaemonState(Protocol):
     lease: Lease | None
     lease_lost: bool  # the peer watch saw our key gone or rebound; cleared once the lease is ours again
     backend: Backend | None
+    peers_seen: Mapping[object, tuple[Lease, float]]  # every peer lease, by its subnet: (lease, first seen)
     connectivity: Connectivity
     watcher: "CountingLeaseWatcher | None"
     liveness: Liveness
@@ -96,15 +130,19 @@ class CountingLeaseWatcher(LeaseWatcher):
 
 
 def parse_addr(spec: str) -> tuple[str, int]:
-    """``127.0.0.1:10256`` -> ``("127.0.0.1", 10256)``; :class:`ConfigError` otherwise."""
+    """``127.0.0.1:10256`` -> ``("127.0.0.1", 10256)``, ``[::1]:10256`` -> ``("::1", 10256)`` (an
+    IPv6 address in brackets, as in URLs); :class:`ConfigError` otherwise."""
     host, _, port = spec.rpartition(":")
     try:
-        ipaddress.IPv4Address(host)
+        if host.startswith("[") and host.endswith("]"):
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        else:
+            ipaddress.IPv4Address(host)
         number = int(port)
     except ValueError:
         number = 0
     if not 0 < number < 65536:
-        raise ConfigError(f"{spec!r} is not IPv4:PORT (e.g. 127.0.0.1:10256)")
+        raise ConfigError(f"{spec!r} is not IPv4:PORT or [IPv6]:PORT (e.g. 127.0.0.1:10256, [::1]:10256)")
     return host, number
 
 
@@ -122,9 +160,44 @@ def readiness(state: DaemonState, now: float | None = None) -> str | None:
     return None
 
 
+def reachable_peers(seen: Mapping[object, tuple[Lease, float]], routed: list[str]) -> int:
+    """How many peer nodes the backend reaches: the leases of ``seen`` (the daemon's ``peers_seen``)
+    with a subnet of either family in ``routed`` (``Backend.peer_subnets()``), so that a dual-stack
+    peer's two subnets count once. Pure."""
+    return _reachable(list(seen.values()), routed)  # list(): one copy, under the GIL (module note)
+
+
+def _reachable(values: list[tuple[Lease, float]], routed: list[str]) -> int:
+    reached = set(routed)
+    return sum(1 for lease, _ in values
+               if str(lease.subnet) in reached or (lease.subnet6 is not None and str(lease.subnet6) in reached))
+
+
+class PeerCount:
+    """:func:`reachable_peers`, counted again only when its inputs changed: ``seen``'s values (a list
+    compare, at C speed while the tuples are the same objects) or ``routed``. systemd's status line
+    asks every second; at 5000 peers a count took ~15 ms (a ``str()`` per lease), most of an idle
+    daemon's CPU. The memo is one tuple, replaced whole: the health server's thread counts too."""
+
+    def __init__(self) -> None:
+        self._last: tuple | None = None  # (seen's values, routed, count)
+
+    def __call__(self, seen: Mapping[object, tuple[Lease, float]], routed: list[str]) -> int:
+        values, last = list(seen.values()), self._last
+        if last is not None and last[1] == routed and last[0] == values:
+            return last[2]
+        count = _reachable(values, routed)
+        self._last = (values, list(routed), count)  # a copy: compared by value next time
+        return count
+
+
+#: the count the status line and /metrics share (one daemon per process: the same inputs)
+peer_count = PeerCount()
+
+
 def status_line(state: DaemonState) -> str:
     """systemd's ``STATUS=`` once the daemon is up: ``leased 10.244.3.0/24; 2 peers``."""
-    peers = len(state.backend.peer_subnets())
+    peers = peer_count(state.peers_seen, state.backend.peer_subnets())
     line = f"{readiness(state) or f'leased {state.lease.subnet}'}; {peers} peer{'' if peers == 1 else 's'}"
     return line if state.connectivity.up else line + "; etcd unreachable"
 
@@ -134,33 +207,77 @@ def datapath(backend: Backend) -> str:
     return backend.datapath if isinstance(backend, UserspaceBackend) else "kernel"
 
 
-def backend_families(stats: Mapping[str, int]) -> list[Metric]:
-    """The backend's counters as metric families (see the module note)."""
-    packets = CounterMetricFamily("overlayd_packets", "Packets by direction: tx/rx to/from peers on the "
-                                  "underlay, dev_rx/dev_tx read from/written to the overlay device",
-                                  labels=["direction"])
-    nbytes = CounterMetricFamily("overlayd_bytes", "Bytes by direction (as overlayd_packets_total)",
-                                 labels=["direction"])
-    drops = CounterMetricFamily("overlayd_dropped_packets", "Packets the data plane dropped, by reason",
-                                labels=["reason"])
-    errors = CounterMetricFamily("overlayd_datapath_errors", "Failed device or socket calls, by kind",
+def label_value(value: str) -> str:
+    """A label value as exported: snake_case, no spaces (``control loop`` -> ``control_loop``)."""
+    return "_".join(value.split())
+
+
+def backend_families(stats: Mapping[str, int], preset: bool = False) -> list[Metric]:
+    """The data plane's counters as metric families (see the module note); with ``preset`` (a
+    userspace backend) every counter of the registry is there, at 0 until it counts."""
+    packets = CounterMetricFamily("overlayd_datapath_packets", "Packets the data plane moved: side underlay (the "
+                                  "UDP socket, to/from peers) or device (the tun or tap); direction rx (read "
+                                  "there) or tx (written there)", labels=["side", "direction"])
+    nbytes = CounterMetricFamily("overlayd_datapath_bytes", "Bytes the data plane moved (as "
+                                 "overlayd_datapath_packets_total; device bytes without a virtio header)",
+                                 labels=["side", "direction"])
+    dropped = CounterMetricFamily("overlayd_dropped_packets", "Packets the data plane dropped, by reason",
+                                  labels=["reason"])
+    errors = CounterMetricFamily("overlayd_datapath_errors", "Failed device or socket calls, by call (and errno)",
                                  labels=["error"])
-    events = CounterMetricFamily("overlayd_datapath_events", "Other backend counters (peers skipped, "
-                                 "send buffer full)", labels=["event"])
-    for name, value in sorted(stats.items()):
-        if name in TABLE_SIZES:
+    events = CounterMetricFamily("overlayd_datapath_events", "Other data-plane counters (superpackets, UDP GSO "
+                                 "sends, split UDP_GRO buffers, peers of another backend)", labels=["event"])
+    counts = {**dict.fromkeys(drops.KNOWN_COUNTERS, 0), **stats} if preset else dict(stats)
+    for name, value in sorted(counts.items()):
+        key, _, unit = name.rpartition("_")
+        if name in TABLE_SIZES or name in PEER_GAUGES:
             continue
-        if name.startswith("drop_"):
-            drops.add_metric([name.removeprefix("drop_")], value)
-        elif name.endswith("_packets"):
-            packets.add_metric([name.removesuffix("_packets")], value)
-        elif name.endswith("_bytes"):
-            nbytes.add_metric([name.removesuffix("_bytes")], value)
-        elif "error" in name:
+        if key in drops.TRAFFIC and unit in ("packets", "bytes"):
+            (packets if unit == "packets" else nbytes).add_metric(list(drops.TRAFFIC[key]), value)
+        elif name in drops.DROPS or name.startswith("drop_"):
+            dropped.add_metric([drops.DROPS.get(name, name.removeprefix("drop_"))], value)
+        elif name in drops.ERRORS or name.startswith(drops.ERRNO_ERRORS) or "error" in name:
             errors.add_metric([name], value)
         else:
             events.add_metric([name], value)
-    return [packets, nbytes, drops, errors, events]
+    return [packets, nbytes, dropped, errors, events]
+
+
+def device_families(device: str, statistics: Mapping[str, int]) -> list[Metric]:
+    """A kernel device's sysfs statistics (``rx_packets``, ``tx_dropped``, ...) as metric families."""
+    families = []
+    for kind, (name, documentation) in DEVICE_FAMILIES.items():
+        family = CounterMetricFamily(name, documentation, labels=["device", "direction"])
+        for direction in ("rx", "tx"):
+            family.add_metric([device, direction], statistics.get(f"{direction}_{kind}", 0))
+        families.append(family)
+    return families
+
+
+#: the labels of the per-peer session families (:func:`peer_families`)
+PEER_LABELS = ["device", "subnet", "public_key"]
+
+
+def peer_families(rows: list[dict]) -> list[Metric]:
+    """``Backend.peer_stats()`` rows as metric families: the age of each peer session's last handshake
+    (+Inf before the first), its bytes by direction and whether it is stalled; none without rows."""
+    if not rows:
+        return []
+    age = GaugeMetricFamily("overlayd_peer_handshake_age_seconds", "Seconds since the last handshake with each "
+                            "peer (+Inf: none yet); a session in use handshakes every 2 minutes",
+                            labels=PEER_LABELS)
+    nbytes = CounterMetricFamily("overlayd_peer_bytes", "Bytes received from (rx) and sent to (tx) each peer, "
+                                 "encrypted, as its device counts them", labels=[*PEER_LABELS, "direction"])
+    stalled = GaugeMetricFamily("overlayd_peer_stalled", "1 while this node sends to the peer without a session "
+                                "(no handshake for 15 s while sending: unreachable, or its key or PSK differs)",
+                                labels=PEER_LABELS)
+    for row in rows:
+        labels = [row["device"], row["subnet"], row["public_key"]]
+        age.add_metric(labels, math.inf if row["handshake_age"] is None else row["handshake_age"])
+        for direction in ("rx", "tx"):
+            nbytes.add_metric([*labels, direction], row[f"{direction}_bytes"])
+        stalled.add_metric(labels, 1 if row["stalled"] else 0)
+    return [age, nbytes, stalled]
 
 
 def _gauge(name: str, documentation: str, value: float, **labels: str) -> GaugeMetricFamily:
@@ -184,7 +301,7 @@ class DaemonCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Every overlayd metric, read now (README: Observing it)."""
+        """Every overlayd metric, read now (docs/metrics.md is the reference)."""
         state, backend, lease = self.state, self.state.backend, self.state.lease
         yield InfoMetricFamily("overlayd_build", "overlayd's version", value={"version": __version__})
         yield _gauge("overlayd_c_engine_available", "1 when the C engine (overlayd._fastpath) loads; 0: it was "
@@ -209,7 +326,7 @@ class DaemonCollector:
         ages = GaugeMetricFamily("overlayd_loop_heartbeat_age_seconds", "Seconds since each event loop "
                                  "last turned (the watchdog and /healthz judge these)", labels=["loop"])
         for name, age in state.liveness.ages().items():
-            ages.add_metric([name], age)
+            ages.add_metric([label_value(name)], age)
         yield ages
         if backend is None:
             return
@@ -217,8 +334,17 @@ class DaemonCollector:
             if isinstance(backend, UserspaceBackend) else {}
         yield InfoMetricFamily("overlayd_datapath", "The active backend and data path",
                                value={"backend": backend.type_name, "datapath": datapath(backend), **loop})
-        yield _gauge("overlayd_peers", "Peers this node can reach", len(backend.peer_subnets()))
-        yield from backend_families(backend.stats())
+        stats = backend.stats()
+        yield _gauge("overlayd_peers", "Peer nodes this node can reach (a dual-stack peer counts once)",
+                     peer_count(state.peers_seen, backend.peer_subnets()))
+        for key, (name, documentation) in PEER_GAUGES.items():
+            yield _gauge(name, documentation, stats.get(key, 0))
+        yield from (family for family in backend_families(stats, preset=isinstance(backend, UserspaceBackend))
+                    if family.samples)  # a kernel backend has no data-plane counters: no empty families
+        statistics = backend.device_statistics()
+        if statistics is not None:
+            yield from device_families(backend.device, statistics)
+        yield from peer_families(backend.peer_stats())
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -332,6 +458,12 @@ class BoundedWSGIServer(WSGIServer):
         self._waker.close()
 
 
+class BoundedWSGIServer6(BoundedWSGIServer):
+    """:class:`BoundedWSGIServer` on an IPv6 address."""
+
+    address_family = socket.AF_INET6
+
+
 class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``addr``, served on a thread (see the module note)."""
 
@@ -343,10 +475,11 @@ class HealthServer:
         ProcessCollector(registry=registry)  # process_* metrics: CPU, memory, open fds
         self.metrics = make_wsgi_app(registry)
         host, port = addr
+        server = BoundedWSGIServer6 if ":" in host else BoundedWSGIServer
         try:
-            self.httpd = make_server(host, port, self.app, BoundedWSGIServer, handler_class=_QuietHandler)
+            self.httpd = make_server(host, port, self.app, server, handler_class=_QuietHandler)
         except OSError as exc:
-            raise ConfigError(f"--healthz-addr {host}:{port}: cannot listen: {exc.strerror}") from None
+            raise ConfigError(f"--healthz-addr {host_port(host, port)}: cannot listen: {exc.strerror}") from None
         self.address = self.httpd.server_address[:2]
         self.thread = threading.Thread(target=self.httpd.serve, name="overlayd-healthz", daemon=True)
         self.thread.start()

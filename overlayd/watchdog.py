@@ -156,13 +156,23 @@ class SystemdNotifier:
         self._status: str | None = None
         self._stalled = False
 
+    def _new_status(self) -> list[str]:
+        """``["STATUS=..."]`` when ``status()`` changed since it was last sent, else ``[]``."""
+        status = self.status()
+        if status == self._status:
+            return []
+        self._status = status
+        return [f"STATUS={status}"]
+
+    def status_changed(self) -> None:
+        """Send ``STATUS=`` now if it changed (peers came or went), not at the next round."""
+        lines = self._new_status()
+        if lines:
+            self.notify(lines[0])
+
     def step(self) -> str:
         """One round: what was sent to systemd ("" for nothing)."""
-        lines = []
-        status = self.status()
-        if status != self._status:
-            lines.append(f"STATUS={status}")
-            self._status = status
+        lines = self._new_status()
         if self.watchdog:
             stalled = self.liveness.problem(self.stall_after)
             if stalled and not self._stalled:

@@ -20,7 +20,15 @@ def pytest_sessionstart(session):
             pytest.exit(f"OVERLAYD_REQUIRE_FASTPATH=1: the C engine does not load: {fast.IMPORT_ERROR}", returncode=1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "run_first: a long test, collected first (see pytest_collection_modifyitems)")
+
+
 def pytest_collection_modifyitems(config, items):
+    """Skip what this machine cannot run; put ``run_first`` tests first (the rest keeps its order):
+    scripts/test's ``--dist worksteal`` deals the collection out in contiguous chunks and steals from
+    their ends, so they start at once on the first worker and overlap the rest of the suite instead
+    of trailing it."""
     is_root = os.geteuid() == 0
     has_etcd = os.path.exists(ETCD_BIN)
     for item in items:
@@ -28,6 +36,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs root and network namespaces"))
         if "etcd" in item.keywords and not has_etcd:
             item.add_marker(pytest.mark.skip(reason=f"needs etcd at {ETCD_BIN} (scripts/install)"))
+    items.sort(key=lambda item: item.get_closest_marker("run_first") is None)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ set -euo pipefail
 ETCD_IP=$1 BACKEND=$2
 /opt/overlayd/src/scripts/install
 mkdir -p /etc/systemd/system/etcd.service.d
-sed "s/192.0.2.10/$ETCD_IP/" /opt/overlayd/src/systemd/etcd-listen.conf > /etc/systemd/system/etcd.service.d/listen.conf
+sed "s|^Environment=ETCD_ADVERTISE_CLIENT_URLS=.*|Environment=ETCD_ADVERTISE_CLIENT_URLS=http://$ETCD_IP:2379|" \
+  /opt/overlayd/src/systemd/etcd-listen.conf > /etc/systemd/system/etcd.service.d/listen.conf
 systemctl daemon-reload
 systemctl enable --now etcd
 systemctl restart etcd

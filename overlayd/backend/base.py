@@ -20,22 +20,34 @@ from ..lease.watcher import Batch
 from ..netconf import NetworkConfig
 
 if TYPE_CHECKING:
+    from ..plumbing.iface import Choice
     from ..plumbing.netlink import Netlink
 
 
 @dataclasses.dataclass(frozen=True)
 class Underlay:
-    """The node's own network: the interface peers reach it on, its address there (the
-    tunnel's local end) and the public IP peers send to (another one behind NAT)."""
+    """The node's own network: the interface peers reach it on, its addresses there (the
+    tunnels' local ends) and the public IPs peers send to (others behind NAT), per family:
+    ``public_ip`` None on an IPv6-only node, ``public_ip6`` None on a node without IPv6
+    (:class:`overlayd.plumbing.iface.Choice` has them as the config's families need them)."""
 
     iface: str
-    public_ip: ipaddress.IPv4Address
+    public_ip: ipaddress.IPv4Address | None
     mtu: int
     address: ipaddress.IPv4Address | None = None  # None: the public IP
+    public_ip6: ipaddress.IPv6Address | None = None  # the lease's PublicIPv6
+    address6: ipaddress.IPv6Address | None = None  # None: the public IPv6
 
     def __post_init__(self):
         if self.address is None:
             object.__setattr__(self, "address", self.public_ip)
+        if self.address6 is None:
+            object.__setattr__(self, "address6", self.public_ip6)
+
+    @classmethod
+    def from_choice(cls, choice: "Choice") -> "Underlay":
+        """The underlay :func:`overlayd.plumbing.iface.choose` picked (``Netlink.underlay``)."""
+        return cls(choice.iface, choice.public_ip, choice.mtu, choice.address, choice.public_ip6, choice.address6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,7 @@ class NodeOptions:
     use_uvloop: bool = False
     datapath: str = "python"  # "c": the userspace backends' C engine (overlayd._fastpath)
     udp_checksum: bool = False  # send checksummed UDP (the C engine then uses UDP GSO); default: checksum 0
+    state_dir: str = "/var/lib/overlayd"  # files kept across restarts and reboots (wireguard's private key)
 
 
 class Backend(abc.ABC):
@@ -68,11 +81,19 @@ class Backend(abc.ABC):
         return self.config.backend.overlay_mtu(self.underlay.mtu)
 
     def lease_attrs(self) -> LeaseAttrs:
-        """What this node publishes in its lease."""
-        return LeaseAttrs(self.underlay.public_ip, self.type_name, self.backend_data())
+        """What this node publishes in its lease: ``PublicIP`` and ``PublicIPv6`` (the underlay's,
+        either None when the node has no such family), ``BackendType``, ``BackendData`` and
+        ``BackendV6Data``."""
+        return LeaseAttrs(self.underlay.public_ip, self.type_name, self.backend_data(),
+                          public_ip6=self.underlay.public_ip6, backend_v6_data=self.backend_v6_data())
 
     def backend_data(self) -> dict | None:
         """The lease's ``BackendData`` (None for backends that publish none)."""
+        return None
+
+    def backend_v6_data(self) -> dict | None:
+        """The lease's ``BackendV6Data``: what peers need to reach this node's IPv6 side (flannel's
+        kernel VXLAN: the IPv6 device's VNI and VtepMAC); None for backends that publish none."""
         return None
 
     async def preflight(self) -> None:
@@ -107,6 +128,20 @@ class Backend(abc.ABC):
     def stats(self) -> dict:
         """Counters for status output."""
         return {}
+
+    def peer_stats(self, now: float | None = None) -> list[dict]:
+        """Per-peer sessions, for backends that keep them (wireguard): one row per peer node and device,
+        with its lease ``subnet``, ``device``, ``public_key``, ``endpoint``, ``subnets`` there,
+        ``latest_handshake`` (epoch seconds, 0: never), ``handshake_age`` (seconds at ``now``, None:
+        never), ``stalled`` (sending without a session) and ``rx_bytes``/``tx_bytes``. The status file
+        and /metrics show them. Here: none."""
+        return []
+
+    def device_statistics(self) -> dict[str, int] | None:
+        """The kernel's own counters of an overlay device the kernel forwards through (``rx_packets``,
+        ``tx_bytes``, ... as sysfs names them), read now; None where overlayd's data plane counts instead
+        (or the device is gone). Called from the health server's thread."""
+        return None
 
     @abc.abstractmethod
     def peer_subnets(self) -> list[str]:

@@ -1,10 +1,15 @@
 """The host-gw backend: no encapsulation, one route per peer subnet via the peer's node IP.
 
+Dual stack (as flannel's host-gw): a peer's IPv6 subnet is routed via its
+PublicIPv6, its IPv4 subnet via its PublicIP, for each family both nodes
+have (:func:`peer_routes`); an IPv6-only peer gets its IPv6 route alone.
+
 It only works between nodes on one L2 segment: the kernel refuses a route
 whose gateway is not directly reachable, and we turn that refusal into a
-warning and a counter for that peer (the others keep working) instead of an
-error. The daemon refuses to start only if its own underlay interface cannot
-carry host-gw at all (no Ethernet link layer).
+warning and a counter for that peer (the others keep working, and so does
+the peer's other family if its route was taken) instead of an error. The
+daemon refuses to start only if its own underlay interface cannot carry
+host-gw at all (no Ethernet link layer).
 """
 
 from __future__ import annotations
@@ -16,31 +21,63 @@ import logging
 from ..errors import ConfigError, PlumbingError
 from ..lease.model import Lease
 from ..lease.watcher import Batch
+from ..netconf import BackendConfig
 from ..plumbing.netlink import Netlink
 from .base import Backend
+from .registry import BackendSpec
 
 log = logging.getLogger(__name__)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+TYPE = "host-gw"
+
+
+def node_versions(backend: Backend) -> frozenset[int]:
+    """The IP versions this node routes to peers directly: those with a pool in the config and an
+    underlay address of the family (its PublicIP, its PublicIPv6)."""
+    config, underlay = backend.config, backend.underlay
+    return frozenset(version for version, pool, address in (
+        (4, config.ipv4, underlay.public_ip), (6, config.ipv6, underlay.public_ip6))
+        if pool is not None and address is not None)
+
+
+def peer_routes(lease: Lease, versions: frozenset[int]) -> list[tuple[Network, ipaddress.IPv4Address
+                                                                     | ipaddress.IPv6Address]]:
+    """A peer's direct routes, (its subnet, its underlay address) per family in ``versions`` that
+    the lease has both of (pure)."""
+    attrs = lease.attrs
+    return [(subnet, gateway) for version, subnet, gateway in (
+        (4, lease.subnet if lease.subnet.version == 4 else None, attrs.public_ip),
+        (6, lease.subnet6, attrs.public_ip6))
+        if version in versions and subnet is not None and gateway is not None]
+
+
+def lease_subnets(lease: Lease | None) -> set[Network]:
+    """The subnets of ``lease`` (one or two; none for None)."""
+    return set() if lease is None else {lease.subnet, lease.subnet6} - {None}
 
 
 async def delete_peer_routes(nl: Netlink, backend: Backend) -> None:
-    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network, known or
-    not (host-gw's routes, and VXLAN's direct routes)."""
-    config, lease = backend.config, backend.lease
+    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network (either
+    family's), known or not (host-gw's routes, and VXLAN's direct routes)."""
+    pools = [pool for pool in (backend.config.ipv4, backend.config.ipv6) if pool is not None]
+    own = lease_subnets(backend.lease)
     for dst in await nl.routes(backend.underlay.iface):
-        if dst.subnet_of(config.network) and dst.prefixlen == config.subnet_len \
-                and (lease is None or dst != lease.subnet):
+        if dst not in own and any(dst.version == pool.network.version and dst.subnet_of(pool.network)
+                                  and dst.prefixlen == pool.subnet_len for pool in pools):
             await nl.delete_route(dst, dev=backend.underlay.iface)
 
 
 class HostGwBackend(Backend):
     """Routes to peers' subnets through their node IPs."""
 
-    type_name = "host-gw"
+    type_name = TYPE
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.skipped = 0
-        self.routes: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = {}  # peer subnet -> its node IP
+        self.skipped: set[Network] = set()  # peers (by lease.subnet) not routed to: a gauge, not a tally
+        self.routes: dict[Network, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # peer subnet -> its node IP
+        self.leases: dict[Network, Lease] = {}  # peer (lease.subnet) -> the lease its routes came from
         self._lock = asyncio.Lock()  # apply and reconcile: a route being removed is never put back
 
     async def preflight(self) -> None:
@@ -58,6 +95,7 @@ class HostGwBackend(Backend):
         async with self._lock:
             await delete_peer_routes(nl, self)
             self.routes.clear()
+            self.leases.clear()
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:
@@ -71,29 +109,40 @@ class HostGwBackend(Backend):
     async def apply(self, batch: Batch) -> None:
         async with self._lock, Netlink() as nl:
             for lease in batch.removed:
-                await self._forget(nl, lease.subnet)
+                await self._forget(nl, lease)
             # one read for the whole batch, taken after the removals it must not see
             state = await nl.device_state(self.underlay.iface, peers=False) if batch.added else None
             for lease in batch.added:
                 if lease.attrs.backend_type != self.type_name:
                     log.warning("peer %s uses backend %s, not host-gw: skipped", lease.subnet,
                                 lease.attrs.backend_type)
-                    self.skipped += 1
-                    await self._forget(nl, lease.subnet)  # it may have been a host-gw peer before
+                    await self._forget(nl, lease)  # it may have been a host-gw peer before
+                    self.skipped.add(lease.subnet)
                     continue
-                try:
-                    await nl.ensure_route(lease.subnet, self.underlay.iface, gateway=lease.public_ip,
-                                          state=state)
-                except PlumbingError as exc:
-                    log.warning("peer %s on %s is not on this L2 segment, skipped: %s",
-                                lease.subnet, lease.public_ip, exc)
-                    self.skipped += 1
-                    await self._forget(nl, lease.subnet)
-                    continue
-                self.routes[lease.subnet] = lease.public_ip
+                routes = peer_routes(lease, node_versions(self))
+                # a changed lease may have lost a family: its old route goes
+                await self._drop(nl, lease_subnets(self.leases.get(lease.subnet)) - {s for s, _ in routes})
+                self.leases[lease.subnet] = lease
+                refused = False
+                for subnet, gateway in routes:  # each family alone, as flannel's
+                    try:
+                        await nl.ensure_route(subnet, self.underlay.iface, gateway=gateway, state=state)
+                    except PlumbingError as exc:
+                        log.warning("peer %s on %s is not on this L2 segment, skipped: %s", subnet, gateway, exc)
+                        await self._drop(nl, {subnet})
+                        refused = True
+                        continue
+                    self.routes[subnet] = gateway
+                (self.skipped.add if refused else self.skipped.discard)(lease.subnet)
 
-    async def _forget(self, nl: Netlink, subnet) -> None:
-        if subnet in self.routes:
+    async def _forget(self, nl: Netlink, lease: Lease) -> None:
+        """Forget a peer: the routes of its lease (and of the one they came from)."""
+        self.skipped.discard(lease.subnet)
+        await self._drop(nl, lease_subnets(lease) | lease_subnets(self.leases.pop(lease.subnet, None)))
+
+    async def _drop(self, nl: Netlink, subnets: set[Network]) -> None:
+        """Delete our routes to ``subnets``."""
+        for subnet in subnets & self.routes.keys():
             await nl.delete_route(subnet, dev=self.underlay.iface)
             del self.routes[subnet]
 
@@ -102,4 +151,12 @@ class HostGwBackend(Backend):
         return sorted(str(s) for s in list(self.routes))
 
     def stats(self) -> dict:
-        return {"routes": len(self.routes), "skipped_peers": self.skipped}
+        return {"routes": len(self.routes), "skipped_peers": len(self.skipped)}
+
+
+def parse(raw: dict, notes: list[str]) -> BackendConfig:
+    """host-gw has no settings but its ``Type`` (no encapsulation, so no ``MTU`` either)."""
+    return BackendConfig(type=TYPE)
+
+
+SPEC = BackendSpec(TYPE, frozenset({"Type"}), 0, parse, lambda options: HostGwBackend)

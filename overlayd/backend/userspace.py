@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from ..encap.drops import Counters
 from ..encap.table import Peer, PeerTable
 from ..errors import OverlayError, PlumbingError
 from ..lease.watcher import Batch
+from ..plumbing import sysctl
 from ..watchdog import LoopHeartbeat
 from .base import Backend
 
@@ -74,7 +76,9 @@ class UserspaceBackend(Backend):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.table = PeerTable(self.config.subnet_len)
+        ipv4, ipv6 = self.config.ipv4, self.config.ipv6  # dual stack (issue 17): both families share the table
+        self.table = PeerTable(ipv4.subnet_len if ipv4 is not None else None,
+                               ipv6.subnet_len if ipv6 is not None else None)
         self.counters = Counters()
         self.dev_fd: int | None = None
         self.vnet_hdr = False  # the device was opened with IFF_VNET_HDR (set by the backend's setup)
@@ -85,6 +89,36 @@ class UserspaceBackend(Backend):
         # the data plane turning (for the watchdog, /healthz): the engine's threads, or its event loop
         self.heartbeat = EngineHeartbeat() if self.datapath == "c" else LoopHeartbeat()
 
+    @property
+    def underlay_version(self) -> int:
+        """The one underlay family this node's tunnels use for both inner families (issue 17): IPv4 when
+        the node has a PublicIP, else IPv6."""
+        return 4 if self.underlay.public_ip is not None else 6
+
+    @property
+    def mtu(self) -> int:
+        """The overlay MTU (:attr:`Backend.mtu`), 20 bytes less over an IPv6 underlay: its header is 40
+        bytes where flannel's overheads count IPv4's 20 (a datagram past the underlay's MTU would be
+        fragmented by the sending kernel)."""
+        return super().mtu - (20 if self.underlay_version == 6 else 0)
+
+    @property
+    def udp_checksum(self) -> bool:
+        """Whether our datagrams carry UDP checksums (the C engine then sends superpackets with UDP GSO):
+        with ``--udp-checksum``, and always over an IPv6 underlay (:mod:`overlayd.dataplane.sockets`)."""
+        return self.options.udp_checksum or self.underlay_version == 6
+
+    def peer_address(self, lease) -> str | None:
+        """Where a peer is sent to: its lease's PublicIP over an IPv4 underlay, its PublicIPv6 over an
+        IPv6 one (None: it has no address of our underlay's family, counted as an incompatible peer)."""
+        address = lease.attrs.public_ip if self.underlay_version == 4 else lease.attrs.public_ip6
+        if address is None:
+            log.warning("peer %s has no IPv%d public address, as our underlay needs: not reachable from here",
+                        lease.subnet, self.underlay_version)
+            self.counters.count("incompatible_peers")
+            return None
+        return str(address)
+
     def peer_for(self, lease) -> Peer | None:
         """The data-plane peer for a lease, or None if we cannot talk to it."""
         if lease.attrs.backend_type != self.type_name:
@@ -92,11 +126,47 @@ class UserspaceBackend(Backend):
                         lease.subnet, lease.public_ip, lease.attrs.backend_type, self.type_name)
             self.counters.count("incompatible_peers")
             return None
-        return Peer(str(lease.public_ip), None)
+        address = self.peer_address(lease)
+        return None if address is None else Peer(address, None)
+
+    def own_subnet6(self):
+        """Our IPv6 subnet (an ``IPv6Network``) when the network has an IPv6 pool: the device then carries
+        IPv6 too (issue 17); else None."""
+        return self.lease.subnet6 if self.table.subnet_len6 is not None else None
+
+    def own_subnet4(self):
+        """Our IPv4 subnet (an ``IPv4Network``), None on an IPv6-only network."""
+        return self.lease.subnet if self.lease.subnet.version == 4 else None
+
+    def set_device_ipv6(self) -> None:
+        """IPv6 on the device when it carries IPv6 (:meth:`own_subnet6`), else off (it would only send
+        IPv6 noise): from setup, once the device exists."""
+        (sysctl.disable_ipv6 if self.own_subnet6() is None else sysctl.enable_ipv6)(self.device)
+
+    async def ensure_device_addresses(self, nl) -> None:
+        """Reconcile's addresses and routes, per family the network has: the subnet's network address as
+        a host address (IPv4 ``.0/32``, IPv6 ``::/128``) and one ``<Network> dev <device>`` route for
+        every remote subnet of that family."""
+        own4 = self.own_subnet4()
+        if own4 is not None:
+            await nl.ensure_address(self.device, ipaddress.IPv4Interface(f"{own4.network_address}/32"))
+            await nl.ensure_route(self.config.network, self.device)
+        own6 = self.own_subnet6()
+        if own6 is not None:
+            await nl.ensure_address(self.device, ipaddress.IPv6Interface(f"{own6.network_address}/128"))
+            await nl.ensure_route(self.config.ipv6.network, self.device)
+
+    def _subnets(self, lease) -> list:
+        """The subnets of ``lease`` the table holds: its IPv4 one, and its IPv6 one when the network has an
+        IPv6 pool (an IPv6-only lease's ``subnet`` is its ``subnet6``: listed once)."""
+        both = dict.fromkeys(s for s in (lease.subnet, lease.subnet6) if s is not None)
+        return [s for s in both if s.version == 4 or self.table.subnet_len6 is not None]
 
     async def apply(self, batch: Batch) -> None:
-        changes = [(l.subnet, None) for l in batch.removed]
-        changes += [(l.subnet, self.peer_for(l)) for l in batch.added]
+        changes = [(s, None) for l in batch.removed for s in self._subnets(l)]
+        for l in batch.added:
+            peer = self.peer_for(l)
+            changes += [(s, peer) for s in self._subnets(l)]
 
         def update():
             for subnet, peer in changes:
@@ -122,7 +192,8 @@ class UserspaceBackend(Backend):
     async def preflight(self) -> None:
         """Bind the encapsulation socket (kept for :meth:`run`): a port in use fails here."""
         if self.sock is None:
-            self.sock = open_udp(str(self.underlay.address), self.config.backend.port,
+            address = self.underlay.address if self.underlay_version == 4 else self.underlay.address6
+            self.sock = open_udp(str(address), self.config.backend.port,
                                  no_check=not self.options.udp_checksum)
 
     @property
@@ -134,7 +205,7 @@ class UserspaceBackend(Backend):
         sender = Sender(self.sock, self.config.backend.port, self.counters)
         if self.datapath == "c":
             return FastDataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters,
-                                    vnet_hdr=self.vnet_hdr, udp_gso=self.options.udp_checksum)
+                                    vnet_hdr=self.vnet_hdr, udp_gso=self.udp_checksum)
         return DataPlane(self.dev_fd, self.sock, self.codec, sender, self.counters, vnet_hdr=self.vnet_hdr)
 
     async def run(self) -> None:
@@ -143,11 +214,11 @@ class UserspaceBackend(Backend):
         dp = self._plane = self._dataplane()
         if self.datapath == "c":
             how = "C engine threads" + (f", {self.device} superpackets" if self.vnet_hdr else "") + \
-                (", UDP GSO" if self.options.udp_checksum else "")
+                (", UDP GSO" if self.udp_checksum else "")
         else:
             how = f"Python data path, {'uvloop' if self.options.use_uvloop else 'asyncio'} loop"
-        log.info("data plane: %s <-> udp %s:%d, UDP checksum %s (%s)", self.device, self.underlay.address,
-                 self.config.backend.port, "on" if self.options.udp_checksum else "0", how)
+        log.info("data plane: %s <-> udp %s, UDP checksum %s (%s)", self.device, self.sock.getsockname()[:2],
+                 "on" if self.udp_checksum else "0", how)
         if self.options.use_uvloop and self.datapath == "python":
             await self._run_on_uvloop(dp)
             return

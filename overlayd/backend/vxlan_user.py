@@ -7,10 +7,15 @@ route and no gateway the kernel would ARP for every remote pod address, and
 permanent neighbour entries only help with flannel's per-peer ``via .0
 onlink`` routes. So the tap is NOARP (the kernel then addresses every frame
 to the tap's own MAC) and the data plane rewrites the destination MAC to the
-owning peer's VtepMAC. One route, no ARP traffic, no neighbour table to keep.
+owning peer's VtepMAC. One route, no ARP traffic, no neighbour table to keep. IPv6 (issue 17) is
+the same: on a NOARP device the kernel gives every unicast IPv6 neighbour the
+device's own MAC without neighbour discovery, so with an IPv6 pool the tap
+also carries IPv6 (its subnet's ``::/128``, one ``<IPv6Network> dev overlay0``
+route) over the same underlay, and the data plane routes IPv6 frames by the
+peers' IPv6 subnets; no NDP, no neighbour entries.
 The tap's MAC is the VtepMAC, derived from the public IP and VNI, so it is
 the same after a restart. The outer UDP source port is the bound port (a
-plain socket cannot vary it per flow; see the README on ECMP entropy).
+plain socket cannot vary it per flow; see docs/design.md, "Choices", on the VXLAN source port).
 
 Superpackets: on the C engine the tap is opened with IFF_VNET_HDR and TSO
 offloads, as the UDP backend's tun is: the kernel hands over 64 KB TCP
@@ -32,7 +37,9 @@ instead of answered "no lease", and a peer that does not see us as direct
 (its route to us has a gateway, or it runs without DirectRouting during a
 rollout) sends encapsulated packets that the receive path must accept from a
 known sender. So the table always holds every VXLAN peer; ``direct`` only
-says which of them also have a kernel route.
+says which of them also have a kernel route. A node whose tunnels run over
+IPv6 (no PublicIP) has no IPv4 segment to route on: its peers all stay
+encapsulated.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from ..plumbing.netlink import DeviceState, Netlink
 from ..plumbing.tuntap import open_tap
 from .hostgw import delete_peer_routes
 from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
-from .vxlan import direct_device, vtep_mac, vxlan_peer_mac
+from .vxlan import TYPE, direct_device, vtep_mac, vxlan_peer_mac
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +69,13 @@ TAP = "overlay0"
 class UserVxlanBackend(UserspaceBackend):
     """VXLAN in userspace over a NOARP tap."""
 
-    type_name = "vxlan"
+    type_name = TYPE
     device = TAP
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vni = self.config.backend.vni
-        self.mac = vtep_mac(self.underlay.public_ip, self.vni)
+        self.mac = vtep_mac(self.underlay.public_ip or self.underlay.public_ip6, self.vni)  # the underlay's family
         # DirectRouting: peer subnet -> (its public IP, the device of its direct route)
         self.direct: dict[ipaddress.IPv4Network, tuple[ipaddress.IPv4Address, str]] = {}
         self._lock = asyncio.Lock()  # apply and reconcile: a direct route being removed is never put back
@@ -77,13 +84,14 @@ class UserVxlanBackend(UserspaceBackend):
         return {"VNI": self.vni, "VtepMAC": self.mac}
 
     def peer_for(self, lease):
-        mac = vxlan_peer_mac(lease, self.vni)
+        mac = vxlan_peer_mac(lease, self.vni) or vxlan_peer_mac(lease, self.vni, 6)  # an IPv6-only peer: V6Data
         if mac is None:
             log.warning("peer %s on %s is not a VXLAN peer on VNI %d: not reachable from here",
                         lease.subnet, lease.public_ip, self.vni)
             self.counters.count("incompatible_peers")
             return None
-        return Peer(str(lease.public_ip), mac_to_bytes(mac))
+        address = self.peer_address(lease)
+        return None if address is None else Peer(address, mac_to_bytes(mac))
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
@@ -91,21 +99,22 @@ class UserVxlanBackend(UserspaceBackend):
             superpackets = self.datapath == "c"  # vnet_hdr and offload: the engine cuts and coalesces them
             self.dev_fd = open_tap(TAP, self.mac, self.mtu, superpackets, superpackets)
             self.vnet_hdr = superpackets
-        sysctl.disable_ipv6(TAP)
+        self.set_device_ipv6()
         async with Netlink() as nl:
             if self.config.backend.direct_routing:  # left from before a restart: the listing re-adds live ones
                 await delete_peer_routes(nl, self)
             await self.reconcile(nl)
         sysctl.set_rp_filter(TAP, 2)
-        self.codec = VxlanCodec(self.table, lease.subnet, self.vni, mac_to_bytes(self.mac), self.config.backend.port)
+        sysctl.set_accept_local(TAP)  # the ICMP answers' source is cni0's .1
+        self.codec = VxlanCodec(self.table, self.own_subnet4(), self.vni, mac_to_bytes(self.mac),
+                                self.config.backend.port, own_subnet6=self.own_subnet6())
 
     async def reconcile(self, nl: Netlink) -> None:
         await nl.ensure_mtu(TAP, self.mtu)
         await nl.ensure_txqueuelen(TAP, DEVICE_TXQUEUELEN)
         await nl.ensure_noarp(TAP)
-        await nl.ensure_address(TAP, ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32"))
         await nl.ensure_link_up(TAP)
-        await nl.ensure_route(self.config.network, TAP)
+        await self.ensure_device_addresses(nl)
         async with self._lock:
             state = await nl.device_state(self.underlay.iface, peers=False) if self.direct else None
             for subnet, (public_ip, dev) in self.direct.items():
@@ -119,7 +128,7 @@ class UserVxlanBackend(UserspaceBackend):
         """The data plane's table takes every peer (direct ones too, see the module's note); with
         DirectRouting, peers on our segment also get (or lose) their direct route."""
         await super().apply(batch)
-        if not self.config.backend.direct_routing:
+        if not self.config.backend.direct_routing or self.underlay_version != 4:  # over IPv6: no IPv4 segment
             return
         async with self._lock, Netlink() as nl:
             for lease in batch.removed:

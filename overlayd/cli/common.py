@@ -84,23 +84,45 @@ class _TimestampFormatter(logging.Formatter):
         return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
 
 
+def syslog_priority(levelno: int) -> int:
+    """The sd-daemon(3) priority of a Python log level: 2 critical, 3 error, 4 warning, 6 info,
+    7 debug. Pure."""
+    for floor, priority in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6)):
+        if levelno >= floor:
+            return priority
+    return 7
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<PRIORITY>LEVEL message`` on every line of a record (a traceback's too): journald takes
+    the prefix as the entry's priority (``journalctl -p warning``) and adds time and name itself."""
+
+    def format(self, record):
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
 def log_formatter(name: str, stream: TextIO, environ: Mapping[str, str] = os.environ) -> logging.Formatter:
-    """``TIME name: LEVEL message``, without TIME under journald (it keeps its own)."""
+    """``TIME name: LEVEL message``; under journald ``<PRIORITY>LEVEL message`` (it keeps the
+    time and the program's name itself, and files the line under PRIORITY)."""
     if under_journald(stream, environ):
-        return logging.Formatter(f"{name}: %(levelname)s %(message)s")
+        return _JournalFormatter("%(levelname)s %(message)s")
     return _TimestampFormatter(f"%(asctime)s {name}: %(levelname)s %(message)s")
 
 
-def setup_logging(verbose: int, name: str) -> None:
-    """Log lines as ``TIME overlayd: LEVEL message`` on stderr (no TIME under journald)."""
-    level = logging.DEBUG if verbose > 0 else logging.INFO
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def setup_logging(verbose: int, name: str, level: str = "info") -> None:
+    """Log lines on stderr at ``level`` (a :data:`LOG_LEVELS` name) and above, formatted by
+    :func:`log_formatter`. ``verbose`` is the deprecated ``-v`` count: 1 means debug, 2 also
+    the debug lines of gRPC/aetcd, asyncio and pyroute2 (else only their warnings)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(log_formatter(name, sys.stderr))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    # gRPC and asyncio chatter is only useful with -vv.
-    for noisy in ("aetcd", "asyncio", "pyroute2"):
+    root.setLevel(logging.DEBUG if verbose > 0 else LOG_LEVELS[level])
+    for noisy in ("aetcd", "asyncio", "grpc", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 

@@ -26,6 +26,7 @@
 #define UDP_GRO 104
 #endif
 
+#define ENGINE_THREAD_NAME "ovl-engine"  /* both threads (bench.ENGINE_THREAD) */
 #define BEAT_MS 500                    /* an idle thread still turns this often (liveness) */
 #define SEND_MAX 256                   /* datagrams per sendmmsg, at most */
 #define IOV_OUT (4 * SEND_MAX)         /* iovecs per sendmmsg: a segment takes two, its headers and payload */
@@ -81,14 +82,16 @@ static peer_table_t *table_hold(engine_t *e)
     return t;
 }
 
-/* Queue a NO_LEASE packet's first bytes for Python's ICMP answer (dropped when the queue is full). */
-static void queue_answer(engine_t *e, const unsigned char *p, size_t n)
+/* Queue a NO_LEASE or TOO_BIG packet's first bytes for Python's ICMP answer (dropped when the queue is
+ * full). */
+static void queue_answer(engine_t *e, int verdict, const unsigned char *p, size_t n)
 {
     pthread_mutex_lock(&e->lock);
     int was_empty = e->nanswers == 0, queued = e->nanswers < ANSWER_MAX;
     if (queued) {
         answer_t *a = &e->answers[e->nanswers++];
         a->len = n < ANSWER_BYTES ? n : ANSWER_BYTES;
+        a->verdict = verdict;
         memcpy(a->data, p, a->len);
     }
     pthread_mutex_unlock(&e->lock);
@@ -126,7 +129,7 @@ typedef struct {
     unsigned char slots[BATCH][SLOT];
     unsigned char arena[ARENA];  /* segments' headers; their payloads stay in the slots they were read to */
     struct mmsghdr msgs[SEND_MAX];
-    struct sockaddr_in addrs[SEND_MAX];  /* each message's destination, copied from its route: a queued
+    sockaddr_any_t addrs[SEND_MAX];  /* each message's destination, copied from its route: a queued
                                           * message points into this state only, never into a table */
     struct iovec iovs[IOV_OUT];
     unsigned char ctrl[SEND_MAX][CMSG_SPACE(sizeof(uint16_t))];  /* UDP_SEGMENT, when segs > 1 */
@@ -189,7 +192,7 @@ static void queue_send(out_state_t *s, const route_t *r, size_t first, size_t n,
 {
     struct msghdr *m = &s->msgs[s->nmsgs].msg_hdr;
     s->addrs[s->nmsgs] = r->addr;
-    *m = (struct msghdr){.msg_name = &s->addrs[s->nmsgs], .msg_namelen = sizeof(s->addrs[0]),
+    *m = (struct msghdr){.msg_name = &s->addrs[s->nmsgs], .msg_namelen = r->addr_len,
                          .msg_iov = &s->iovs[first], .msg_iovlen = s->niov - first};
     s->segs[s->nmsgs] = segs;
     s->bytes[s->nmsgs] = n;
@@ -263,13 +266,14 @@ static void forward_one(engine_t *e, out_state_t *s, const peer_table_t *t, unsi
     COUNT(c, dev_rx_packets, 1);
     COUNT(c, dev_rx_bytes, n);
     const route_t *r = NULL;
-    int v = e->vxlan ? vxlan_outbound(t, p, n, &r) : table_outbound(t, p, n, &r), count = 1;
+    unsigned mtu = h.gso_type == GSO_NONE ? e->tunnel_mtu : 0;  /* a superpacket is cut to fit */
+    int v = e->vxlan ? vxlan_outbound(t, p, n, &r) : table_outbound(t, p, n, mtu, &r), count = 1;
     if (v == V_OK && e->vnet && (count = gso_prepare(&h, p + e->l2, n - e->l2)) < 0)  /* V_OK: n > l2 */
         v = -count;
     if (v != V_OK) {
         COUNT(c, drops[v], 1);
-        if (v == V_NO_LEASE)
-            queue_answer(e, p, n);
+        if (v == V_NO_LEASE || v == V_TOO_BIG)
+            queue_answer(e, v, p, n);
         return;
     }
     if (!r->send_ok) {
@@ -348,7 +352,7 @@ typedef struct {
     unsigned char data[BATCH][DGRAM_MAX];  /* a datagram, or a UDP_GRO buffer of several */
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
-    struct sockaddr_in from[BATCH];
+    sockaddr_any_t from[BATCH];
     unsigned char ctrl[BATCH][CMSG_SPACE(sizeof(int))];  /* UDP_GRO: the segment size */
     unsigned char *pkts[ACCEPT_MAX];     /* accepted IP packets (a tap's frame: e->l2 bytes before), waiting */
     size_t lens[ACCEPT_MAX];
@@ -370,6 +374,7 @@ static void dev_write(engine_t *e, const struct iovec *iov, int niov, int count,
         COUNT(c, dev_write_error[errno_slot(errno)], count);  /* EIO: link down; EINVAL: malformed */
     else {
         COUNT(c, dev_tx_packets, count);
+        COUNT(c, dev_tx_bytes, (size_t)w - (e->vnet ? VNET_HDR_LEN : 0));  /* what the device got, as Python counts */
         COUNT(c, dev_tx_superpackets, super);
     }
 }
@@ -395,11 +400,13 @@ static void write_run(engine_t *e, unsigned char *const *pkts, const size_t *len
     dev_write(e, iov, niov, count, count > 1);
 }
 
-/* Write the accepted datagrams, coalescing TCP runs into superpackets on a vnet_hdr device. */
+/* Write the accepted datagrams, coalescing TCP runs (and UDP runs, with udp_runs) into superpackets on a
+ * vnet_hdr device. */
 static void deliver(engine_t *e, in_state_t *s)
 {
     for (int i = 0; i < s->accepted;) {
-        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->verified + i, s->accepted - i, e->l2) : 1;
+        int run = e->vnet ? gro_run(s->pkts + i, s->lens + i, s->verified + i, s->accepted - i, e->l2, e->udp_runs)
+                          : 1;
         write_run(e, s->pkts + i, s->lens + i, run);
         i += run;
     }
@@ -429,6 +436,25 @@ static size_t segment_size(struct msghdr *m, size_t n)
             return (size_t)size;
     }
     return n;
+}
+
+/* The sender of a datagram received into a (namelen bytes of it used): its address as a node (IPv4 as
+ * node_of_ipv4), *has_sender 0 when it has none (an IPv4-mapped IPv6 address is none: Python's
+ * held_by would look its text up, which no canonical node IP is); *port_ok when it came from port. */
+static addr6_t sender_of(const sockaddr_any_t *a, socklen_t namelen, uint16_t port, int *has_sender, int *port_ok)
+{
+    addr6_t node = {0, 0};
+    *has_sender = *port_ok = 0;
+    if (a->sa.sa_family == AF_INET && namelen >= sizeof(a->in)) {
+        node = node_of_ipv4(ntohl(a->in.sin_addr.s_addr));
+        *has_sender = 1;
+        *port_ok = ntohs(a->in.sin_port) == port;
+    } else if (a->sa.sa_family == AF_INET6 && namelen >= sizeof(a->in6)) {
+        node = addr6_masked(a->in6.sin6_addr.s6_addr, (addr6_t){~0ull, ~0ull});
+        *has_sender = !(node.hi == 0 && node.lo >> 32 == 0xFFFF);
+        *port_ok = ntohs(a->in6.sin6_port) == port;
+    }
+    return node;
 }
 
 static void *in_main(void *arg)
@@ -469,10 +495,8 @@ static void *in_main(void *arg)
         uint64_t count = 0, bytes = 0, coalesced = 0;
         peer_table_t *t = table_hold(e);
         for (int i = 0; i < got; i++) {
-            const struct sockaddr_in *from = &s->from[i];
-            int has_sender = s->msgs[i].msg_hdr.msg_namelen >= sizeof(*from) && from->sin_family == AF_INET;
-            int port_ok = ntohs(from->sin_port) == e->port;
-            uint32_t sender = ntohl(from->sin_addr.s_addr);
+            int has_sender, port_ok;
+            addr6_t sender = sender_of(&s->from[i], s->msgs[i].msg_hdr.msg_namelen, e->port, &has_sender, &port_ok);
             size_t n = s->msgs[i].msg_len, seg = segment_size(&s->msgs[i].msg_hdr, n), len;
             bytes += n;
             coalesced += seg < n;
@@ -484,12 +508,14 @@ static void *in_main(void *arg)
                 vnet_hdr_t h = {0};
                 int v;
                 if (e->vxlan) {  /* any source port: kernel VTEPs pick one per flow */
-                    v = vxlan_inbound(t, p, len, has_sender, sender, e->vni, e->own_mac, e->subnet, e->mask);
+                    v = vxlan_inbound(t, p, len, has_sender, sender, e->vni, e->own_mac, e->subnet, e->mask,
+                                      e->has_subnet6 ? &e->subnet6 : NULL);
                     if (v == V_OK)
                         v = vxlan_tap_frame(p + VXLAN_HDR_LEN, len - VXLAN_HDR_LEN, e->tap_mtu, &h);
                     skip = VXLAN_HDR_LEN + ETH_HDR_LEN;
                 } else {
-                    v = table_inbound(t, p, len, has_sender, sender, port_ok, e->subnet, e->mask);
+                    v = table_inbound(t, p, len, has_sender, sender, port_ok, e->subnet, e->mask,
+                                      e->has_subnet6 ? &e->subnet6 : NULL);
                 }
                 if (v != V_OK) {
                     COUNT(c, drops[v], 1);
@@ -541,6 +567,13 @@ int engine_init(engine_t *e, int dev_fd, int sock_fd, int vnet, int udp_gso, uin
     return 0;
 }
 
+void engine_set_ipv6(engine_t *e, addr6_t subnet6, unsigned tunnel_mtu)
+{
+    e->subnet6 = subnet6;
+    e->has_subnet6 = 1;
+    e->tunnel_mtu = tunnel_mtu;
+}
+
 void engine_set_vxlan(engine_t *e, uint32_t vni, const unsigned char *own_mac, unsigned tap_mtu)
 {
     e->vxlan = 1;
@@ -577,6 +610,8 @@ int engine_start(engine_t *e)
      * VXLAN datagrams, as it cuts a checksummed peer's GSO sends. */
     int gro = !e->vxlan;
     (void)setsockopt(e->sock_fd, SOL_UDP, UDP_GRO, &gro, sizeof(gro));
+    beat(e, OUT);  /* alive from the start: a beat of 0 until the threads first turn read as a stall */
+    beat(e, IN);
     int code = pthread_create(&e->threads[OUT], NULL, out_main, e);
     if (code != 0)
         return code;
@@ -586,6 +621,8 @@ int engine_start(engine_t *e)
         pthread_join(e->threads[OUT], NULL);
         return code;
     }
+    for (int dir = OUT; dir <= IN; dir++)  /* as top -H shows them; scripts/bench finds them by it */
+        pthread_setname_np(e->threads[dir], ENGINE_THREAD_NAME);
     e->running = 1;
     return 0;
 }

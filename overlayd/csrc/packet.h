@@ -13,7 +13,7 @@
 enum verdict {
     V_OK = 0, V_TRUNCATED, V_NOT_IPV4, V_BAD_IP_HEADER, V_NO_LEASE, V_UNKNOWN_SENDER, V_WRONG_SOURCE_PORT,
     V_NOT_OUR_SUBNET, V_TO_BROADCAST_ADDRESS, V_SPOOFED_SOURCE, V_WRONG_SOURCE_MAC, V_BAD_VXLAN, V_WRONG_VNI,
-    V_NOT_FOR_US,
+    V_NOT_FOR_US, V_TOO_BIG,
     V_COUNT
 };
 
@@ -60,6 +60,29 @@ static inline int ipv4_check(const unsigned char *p, size_t n)
     if (total > n)
         return V_TRUNCATED;
     return V_OK;
+}
+
+#define IPV6_HDR_LEN 40
+
+/* ipv6.check: why p[0:n] is not a usable IPv6 packet (fixed header; not a jumbogram), or V_OK. */
+static inline int ipv6_check(const unsigned char *p, size_t n)
+{
+    if (n > 0 && (p[0] >> 4) != 6)
+        return V_NOT_IPV4;
+    if (n < IPV6_HDR_LEN)
+        return V_TRUNCATED;
+    unsigned payload = be16(p + 4);
+    if (payload == 0 && p[6] == 0)  /* a jumbogram: payload length 0, a Hop-by-Hop header */
+        return V_BAD_IP_HEADER;
+    if (IPV6_HDR_LEN + payload > n)
+        return V_TRUNCATED;
+    return V_OK;
+}
+
+/* udp.is_ipv6: p[0:n] is handled as IPv6 (version 6, IPv6 enabled). */
+static inline int is_ipv6(const unsigned char *p, size_t n, int enabled)
+{
+    return enabled && n > 0 && (p[0] >> 4) == 6;
 }
 
 /* The ones'-complement sum of p[0:n] added to sum, not folded (odd n: padded with a zero byte).

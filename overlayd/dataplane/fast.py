@@ -45,7 +45,7 @@ import time
 
 from ..encap.drops import Drop
 from ..errors import PlumbingError
-from ..plumbing.tuntap import device_mtu
+from ..plumbing.tuntap import device_mtu, takes_udp_superpackets
 from .codecs import VxlanCodec
 from .loop import DataPlane, error_counter
 
@@ -73,23 +73,29 @@ class FastDataPlane(DataPlane):
     ``udp_gso`` (``--udp-checksum``; the socket must not have SO_NO_CHECK) a
     superpacket's segments leave in UDP GSO sends; on the UDP wire, UDP_GRO
     buffers are taken and split in either mode (not on VXLAN's: see
-    engine_start in overlayd/csrc/engine.c).
+    engine_start in overlayd/csrc/engine.c). With ``udp_runs`` (default: whether the device takes UDP
+    superpackets, :func:`~overlayd.plumbing.tuntap.takes_udp_superpackets`) a vnet_hdr device gets
+    runs of one flow's datagrams as one UDP GSO write too (:func:`overlayd.encap.gso.coalesce`).
     """
 
-    def __init__(self, *args, udp_gso: bool = False, **kwargs):
+    def __init__(self, *args, udp_gso: bool = False, udp_runs: bool | None = None, **kwargs):
         if not available():
             raise RuntimeError("the C fast path (overlayd._fastpath) is not built")
         super().__init__(*args, **kwargs)
         codec = self.codec
         wire = {}
         if isinstance(codec, VxlanCodec):
-            wire = {"vni": codec.vni, "own_mac": codec.own_mac}
+            wire = {"vni": codec.vni, "own_mac": codec.own_mac, "subnet6_int": codec.subnet6_int}
             if self.vnet_hdr:
                 if self.mtu is None:
                     self.mtu = device_mtu(self.dev_fd)
                 wire["mtu"] = self.mtu
+        elif codec.subnet6_int is not None:  # IPv6 on the UDP wire (issue 17)
+            wire = {"subnet6_int": codec.subnet6_int, "tunnel_mtu": codec.mtu or 0}
+        if udp_runs is None:
+            udp_runs = self.vnet_hdr and takes_udp_superpackets(self.dev_fd)
         self.engine = _fastpath.Engine(self.dev_fd, self.sock.fileno(), codec.port, codec.subnet_int, codec.mask,
-                                       codec.table, self.vnet_hdr, udp_gso, **wire)
+                                       codec.table, self.vnet_hdr, udp_gso, udp_runs=udp_runs, **wire)
 
     def start(self, loop) -> None:
         """Start the engine's threads; watch its eventfd on ``loop``."""
@@ -132,10 +138,10 @@ class FastDataPlane(DataPlane):
         return merged
 
     def _engine_news(self) -> None:
-        """The engine's eventfd: answer the packets it dropped for no lease; notice a failed thread."""
+        """The engine's eventfd: answer the packets it dropped for no lease or too big; notice a failed thread."""
         now = time.monotonic()
-        for frame in self.engine.take_answers():
-            self._answer(Drop.NO_LEASE, frame, now)
+        for reason, frame in self.engine.take_answers():
+            self._answer(Drop(reason), frame, now)
         error = self.engine.error()
         if error is not None and not self.ended.done():
             where, code = error

@@ -193,4 +193,4 @@ class DataPlane:
         except OSError as exc:  # EIO: link down; EINVAL: malformed for the device
             self.counters.count(error_counter("dev_write_error_", exc.errno))
         else:
-            self.counters.count("dev_tx_packets")
+            self.counters.tx_dev(len(frame))

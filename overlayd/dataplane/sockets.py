@@ -1,4 +1,11 @@
-"""The encapsulation socket: UDP on the node's public IP, checksum 0 (unless --udp-checksum), big buffers."""
+"""The encapsulation socket: UDP on the node's public IP, checksum 0 (unless --udp-checksum), big buffers.
+
+Over an IPv6 underlay (issue 17: a node without a PublicIP) the socket is AF_INET6 and its datagrams
+always carry a UDP checksum. IPv6 makes it mandatory (RFC 8200 8.1); RFC 6935/6936 allow 0 for
+tunnels, but only towards receivers that opted in (Linux: UDP_NO_CHECK6_RX on the receiving socket,
+else the kernel drops them), and every peer of any version would have to. With checksums the kernel
+also merges the datagrams with UDP GRO and can send UDP GSO, which 0 forbids (the docstring below).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ BUFFER_BYTES = 4 << 20
 
 
 def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
-    """A non-blocking UDP socket bound to ``bind_ip:port``.
+    """A non-blocking UDP socket bound to ``bind_ip:port`` (an IPv4 or IPv6 address).
 
-    ``no_check`` sets SO_NO_CHECK so datagrams leave with UDP checksum 0, as
+    ``no_check`` sets SO_NO_CHECK on an IPv4 socket (an IPv6 one always checksums: see the
+    module's docstring) so datagrams leave with UDP checksum 0, as
     the design asks (the inner packet has its own checksums). Note the kernel
     then refuses UDP GSO on this socket (EINVAL), so batching must use
     sendmmsg rather than UDP_SEGMENT; ``--udp-checksum`` opens it without
@@ -26,9 +34,10 @@ def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
     reuse) could silently share the port. A port in use is a
     :class:`PlumbingError` naming what holds it, when that can be found.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = ":" in bind_ip
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        if no_check:
+        if no_check and not v6:
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
             try:
@@ -42,7 +51,8 @@ def open_udp(bind_ip: str, port: int, no_check: bool = True) -> socket.socket:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
             hint = f" (held by {udp_port_holder(port)}; stop it or pick another Backend.Port)"
-        raise PlumbingError(f"cannot open UDP {bind_ip}:{port}: {exc.strerror}{hint}") from None
+        where = f"[{bind_ip}]" if v6 else bind_ip
+        raise PlumbingError(f"cannot open UDP {where}:{port}: {exc.strerror}{hint}") from None
     return sock
 
 

@@ -26,14 +26,19 @@ another address first.
 The outer checks (which node sent it, from which port, the VXLAN header and
 MAC) belong to the backends' framing (:mod:`.udp`, :mod:`.ether`); this is
 the inner part they share. The C fast path has the twin of
-:func:`admit` (``admit_verdict`` in ``overlayd/_fastpath.c``).
+:func:`admit` (``table_admit`` in ``overlayd/csrc/table.c``).
+
+IPv6 (issue 17): :func:`admit6`, the same rules with the IPv6 subnet's
+length. An IPv6 subnet has no broadcast address; its network address (the
+Subnet-Router anycast address) stays accepted as ``.0`` is, for the same
+reason.
 """
 
 from __future__ import annotations
 
-from . import ipv4
+from . import ipv4, ipv6
 from .drops import Drop
-from .table import Peer
+from .table import V6_KEY, Peer
 
 
 def admit(pkt: bytes, held: dict[int, Peer], subnet_int: int, mask: int) -> Peer | Drop:
@@ -50,4 +55,13 @@ def admit(pkt: bytes, held: dict[int, Peer], subnet_int: int, mask: int) -> Peer
     if host_bits > 1 and dst == subnet_int | host_bits:
         return Drop.TO_BROADCAST_ADDRESS
     peer = held.get(ipv4.src_int(pkt) & mask)
+    return Drop.SPOOFED_SOURCE if peer is None else peer
+
+
+def admit6(pkt: bytes, held: dict[int, Peer], subnet6_int: int, mask6: int) -> Peer | Drop:
+    """:func:`admit` for a checked IPv6 packet (:func:`.ipv6.check`): ``subnet6_int`` and ``mask6``
+    are our own IPv6 subnet, whose length every IPv6 lease shares."""
+    if ipv6.dst_int(pkt) & mask6 != subnet6_int:
+        return Drop.NOT_OUR_SUBNET
+    peer = held.get((ipv6.src_int(pkt) & mask6) | V6_KEY)
     return Drop.SPOOFED_SOURCE if peer is None else peer

@@ -26,12 +26,14 @@ import time
 import urllib.error
 import urllib.request
 
+from ..hostport import host_port
+
 ETCD_BIN = os.environ.get("OVERLAYD_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (on loopback of this namespace)."""
-    with socket.socket() as s:
+    """A TCP port nothing listens on right now (on ``host``, loopback by default, of this namespace)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -126,11 +128,11 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.pki else 'http'}://{self.host}:{self.port}"
+        return f"{'https' if self.pki else 'http'}://{host_port(self.host, self.port)}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"http://{host_port(self.host, self.peer_port)}"
 
     def _argv(self) -> list[str]:
         initial_cluster = ",".join(f"{n}={url}" for n, url in self.cluster.items())

@@ -21,17 +21,23 @@ from ..netconf import NetworkConfig
 from .model import Lease
 
 
-def misfit(subnet: ipaddress.IPv4Network, config: NetworkConfig) -> str | None:
-    """Why a lease on ``subnet`` cannot be a peer's under ``config`` (None: it can)."""
+def misfit(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, config: NetworkConfig) -> str | None:
+    """Why a lease known by ``subnet`` cannot be a peer's under ``config`` (None: it can).
+    An IPv6 ``subnet`` is an IPv6-only lease's, checked against the IPv6 pool."""
     if config.contains_subnet(subnet):
         return None
-    if not subnet.subnet_of(config.network):
-        return f"outside the Network {config.network}"
-    if subnet.prefixlen != config.subnet_len:
-        return f"not a /{config.subnet_len} (SubnetLen)"
-    if subnet.network_address < config.subnet_min:
-        return f"below SubnetMin {config.subnet_min}"
-    return f"above SubnetMax {config.subnet_max}"
+    v6 = subnet.version == 6
+    pool, k = (config.ipv6, "IPv6") if v6 else (config.ipv4, "")
+    if pool is None:
+        return (f"an IPv6-only lease, and the network has no IPv6 pool (EnableIPv6)" if v6
+                else "an IPv4 lease, and the network is IPv6-only (EnableIPv4 false)")
+    if not subnet.subnet_of(pool.network):
+        return f"outside the {k}Network {pool.network}"
+    if subnet.prefixlen != pool.subnet_len:
+        return f"not a /{pool.subnet_len} ({k}SubnetLen)"
+    if subnet.network_address < pool.subnet_min:
+        return f"below {k}SubnetMin {pool.subnet_min}"
+    return f"above {k}SubnetMax {pool.subnet_max}"
 
 
 def stray(lease: Lease, own_subnet: ipaddress.IPv4Network, own_ip: ipaddress.IPv4Address) -> bool:
@@ -43,7 +49,7 @@ def audit(leases: Iterable[Lease], config: NetworkConfig) -> dict[ipaddress.IPv4
     """What is wrong with each lease in a full listing (only those with something to say):
     :func:`misfit` (with the valid leases it overlaps), and, for valid leases, a PublicIP
     that another valid lease also carries (all but one of them are :func:`stray` for that node)."""
-    leases = sorted(leases, key=lambda l: l.subnet)
+    leases = sorted(leases, key=lambda l: (l.subnet.version, l.subnet))
     valid = [l for l in leases if misfit(l.subnet, config) is None]
     notes: dict[ipaddress.IPv4Network, list[str]] = {}
     for lease in leases:
@@ -54,7 +60,8 @@ def audit(leases: Iterable[Lease], config: NetworkConfig) -> dict[ipaddress.IPv4
                 notes[lease.subnet] = [f"{lease.public_ip} also holds {', '.join(others)}"]
             continue
         notes[lease.subnet] = [f"ignored: {why}"]
-        overlapped = [str(o.subnet) for o in valid if o.subnet.overlaps(lease.subnet)]
+        overlapped = [str(o.subnet) for o in valid
+                      if o.subnet.version == lease.subnet.version and o.subnet.overlaps(lease.subnet)]
         if overlapped:
             notes[lease.subnet].append(f"overlaps {', '.join(overlapped)}")
     return notes

@@ -8,8 +8,9 @@ stopped etcd here, and exponential backoff without jitter made every node
 retry at the same instant. So the daemon runs one :class:`Connectivity`
 monitor: it probes etcd every few seconds while it answers (one cheap read,
 ~720 requests per node per hour) and, once a call anywhere fails, probes with
-a short jittered backoff until it answers again. It logs "etcd unreachable"
-once and "etcd back" once per outage; the renew and watch loops wait on it
+a short jittered backoff until it answers again. It logs "etcd unreachable
+at ENDPOINT: REASON" (a warning, in plain words: see ``plain_words`` in
+:mod:`overlayd.lease.etcd`) once and "etcd back" (info) once per outage; the renew and watch loops wait on it
 instead of sleeping through their own backoff, and are woken the instant
 etcd is back (the renew loop renews at once then).
 
@@ -122,8 +123,8 @@ class Connectivity:
             self.outages += 1
             self._down_since = self.clock()
             self._up_event.clear()
-            detail = str(exc).removeprefix("etcd unreachable").strip(" :")
-            log.warning("etcd unreachable: %s", detail or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            log.warning("%s", text if text.startswith("etcd ") else f"etcd unreachable: {text}")
         self._kick.set()
 
     def answered(self) -> None:
@@ -133,7 +134,7 @@ class Connectivity:
         self.up = True
         self.reconnects += 1
         self._back_at = self.clock()
-        log.warning("etcd back after %.0fs", self._back_at - self._down_since)
+        log.info("etcd back after %.0fs", self._back_at - self._down_since)
         self._up_event.set()
         for event in self._listeners:
             event.set()

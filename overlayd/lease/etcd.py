@@ -42,12 +42,16 @@ Design notes (what aetcd leaves to us, measured against Debian's etcd 3.4.23):
   of idleness; JWTs at a fixed time): "invalid auth token" drops the client
   and retries once, which authenticates again. A wrong password is a
   :class:`StoreError`, not retried. We chose this over switching client by
-  measurement: see the README's "TLS and etcd clusters".
+  measurement: see "The etcd client" in docs/design.md and "TLS and etcd clusters"
+  in docs/operator-guide.md.
 * A hung member (SIGSTOP, a frozen VM) accepts connections and never
   answers. While other endpoints remain, one gets at most
   ``FAILOVER_AFTER`` seconds, the last one the full timeout; leaving an
   endpoint also drops the watch channel on it, so the watch re-lists and
   resumes on the live member instead of waiting ~15 s for gRPC keepalives.
+  A lone endpoint keeps its channel after a call fails (gRPC reconnects it), unless
+  a new one may help (TLS files to read again): closing it would fail every call in
+  flight on it, which at a few thousand concurrent callers was a collapse.
 * Errors are classified once, by :func:`classify` (issue 16): a call that got
   no answer fails over and ends as :class:`StoreUnavailable`; an answer that
   is transient (``too many requests``, ``database space exceeded`` until an
@@ -63,11 +67,13 @@ Design notes (what aetcd leaves to us, measured against Debian's etcd 3.4.23):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -84,13 +90,15 @@ from aetcd import rpc, watcher  # noqa: E402
 from aetcd.client import _handle_errors  # noqa: E402
 
 from ..errors import ConfigError, LeaseError, StoreError, StoreRetryable, StoreUnavailable, WatchReset
-from .model import (DEFAULT_PREFIX, Lease, LeaseAttrs, config_key, parse_subnet_key,
+from ..hostport import host_port
+from .model import (DEFAULT_PREFIX, Lease, LeaseAttrs, config_key, parse_lease_key,
                     subnet_key, subnets_prefix)
 from .watcher import LeaseEvent
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 3.0  # seconds a connectivity probe may take
+SETTLE_GRACE = 10.0  # seconds a grant of a failed create that etcd does not know may still appear (_settle)
 FAILOVER_AFTER = 2.0  # seconds one endpoint gets while others remain (see the module note)
 
 _UNAVAILABLE = (aex.ConnectionFailedError, aex.ConnectionTimeoutError, asyncio.TimeoutError,
@@ -154,8 +162,11 @@ def store_error(exc: aex.ClientError) -> StoreError | LeaseError:
 # its own subchannel pool and a short reconnect backoff: by default gRPC shares
 # subchannels process-wide, so a fresh channel inherited a subchannel still in
 # reconnect backoff (up to 120 s) after etcd restarted, and failed with
-# "connection refused" against an etcd that was answering again.
+# "connection refused" against an etcd that was answering again. Replies of any size, as
+# etcd's Go client takes them: gRPC's default 4 MiB is a listing of ~22,000 VXLAN leases
+# (half that with dual-stack WireGuard values), beyond which a node never got its listing.
 _GRPC_OPTIONS = {
+    "grpc.max_receive_message_length": 2**31 - 1,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
@@ -169,7 +180,8 @@ _GRPC_OPTIONS = {
 
 def parse_endpoints(spec: str | list[str]) -> tuple[bool, list[tuple[str, int]]]:
     """``"https://a:2379,b"`` -> ``(True, [("a", 2379), ("b", 2379)])``: whether they are
-    TLS, and their addresses; ConfigError if malformed or mixing http and https."""
+    TLS, and their addresses (an IPv6 literal is written in brackets, ``http://[2001:db8::2]:2379``,
+    and given back without them); ConfigError if malformed or mixing http and https."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     endpoints, schemes = [], set()
     for item in (i.strip() for i in items):
@@ -247,7 +259,7 @@ class _Client(aetcd.Client):
         """Open the channel (and authenticate, with a user); aetcd's own connect() is insecure only."""
         if self._connected.is_set():
             return
-        target, options = f"{self._host}:{self._port}", list(self._options.items())
+        target, options = host_port(self._host, self._port), list(self._options.items())
         if self._credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -280,6 +292,41 @@ _TLS_FAILURES = (
 )
 
 
+# gRPC's and the kernel's words for a call that got no answer, in ours (issue 21): the first
+# marker found in the text (case-insensitive) wins; TLS failures are told apart above.
+_PLAIN_WORDS = (
+    ("connection refused", "connection refused"),
+    ("deadline exceeded", "timed out"), ("timeout", "timed out"), ("timed out", "timed out"),
+    ("no route to host", "no route to host"), ("network is unreachable", "network unreachable"),
+    ("dns resolution failed", "cannot resolve the host name"), ("name or service not known",
+                                                                  "cannot resolve the host name"),
+    ("connection reset", "connection reset"), ("broken pipe", "connection closed"),
+    ("socket closed", "connection closed"), ("connection closed", "connection closed"),
+    ("permission denied", "permission denied"), ("too many requests", "too many requests"),
+    ("no leader", "no leader elected"), ("leader changed", "leader changed"),
+)
+# what gRPC puts before the reason: "failed to connect to all addresses; last error: UNKNOWN: ipv4:1.2.3.4:2379: "
+_GRPC_PREAMBLE = re.compile(r"^(failed to connect to all addresses; last error: )?([A-Z_]+: )?"
+                            r"((ipv4|ipv6|unix|dns):\S+: )?(etcdserver: )?")
+
+
+def plain_words(text: str) -> str:
+    """A failed etcd call's error text (gRPC's, aetcd's or the kernel's) in plain words:
+    ``connection refused``, ``timed out``, ``TLS handshake failed``, ``permission denied``...;
+    gRPC's preamble stripped from anything else. Pure."""
+    for marker, meaning in _TLS_FAILURES:
+        if marker in text:
+            return meaning
+    lowered = text.lower()
+    for marker, words in _PLAIN_WORDS:
+        if marker in lowered:
+            return words
+    if text in ("TimeoutError", "CancelledError", "ConnectionTimeoutError"):  # exceptions without a message
+        return "timed out"
+    rest = _GRPC_PREAMBLE.sub("", text.strip()) or text.strip()
+    return rest[:1].lower() + rest[1:]
+
+
 def _join(errors: list[tuple[str, str]]) -> str:
     """``[(endpoint, text)]`` -> ``"a, b: text1; c: text2"`` (endpoints with one text grouped)."""
     by_text: dict[str, list[str]] = {}
@@ -289,12 +336,11 @@ def _join(errors: list[tuple[str, str]]) -> str:
 
 
 def _describe(exc: BaseException) -> tuple[str, bool]:
-    """A failed call in words, and whether it was a TLS failure."""
-    text = _short(exc)
+    """A failed call in plain words (:func:`plain_words`), and whether it was a TLS failure."""
     for marker, meaning in _TLS_FAILURES:
         if marker in str(exc):
             return meaning, True
-    return text, False
+    return plain_words(_short(exc)), False
 
 
 class EtcdStore:
@@ -308,16 +354,18 @@ class EtcdStore:
         self.prefix = prefix.rstrip("/") or DEFAULT_PREFIX
         self.timeout = timeout
         self._current = 0
-        # "kv" and "watch": one channel each, with the index of the endpoint it talks to
+        # "kv" and one per watch ("watch", "watch:services"): one channel each, with the index of the
+        # endpoint it talks to
         self._clients: dict[str, tuple[int, aetcd.Client]] = {}
         self._connecting = asyncio.Lock()
-        self._watch_left: str | None = None  # the endpoint a failover took the watch channel off
-        self._unsettled: set[int] = set()  # lease IDs of creates that failed with no known outcome
+        self._watch_left: dict[str, str] = {}  # watch role -> the endpoint a failover took its channel off
+        self._unsettled: dict[int, float] = {}  # lease IDs of creates that failed with no known outcome: when
+        self.clock = time.monotonic
         self._decoded: dict[bytes, tuple[int, Lease | None]] = {}  # key -> (mod revision, lease)
 
     def _endpoint_str(self, index: int) -> str:
         host, port = self.endpoints[index]
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host_port(host, port)}"
 
     async def _connect(self, role: str) -> aetcd.Client:
         async with self._connecting:  # the probe and the renew loop share "kv"
@@ -338,14 +386,22 @@ class EtcdStore:
             except Exception:  # closing a broken channel may fail in many ways
                 log.debug("closing etcd client failed", exc_info=True)
 
-    async def _leave(self, index: int) -> None:
-        """Fail over from endpoint ``index``: move to the next, drop every channel on it."""
+    async def _leave(self, index: int, fresh: bool) -> None:
+        """Fail over from endpoint ``index``: move to the next, drop every channel on it.
+
+        A lone endpoint has nowhere to go: its channels are kept (gRPC reconnects them by
+        itself) unless ``fresh``, a failure that a new channel may cure (one reads the TLS
+        files again). Closing a channel cancels every call in flight on it: under load one
+        timeout failed ~150 other calls, each of which then closed the channel the next
+        ones had opened (5000 simulated nodes never finished acquiring)."""
+        if len(self.endpoints) == 1 and not fresh:
+            return
         if self._current == index:
             self._current = (index + 1) % len(self.endpoints)
         for role, (on, _) in list(self._clients.items()):
             if on == index:
-                if role == "watch" and len(self.endpoints) > 1:  # alone, it is an outage
-                    self._watch_left = self._endpoint_str(index)
+                if role.startswith("watch") and len(self.endpoints) > 1:  # alone, it is an outage
+                    self._watch_left[role] = self._endpoint_str(index)
                 await self._drop_client(role)
 
     async def _attempt(self, role: str, op):
@@ -361,6 +417,7 @@ class EtcdStore:
             limit = timeout or self.timeout
             if attempts > 1:
                 limit = min(limit, FAILOVER_AFTER)
+            fresh = False  # whether a new channel may cure the failure (see _leave)
             try:
                 result = await asyncio.wait_for(self._attempt(role, op), limit + 1)
                 if _really_cancelled():
@@ -374,6 +431,7 @@ class EtcdStore:
                 text, tls = _describe(exc)
                 errors.append((endpoint, text))
                 all_tls &= tls
+                fresh = tls
             except asyncio.CancelledError:
                 if _really_cancelled():
                     raise
@@ -383,34 +441,51 @@ class EtcdStore:
                 # the TLS files are re-read on every reconnect; the flags were checked at start, so
                 # a file missing now is one being rotated: retried, not fatal (found in review)
                 errors.append((endpoint, str(exc)))
+                fresh = True
             except aex.RevisionCompactedError as exc:  # from watch() at creation
                 raise WatchReset(f"watch revision compacted: {_short(exc)}") from None
             except aex.UnauthenticatedError as exc:
                 if reauthenticated or "invalid auth token" not in str(exc):
-                    raise StoreError(f"etcd refused us at {endpoint}: {_short(exc)}") from None
+                    raise StoreError(f"etcd refused us at {endpoint}: {plain_words(_short(exc))}") from None
                 reauthenticated = True  # the token expired: a new client authenticates again
                 await self._drop_client(role)
                 continue
             except aex.ClientError as exc:
                 raise store_error(exc) from None
-            await self._leave(index)
+            await self._leave(index, fresh)
             attempts -= 1
         what = "etcd TLS handshake failed" if all_tls else "etcd unreachable"
-        raise StoreUnavailable(f"{what} ({_join(errors)})")
+        raise StoreUnavailable(f"{what} at {_join(errors)}")
+
+    async def call(self, op):
+        """``await op(client)`` with :meth:`_call`'s failover and error classification, for the
+        other keys kept beside the leases (:mod:`overlayd.service.etcd`)."""
+        return await self._call(op)
+
+    @property
+    def unsettled(self) -> int:
+        """How many grants of interrupted creates are not settled yet (see :meth:`_settle`)."""
+        return len(self._unsettled)
 
     async def probe(self) -> None:
-        """One cheap read that fails with :class:`StoreUnavailable` when etcd does not answer."""
+        """One cheap read that fails with :class:`StoreUnavailable` when etcd does not answer.
+
+        Then, if creates were interrupted, their grants are settled (:meth:`_settle`): a daemon
+        creates nothing once it holds its lease, and its probe runs every few seconds. That
+        may fail: it is tried again at the next probe."""
         await self._call(lambda c: c.get(config_key(self.prefix).encode()),
                          timeout=min(self.timeout, PROBE_TIMEOUT))
+        if self._unsettled:
+            try:
+                await self._call(self._settle)
+            except (StoreError, LeaseError) as exc:
+                log.debug("settling the grants of interrupted creates: %s", exc)
 
     async def live_lease_ids(self) -> frozenset[int]:
         """The IDs of every etcd lease alive now (one LeaseLeases call, whatever their number)."""
         async def op(c):
-            try:
-                reply = await c.leasestub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=c._timeout,
-                                                      metadata=c.metadata)
-            except grpc.aio.AioRpcError as exc:
-                aex._handle_exception(exc)  # raises aetcd's error for it, as its own calls do
+            reply = await _stub_call(c.leasestub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=c._timeout,
+                                                             metadata=c.metadata))
             return frozenset(l.ID for l in reply.leases)
         return await self._call(op)
 
@@ -423,8 +498,8 @@ class EtcdStore:
 
     def _decode(self, key: bytes, value: bytes, lease_id: int, mod_revision: int,
                 expiration: float | None = None) -> Lease:
-        subnet = parse_subnet_key(self.prefix, key)
-        return Lease(subnet, LeaseAttrs.decode(value), expiration, lease_id, mod_revision)
+        subnet, subnet6 = parse_lease_key(self.prefix, key)
+        return Lease(subnet, LeaseAttrs.decode(value), expiration, lease_id, mod_revision, subnet6)
 
     async def list_leases(self, with_ttl: bool = False) -> tuple[list[Lease], int]:
         """Every decodable lease and the listing's revision.
@@ -432,10 +507,15 @@ class EtcdStore:
         ``with_ttl`` also asks etcd for each lease's remaining TTL (one call
         per lease: for ``overlayctl``, not for the daemon's hot path).
         """
+        head = subnets_prefix(self.prefix).encode()
+        request = rpc.RangeRequest(key=head, range_end=aetcd.utils.prefix_range_end(head))
+
         async def op(c):
-            res = await c.get_prefix(subnets_prefix(self.prefix).encode())
+            # the reply's own key-values: aetcd's get_prefix wraps each in an object of its own
+            # (~40% of a listing's CPU at 5000 leases, and every acquisition attempt lists)
+            res = await _stub_call(c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata))
             leases, decoded = [], {}
-            for kv in res:
+            for kv in res.kvs:
                 # a key's mod revision names its value: decode only what changed since the
                 # last listing (at 1000 nodes every acquisition lists 1000 leases), and warn
                 # about a bad value once, not on every listing
@@ -454,28 +534,49 @@ class EtcdStore:
                 if with_ttl and kv.lease:
                     info = await c.get_lease_info(kv.lease, keys=False)
                     if info.TTL > 0:
-                        lease = Lease(lease.subnet, lease.attrs, time.time() + info.TTL,
-                                      lease.handle, lease.revision)
+                        lease = dataclasses.replace(lease, expiration=time.time() + info.TTL)
                 leases.append(lease)
             self._decoded = decoded
             return leases, res.header.revision
         return await self._call(op)
 
     async def _settle(self, c) -> None:
-        """Revoke grants from creates whose outcome we never saw, unless a key is bound to them."""
-        for lease_id in list(self._unsettled):
-            info = await c.get_lease_info(lease_id, keys=True)
-            if info.TTL > 0 and not info.keys:
-                await c.revoke_lease(lease_id)
-                log.info("revoked etcd lease %x left by an interrupted create", lease_id)
-            self._unsettled.discard(lease_id)
+        """Revoke grants from creates whose outcome we never saw, unless a key is bound to them.
 
-    async def _put_if(self, compare, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs,
-                      ttl: int | None, old_handle: int = 0, reclaim_invalid: bool = False
-                      ) -> Lease | None:
-        """Put the lease if ``compare`` holds; None if it does not. ``ttl`` None: no TTL
-        (a reservation). Safe to retry after a lost reply: see the module note."""
-        key = subnet_key(self.prefix, subnet).encode()
+        Each grant is taken off the set before the first await: creates sharing the store
+        settle concurrently, and two revoking one grant failed the second create with
+        "requested lease not found". A grant gone meanwhile is settled. One that etcd does
+        not know is looked at again for :data:`SETTLE_GRACE` seconds after its create failed:
+        a grant whose call timed out under load can be applied after the lookup (etcd answers
+        it from its lessor, ahead of a grant committed and not applied yet); dropped then, it
+        leaked (61 in one 5000-node run). One etcd did not answer about stays."""
+        for lease_id, failed_at in list(self._unsettled.items()):
+            if self._unsettled.pop(lease_id, None) is None:
+                continue  # another create settled it meanwhile
+            try:
+                info = await c.get_lease_info(lease_id, keys=True)
+                if info.TTL > 0 and not info.keys:
+                    await c.revoke_lease(lease_id)
+                    log.info("revoked etcd lease %x left by an interrupted create", lease_id)
+                elif info.TTL <= 0 and self.clock() - failed_at < SETTLE_GRACE:
+                    self._unsettled[lease_id] = failed_at  # not applied yet, maybe
+            except aex.ClientError as exc:
+                if classify(*status_of(exc)) is not Verdict.LOST_LEASE:
+                    self._unsettled[lease_id] = failed_at
+                    raise
+            except BaseException:
+                self._unsettled[lease_id] = failed_at
+                raise
+
+    async def _put_if(self, compare, subnet, attrs: LeaseAttrs,
+                      ttl: int | None, old_handle: int = 0, reclaim_invalid: bool = False,
+                      subnet6: ipaddress.IPv6Network | None = None,
+                      unchanged_since: int | None = None) -> Lease | None:
+        """Put the lease if ``compare`` holds (and, with ``unchanged_since``, no lease key was
+        written after that revision); None if not. ``ttl`` None: no TTL (a reservation).
+        Safe to retry after a lost reply: see the module note."""
+        key = subnet_key(self.prefix, subnet, subnet6).encode()
+        head = subnets_prefix(self.prefix).encode()
         value = attrs.encode()
         lease_id = _new_lease_id() if ttl is not None else 0
 
@@ -488,7 +589,8 @@ class EtcdStore:
                 except aex.DuplicateLeaseError:
                     pass  # granted by an attempt whose reply was lost
             ok, responses = await c.transaction(
-                compare=[compare(c, key)],
+                compare=[compare(c, key)] + ([] if unchanged_since is None else [
+                    c.transactions.mod(head, aetcd.utils.prefix_range_end(head)) < unchanged_since + 1]),
                 success=[c.transactions.put(key, value, lease=lease_id)],
                 failure=[c.transactions.get(key)],
             )
@@ -509,33 +611,44 @@ class EtcdStore:
                     revision = responses[0].response_put.header.revision
                 else:
                     return await _abandon(c, lease_id)
-            if old_handle and old_handle != lease_id:
+            if old_handle and old_handle != lease_id:  # the key moved to the new grant: release the old one,
+                self._unsettled[old_handle] = self.clock()  # now or, if this fails or is cut short, when settled
                 try:
-                    await c.revoke_lease(old_handle)  # the key moved to the new grant
-                except aex.ClientError:
-                    pass  # already expired: nothing to release
+                    await c.revoke_lease(old_handle)
+                    released = True
+                except aex.ClientError as exc:
+                    released = classify(*status_of(exc)) is Verdict.LOST_LEASE  # expired already
+                    if not released:
+                        log.debug("revoking etcd lease %x: %s; settled later", old_handle, _short(exc))
+                if released:
+                    self._unsettled.pop(old_handle, None)
             expiration = None if ttl is None else time.time() + ttl
-            return Lease(subnet, attrs, expiration, lease_id, revision)
+            return Lease(subnet, attrs, expiration, lease_id, revision, subnet6)
 
         try:
             return await self._call(op)
         except (StoreError, LeaseError) as exc:  # unreachable, or an error after the grant: its fate is unknown
             if lease_id:  # granted or not, bound or not: settled once etcd answers again
-                self._unsettled.add(lease_id)
+                self._unsettled[lease_id] = self.clock()
             if isinstance(exc, LeaseError):  # our fresh grant expired under the create: try again
                 raise StoreRetryable(f"creating {subnet}: {exc}") from None
             raise
 
-    async def create_lease(self, subnet, attrs, ttl, reclaim_invalid: bool = False):
-        """Create the lease if the key is free (or, with ``reclaim_invalid``, holds garbage)."""
+    async def create_lease(self, subnet, attrs, ttl, reclaim_invalid: bool = False, subnet6=None,
+                           unchanged_since: int | None = None):
+        """Create the lease if the key is free (or, with ``reclaim_invalid``, holds garbage) and,
+        with ``unchanged_since``, no lease key was written after that revision: one compare over
+        the whole subnets prefix in the same transaction, which is how a dual-stack pair is
+        allocated atomically (its IPv6 half is not the key that the first compare guards)."""
         return await self._put_if(lambda c, k: c.transactions.version(k) == 0, subnet, attrs, ttl,
-                                  reclaim_invalid=reclaim_invalid)
+                                  reclaim_invalid=reclaim_invalid, subnet6=subnet6,
+                                  unchanged_since=unchanged_since)
 
     async def update_lease(self, lease, attrs, ttl):
         """Rewrite ``lease`` if unchanged since listed; a reservation stays one (no TTL)."""
         return await self._put_if(lambda c, k: c.transactions.mod(k) == lease.revision,
                                   lease.subnet, attrs, None if lease.handle == 0 else ttl,
-                                  old_handle=lease.handle)
+                                  old_handle=lease.handle, subnet6=lease.subnet6)
 
     async def renew_lease(self, lease):
         """Keep the etcd lease alive AND check the key is still bound to it.
@@ -545,7 +658,7 @@ class EtcdStore:
         is gone or no longer ours, and the other nodes have dropped us. For a
         reservation (no etcd lease) only the key is checked.
         """
-        key = subnet_key(self.prefix, lease.subnet).encode()
+        key = subnet_key(self.prefix, lease.subnet, lease.subnet6).encode()
 
         async def op(c):
             reply = await c.refresh_lease(lease.handle) if lease.handle else None
@@ -563,11 +676,12 @@ class EtcdStore:
                 or LeaseAttrs.decode(kv.value).public_ip != lease.public_ip:
             raise LeaseError(f"lease key for {lease.subnet} was rewritten by someone else")
         expiration = time.time() + reply.TTL if lease.handle else None
-        return Lease(lease.subnet, lease.attrs, expiration, lease.handle, kv.mod_revision)
+        return dataclasses.replace(lease, expiration=expiration, revision=kv.mod_revision)
 
-    async def delete_lease(self, subnet, revision: int | None = None):
-        """Delete the lease on ``subnet`` (with ``revision``: only if its key is unchanged since)."""
-        key = subnet_key(self.prefix, subnet).encode()
+    async def delete_lease(self, subnet, revision: int | None = None, subnet6=None):
+        """Delete the lease on ``subnet`` (and ``subnet6``: its key names both) (with
+        ``revision``: only if its key is unchanged since)."""
+        key = subnet_key(self.prefix, subnet, subnet6).encode()
         if revision is None:
             return bool(await self._call(lambda c: c.delete(key)))
 
@@ -623,39 +737,50 @@ class EtcdStore:
 
     async def watch_leases(self, revision: int) -> AsyncIterator[list[LeaseEvent]]:
         prefix = subnets_prefix(self.prefix).encode()
-        watch = await self._call(lambda c: c.watch_prefix(prefix, start_revision=revision + 1),
-                                 role="watch")
-        self._watch_left = None
-        try:
-            async for ev in watch:
+        async with contextlib.aclosing(self.watch_range(prefix, aetcd.utils.prefix_range_end(prefix),
+                                                        revision)) as events:
+            async for ev in events:
                 event = self._event(ev)
                 if event is not None:
                     yield [event]
+
+    async def watch_range(self, start: bytes, end: bytes, revision: int, role: str = "watch") -> AsyncIterator:
+        """aetcd's events on the keys in ``[start, end)`` after ``revision``, one at a time,
+        on the channel of ``role`` (a name starting with "watch": one channel per watch, so one
+        watch breaking cancels nothing else). Ends as :meth:`watch_leases` does
+        (:class:`StoreUnavailable`, :class:`WatchReset`...). Every watch of a store fails over
+        with it: a member that hangs is left by all of them when the store's probe fails."""
+        watch = await self._call(lambda c: c.watch(start, range_end=end, start_revision=revision + 1),
+                                 role=role)
+        self._watch_left.pop(role, None)
+        try:
+            async for ev in watch:
+                yield ev
         except aex.RevisionCompactedError as exc:
             raise WatchReset(f"watch revision compacted: {exc}") from None
         except _UNAVAILABLE as exc:
-            await self._drop_client("watch")
+            await self._drop_client(role)
             raise StoreUnavailable(f"etcd watch broke: {_short(exc)}") from None
         except aex.ClientError as exc:
-            await self._drop_client("watch")
+            await self._drop_client(role)
             raise store_error(exc) from None
         except asyncio.CancelledError:
             if _really_cancelled():
                 raise
-            await self._watch_closed("etcd watch cancelled (channel closed)")
+            await self._watch_closed("etcd watch cancelled (channel closed)", role)
         finally:
             try:
                 await watch.cancel()
             except Exception:
                 log.debug("cancelling the watch failed", exc_info=True)
         # The stream ended without an error (client closed): treat as broken.
-        await self._watch_closed("etcd watch ended")
+        await self._watch_closed("etcd watch ended", role)
 
-    async def _watch_closed(self, what: str) -> None:
-        """The watch's channel was closed under it: by a failover (the caller re-lists
+    async def _watch_closed(self, what: str, role: str) -> None:
+        """The channel of watch ``role`` was closed under it: by a failover (the caller re-lists
         and watches on the live member), else treat it as an outage."""
-        left, self._watch_left = self._watch_left, None
-        await self._drop_client("watch")
+        left = self._watch_left.pop(role, None)
+        await self._drop_client(role)
         if left:
             raise WatchReset(f"{left} does not answer: the watch moves to {self._endpoint_str(self._current)}")
         raise StoreUnavailable(what)
@@ -663,22 +788,31 @@ class EtcdStore:
     def _event(self, ev) -> LeaseEvent | None:
         key = ev.kv.key.decode(errors="replace")
         try:
-            subnet = parse_subnet_key(self.prefix, ev.kv.key)
+            subnet, subnet6 = parse_lease_key(self.prefix, ev.kv.key)
         except LeaseError as exc:
             log.warning("ignoring watch event on %s: %s", key, exc)
             return None
         if ev.kind == "DELETE":
-            return LeaseEvent(subnet, None, ev.kv.mod_revision)
+            return LeaseEvent(subnet, None, ev.kv.mod_revision, subnet6)
         try:
             lease = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision)
         except LeaseError as exc:
             log.warning("%s no longer holds a valid lease (%s): treating it as gone", key, exc)
-            return LeaseEvent(subnet, None, ev.kv.mod_revision)
-        return LeaseEvent(subnet, lease, ev.kv.mod_revision)
+            return LeaseEvent(subnet, None, ev.kv.mod_revision, subnet6)
+        return LeaseEvent(subnet, lease, ev.kv.mod_revision, subnet6)
 
     async def close(self) -> None:
         for role in list(self._clients):
             await self._drop_client(role)
+
+
+async def _stub_call(call):
+    """The reply of a gRPC stub ``call``, its errors raised as aetcd raises its own calls' (so that
+    :func:`store_error` and :func:`classify` read them)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        aex._handle_exception(exc)
 
 
 def _new_lease_id() -> int:

@@ -49,6 +49,28 @@ WATCH_FLAPS = 3  # short-lived watches in a row that make a flapping watch
 WATCH_RETRY_CAP = 5.0  # longest pause before re-listing a flapping watch
 
 
+Pair = tuple  # (subnet, subnet6) as a Lease is keyed: (IPv4, IPv6 or None), or (IPv6, IPv6)
+
+
+def _pair_of(config: NetworkConfig, subnet, subnet6) -> Pair | None:
+    """The pair of ``config``'s families made of these subnets (None: nothing to prefer)."""
+    if config.ipv4 is None:
+        return None if subnet6 is None else (subnet6, subnet6)
+    if subnet is None:
+        return None
+    return (subnet, subnet6 if config.ipv6 is not None else None)
+
+
+def _show_pair(pair: Pair) -> str:
+    subnet, subnet6 = pair
+    return str(subnet) if subnet6 is None or subnet6 == subnet else f"{subnet} and {subnet6}"
+
+
+def _show(lease: Lease) -> str:
+    """A lease's subnets, for a log line: ``10.244.3.0/24`` or ``10.244.3.0/24 and fd00:...::/64``."""
+    return _show_pair((lease.subnet, lease.subnet6))
+
+
 def renew_margin(ttl: float) -> float:
     """How long before expiry to renew: min(60 min, TTL/3)."""
     return min(MAX_RENEW_MARGIN, ttl / 3)
@@ -69,7 +91,8 @@ class WatchFlaps:
     :data:`WATCH_FLAPS`-th short one in a row is reported, once per flapping episode.
     """
 
-    def __init__(self, rng: random.Random | None = None):
+    def __init__(self, rng: random.Random | None = None, what: str = "peer watch"):
+        self.what = what  # the watch, as the log lines name it
         self.backoff = Backoff(first=0.1, cap=WATCH_RETRY_CAP, rng=rng)
         self.since = 0.0  # when the current watch started
         self.short = 0  # short-lived watches in a row
@@ -90,14 +113,14 @@ class WatchFlaps:
         if now - self.since >= WATCH_STEADY:
             self.steady()
             self.breaks = 1
-            return 0.0, f"peer watch broke ({exc}); re-listing"
+            return 0.0, f"{self.what} broke ({exc}); re-listing"
         self.short += 1
         delay = self.backoff.next()
         if self.short == WATCH_FLAPS:
-            return delay, (f"peer watch keeps breaking while etcd answers ({self.breaks} times, "
+            return delay, (f"{self.what} keeps breaking while etcd answers ({self.breaks} times, "
                            f"last: {exc}); re-listing with backoff up to {WATCH_RETRY_CAP:g}s")
         if self.short < WATCH_FLAPS:
-            return delay, f"peer watch broke ({exc}); re-listing in {delay:.1f}s"
+            return delay, f"{self.what} broke ({exc}); re-listing in {delay:.1f}s"
         return delay, None
 
 
@@ -106,6 +129,7 @@ class LeaseManager:
 
     def __init__(self, store: Store, config: NetworkConfig, attrs: LeaseAttrs,
                  ttl: int = DEFAULT_TTL, hint: ipaddress.IPv4Network | None = None,
+                 hint6: ipaddress.IPv6Network | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None):
@@ -113,7 +137,8 @@ class LeaseManager:
         self.config = config
         self.attrs = attrs
         self.ttl = ttl
-        self.hint = hint
+        # the subnet file's subnets, as a (subnet, subnet6) pair of the config's families
+        self.hint: Pair | None = _pair_of(config, hint, hint6)
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -121,65 +146,145 @@ class LeaseManager:
         self.attempts = 0  # list-and-create rounds the last acquisition took (1: no lost race)
         self.wake = asyncio.Event()  # set: verify the lease now (own key changed, etcd back)
 
-    async def acquire(self, only: ipaddress.IPv4Network | None = None) -> Lease:
-        """Lease a subnet: ours from before if we have one, else a free one.
+    async def acquire(self, only: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None,
+                      only6: ipaddress.IPv6Network | None = None) -> Lease:
+        """Lease a subnet (a pair of them in a dual-stack network): ours from before if we
+        have one, else a free one.
 
-        With ``only``, take that subnet or nothing: :class:`LeaseError` when
-        another node holds it. Raises :class:`NetworkFullError` when no
-        subnet is free, and :class:`StoreUnavailable` when etcd cannot be
-        reached.
+        With ``only`` (and ``only6``, a lease's ``subnet6``), take that lease's subnets or
+        nothing: :class:`LeaseError` when another node holds either. Raises
+        :class:`NetworkFullError` when no subnet is free, and :class:`StoreUnavailable`
+        when etcd cannot be reached.
         """
         self.attempts = 0
-        lost: set[ipaddress.IPv4Network] = set()  # subnets whose create lost: taken, listed or not
+        lost: set[Pair] = set()  # pairs whose create lost: taken, listed or not
         while True:
             self.attempts += 1
-            leases, _ = await self.store.list_leases()
-            lease, tried = await self._try_once(leases, lost, only)
+            leases, revision = await self.store.list_leases()
+            lease, tried = await self._try_once(leases, revision, lost,
+                                                None if only is None else (only, only6))
             if lease is not None:
                 if self.attempts > 1:
-                    log.info("acquired %s after %d attempts (lost races)", lease.subnet, self.attempts)
+                    log.info("acquired %s after %d attempts (lost races)", _show(lease), self.attempts)
                 self.lease = lease
                 return lease
             lost.add(tried)
-            log.debug("lease attempt %d on %s lost a race; re-listing", self.attempts, tried)
+            log.debug("lease attempt %d on %s lost a race; re-listing", self.attempts, tried[0])
             if self.attempts > 3:  # many nodes racing: spread them out
                 await self.sleep(min(1.0, 0.05 * self.attempts) * self.rng.random())
 
-    def _mine(self, leases: list[Lease]) -> list[Lease]:
-        """Leases that carry our public IP, reservations first."""
-        mine = [l for l in leases
-                if l.public_ip == self.attrs.public_ip and self.config.contains_subnet(l.subnet)]
-        return sorted(mine, key=lambda l: l.handle != 0)
+    def _ours(self, lease: Lease) -> bool:
+        """Whether ``lease`` carries our address: PublicIP, or PublicIPv6 on an IPv6-only node
+        (flannel matches PublicIP alone, which is 0.0.0.0 on every IPv6-only node)."""
+        if self.attrs.public_ip is not None:
+            return lease.public_ip == self.attrs.public_ip
+        return lease.attrs.public_ip6 == self.attrs.public_ip6
 
-    async def _try_once(self, leases: list[Lease], lost: set[ipaddress.IPv4Network],
-                        only: ipaddress.IPv4Network | None
-                        ) -> tuple[Lease | None, ipaddress.IPv4Network]:
-        """One attempt: (the lease, or None if the create lost a race; the subnet tried).
+    def _fits(self, subnet, subnet6) -> bool:
+        """Whether a lease on ``subnet``/``subnet6`` is one the config could hand out, in every
+        family it has and no other (flannel's isSubnetConfigCompat/isIPv6SubnetConfigCompat)."""
+        config = self.config
+        if config.ipv4 is not None and (subnet.version != 4 or not config.contains_subnet(subnet)):
+            return False
+        if config.ipv6 is None:
+            return subnet6 is None
+        return subnet6 is not None and config.contains_subnet(subnet6)
 
-        A subnet we lost a race for stays taken for this acquisition even if
+    def _mine(self, ours: list[Lease]) -> list[Lease]:
+        """Of ``ours`` (the leases that carry our public IP), those the config could hand out,
+        reservations first."""
+        return sorted((l for l in ours if self._fits(l.subnet, l.subnet6)), key=lambda l: l.handle != 0)
+
+    @staticmethod
+    def _taken(leases: list[Lease], lost: set[Pair]) -> tuple[list, list]:
+        """The subnets (of either family) and the IPv6 subnets that ``leases`` and ``lost`` hold."""
+        taken = [l.subnet for l in leases] + [s for s, _ in lost]
+        taken6 = [l.subnet6 for l in leases if l.subnet6 is not None] + [s for _, s in lost if s is not None]
+        return taken, taken6
+
+    def _free(self, leases: list[Lease], lost: set[Pair], pair: Pair) -> bool:
+        """Whether both halves of ``pair`` may be leased."""
+        taken, taken6 = self._taken(leases, lost)
+        subnet, subnet6 = pair
+        return ((subnet.version == 6 or is_free(self.config, taken, subnet))
+                and (subnet6 is None or is_free(self.config, taken6, subnet6)))
+
+    def _choose(self, leases: list[Lease], lost: set[Pair], prefer: Pair | None) -> Pair:
+        """A free pair of the config's families, ``prefer``'s halves where they are free."""
+        taken, taken6 = self._taken(leases, lost)
+        halves = []
+        for pool, used, wanted in ((self.config.ipv4, taken, prefer and prefer[0]),
+                                   (self.config.ipv6, taken6, prefer and prefer[1])):
+            if pool is None:
+                halves.append(None)
+            elif wanted is not None and wanted.version == pool.network.version and is_free(pool, used, wanted):
+                halves.append(wanted)
+            else:
+                halves.append(choose_subnet(pool, used, self.rng))
+        four, six = halves
+        return (four, six) if four is not None else (six, six)
+
+    def _movable(self, lease: Lease) -> bool:
+        """Our lease of another shape than the config's (made before IPv6 was enabled or
+        disabled) whose subnets the config still has: the node keeps them in a new key."""
+        if lease.handle == 0 or not self._ours(lease) or self._fits(lease.subnet, lease.subnet6):
+            return False
+        config, four = self.config, lease.subnet if lease.subnet.version == 4 else None
+        return ((config.ipv4 is None or (four is not None and config.contains_subnet(four)))
+                and (config.ipv6 is None or lease.subnet6 is None or config.contains_subnet(lease.subnet6)))
+
+    async def _create(self, pair: Pair, revision: int, reclaim_invalid: bool = False) -> Lease | None:
+        """Create the lease on ``pair``: with an IPv6 half, only from an unchanged listing
+        (the key compare guards the IPv4 half alone)."""
+        subnet, subnet6 = pair
+        extra = {} if self.config.ipv6 is None else {"subnet6": subnet6, "unchanged_since": revision}
+        if reclaim_invalid:
+            extra["reclaim_invalid"] = True
+        return await self.store.create_lease(subnet, self.attrs, self.ttl, **extra)
+
+    async def _try_once(self, leases: list[Lease], revision: int, lost: set[Pair],
+                        only: Pair | None) -> tuple[Lease | None, Pair]:
+        """One attempt: (the lease, or None if the create lost a race; the pair tried).
+
+        A pair we lost a race for stays taken for this acquisition even if
         the listing does not show it (a key whose value does not decode), so
         we never retry it forever.
         """
-        mine = [l for l in self._mine(leases) if l.subnet not in lost]
+        ours = [l for l in leases if self._ours(l)]  # the one look at every lease but the allocator's
+        mine = [l for l in self._mine(ours) if (l.subnet, l.subnet6) not in lost]
         if only is not None:
-            mine = [l for l in mine if l.subnet == only]
+            mine = [l for l in mine if (l.subnet, l.subnet6) == only]
         if mine:
             lease = mine[0]
             kind = "reservation" if lease.handle == 0 else "lease"
-            log.info("reusing our %s on %s", kind, lease.subnet)
-            return await self.store.update_lease(lease, self.attrs, self.ttl), lease.subnet
-        taken = [l.subnet for l in leases] + list(lost)
+            log.info("reusing our %s on %s", kind, _show(lease))
+            return await self.store.update_lease(lease, self.attrs, self.ttl), (lease.subnet, lease.subnet6)
         if only is not None:
-            if not is_free(self.config, taken, only):
-                holder = next((str(l.public_ip) for l in leases if l.subnet.overlaps(only)), "another node")
-                raise LeaseError(f"subnet {only} is now held by {holder}")
+            if not self._free(leases, lost, only):
+                holder = next((str(l.public_ip or l.attrs.public_ip6) for l in leases
+                               if l.subnet.overlaps(only[0])
+                               or (l.subnet6 is not None and only[1] is not None and l.subnet6.overlaps(only[1]))),
+                              "another node")
+                raise LeaseError(f"subnet {_show_pair(only)} is now held by {holder}")
             # our own key overwritten with garbage is still ours to take back
-            return await self.store.create_lease(only, self.attrs, self.ttl, reclaim_invalid=True), only
-        if self.hint is not None and is_free(self.config, taken, self.hint):
-            log.info("reclaiming %s from the subnet file", self.hint)
-            return await self.store.create_lease(self.hint, self.attrs, self.ttl), self.hint
-        subnet = choose_subnet(self.config, taken, self.rng)
-        return await self.store.create_lease(subnet, self.attrs, self.ttl), subnet
+            return await self._create(only, revision, reclaim_invalid=True), only
+        # our lease from before IPv6 was enabled (or disabled): keep its subnets in a key of
+        # the config's shape and drop the old key once the new one is in (flannel deletes the
+        # lease and allocates afresh: the node is renumbered)
+        old = next((l for l in ours if self._movable(l) and (l.subnet, l.subnet6) not in lost), None)
+        if old is not None:
+            prefer = (old.subnet if old.subnet.version == 4 else None, old.subnet6)
+        else:
+            prefer = self.hint
+        others = leases if old is None else [l for l in leases if l is not old]
+        pair = self._choose(others, lost, prefer)
+        if old is None and prefer is not None and pair == prefer:
+            log.info("reclaiming %s from the subnet file", _show_pair(pair))
+        lease = await self._create(pair, revision)
+        if lease is not None and old is not None:
+            log.info("moved our lease on %s to %s", _show(old), _show(lease))
+            await self.store.delete_lease(old.subnet, old.revision, subnet6=old.subnet6)
+        return lease, pair
 
     def renew_delay(self, lease: Lease) -> float:
         """Seconds to wait before renewing ``lease`` (checking it, for a reservation)."""
@@ -221,7 +326,7 @@ class LeaseManager:
                 continue
             except LeaseError as exc:
                 log.warning("%s; re-acquiring %s", exc, lease.subnet)
-                renewed = await self._reacquire(lease.subnet, connectivity)
+                renewed = await self._reacquire(lease, connectivity)
                 log.warning("lease on %s is ours again", renewed.subnet)
             if renewed.expiration is not None:
                 log.debug("renewed %s, expires in %.0fs", renewed.subnet, renewed.expiration - self.clock())
@@ -230,15 +335,15 @@ class LeaseManager:
             if on_renew is not None:
                 on_renew(lease)
 
-    async def _reacquire(self, subnet: ipaddress.IPv4Network, connectivity: Connectivity) -> Lease:
+    async def _reacquire(self, lease: Lease, connectivity: Connectivity) -> Lease:
         busy = Backoff(first=0.25, cap=RENEW_RETRY_CAP, rng=self.rng)
         while True:  # etcd tends to flap exactly when leases expire: outlast it
             try:
-                return await self.acquire(only=subnet)
+                return await self.acquire(only=lease.subnet, only6=lease.subnet6)
             except StoreRetryable as exc:
                 await wait_to_retry(exc, connectivity, busy, self.sleep)
             except LeaseError as exc:
-                raise LeaseError(f"lost subnet {subnet}: {exc}; restarting") from None
+                raise LeaseError(f"lost subnet {_show(lease)}: {exc}; restarting") from None
 
 
 async def follow_peers(store: Store, watcher: LeaseWatcher,
@@ -319,7 +424,7 @@ async def follow_peers(store: Store, watcher: LeaseWatcher,
                 if not await connectivity.check(exc):  # etcd itself is away: wait, re-list at once
                     await connectivity.wait_up()
                     flaps.steady()
-                    log.info("peer watch resumes (%s)", exc)
+                    log.info("peer watch resumes")  # the outage itself was logged once, by connectivity
                     continue
                 delay, line = flaps.broke(clock(), exc)
             except (WatchReset, StoreRetryable) as exc:

@@ -32,14 +32,19 @@ class Store(Protocol):
         """Every lease that decodes, and the store revision of the listing."""
 
     async def create_lease(
-        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None,
-        reclaim_invalid: bool = False,
+        self, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, attrs: LeaseAttrs,
+        ttl: int | None, reclaim_invalid: bool = False,
+        subnet6: ipaddress.IPv6Network | None = None, unchanged_since: int | None = None,
     ) -> Lease | None:
-        """Create the lease atomically if nobody holds ``subnet``; None if somebody does.
+        """Create the lease atomically if its key is free; None if somebody holds it.
 
-        ``ttl`` None creates a reservation (no TTL). Retrying after a lost
-        reply must not create a second lease. With ``reclaim_invalid`` a key
-        whose value is not a lease is overwritten (our own key, garbled).
+        The key names ``subnet`` and ``subnet6`` as :class:`Lease` does (a dual-stack
+        lease has both). ``ttl`` None creates a reservation (no TTL). Retrying after a
+        lost reply must not create a second lease. With ``reclaim_invalid`` a key whose
+        value is not a lease is overwritten (our own key, garbled). With
+        ``unchanged_since`` (a listing's revision) the create also fails when any lease key
+        was written after it: the pair was chosen from that listing, and only then is the
+        half that is not the key known to be free.
         """
 
     async def update_lease(self, lease: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
@@ -60,9 +65,12 @@ class Store(Protocol):
         """Give up our own ``lease``: its key goes only if still bound to it. A reservation
         (``handle == 0``) is kept: False."""
 
-    async def delete_lease(self, subnet: ipaddress.IPv4Network, revision: int | None = None) -> bool:
-        """Delete a lease; True if it existed. With ``revision``, only if its key was last
-        modified then (a key rewritten meanwhile is left alone: False)."""
+    async def delete_lease(self, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                           revision: int | None = None,
+                           subnet6: ipaddress.IPv6Network | None = None) -> bool:
+        """Delete the lease whose key names ``subnet`` and ``subnet6``; True if it existed.
+        With ``revision``, only if its key was last modified then (a key rewritten meanwhile
+        is left alone: False)."""
 
     async def live_lease_ids(self) -> frozenset[int]:
         """The handles of every TTL lease alive now (a key deleted while its handle lives was

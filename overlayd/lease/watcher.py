@@ -44,11 +44,18 @@ from .model import Lease
 
 @dataclasses.dataclass(frozen=True)
 class LeaseEvent:
-    """One change seen by a watch: a lease put (``lease`` set) or deleted."""
+    """One change seen by a watch: a lease put (``lease`` set) or deleted. ``subnet`` and
+    ``subnet6`` are what the key names (as in :class:`Lease`): a dual-stack and an IPv4-only
+    key of one subnet are two keys, and deleting one leaves the other's peer alone."""
 
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
     lease: Lease | None
     revision: int
+    subnet6: ipaddress.IPv6Network | None = None
+
+    def names(self, lease: Lease) -> bool:
+        """Whether this event's key is ``lease``'s."""
+        return (self.subnet, self.subnet6) == (lease.subnet, lease.subnet6)
 
     @property
     def deleted(self) -> bool:
@@ -127,7 +134,8 @@ class LeaseWatcher:
             listed = {l.subnet for l in snapshot}
             return [l for s, l in self.peers.items() if s not in listed]
         return [self.peers[ev.subnet] for ev in events
-                if ev.lease is None and ev.revision > self._floor and ev.subnet in self.peers]
+                if ev.lease is None and ev.revision > self._floor and ev.subnet in self.peers
+                and ev.names(self.peers[ev.subnet])]
 
     def _vanish(self, old: Lease, thaw: Thaw | None, batch: Batch) -> None:
         """``old``'s key is gone: drop the peer, or hold it through a thaw."""
@@ -195,8 +203,10 @@ class LeaseWatcher:
                 continue
             old = self.peers.get(ev.subnet)
             if ev.lease is None:
-                self.strays.pop(ev.subnet, None)
-                if old is not None:
+                stray_ = self.strays.get(ev.subnet)
+                if stray_ is not None and ev.names(stray_):
+                    del self.strays[ev.subnet]
+                if old is not None and ev.names(old):  # not another key of the same subnet
                     self._vanish(old, thaw, batch)
                 continue
             if self._stray(ev.lease, batch, self.strays):

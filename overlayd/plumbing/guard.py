@@ -31,6 +31,10 @@ route alone:
 - host-gw: per-peer routes are more specific and win; unknown subnets of the
   Network hit the guard instead of the default route, also while running.
 
+Dual stack: one guard per Network, the IPv6 one beside the IPv4 one
+(``unreachable fd00:10:244::/56 metric 4294967295``), ensured alike; a pod's
+IPv6 packet then gets ICMPv6 "no route" instead of leaving in clear.
+
 The guard is installed with the node's other shared state (before the
 daemon reports ready), re-ensured by drift repair, and removed only by
 ``--cleanup-on-exit``. Being a route of the main table it lives in the
@@ -47,11 +51,11 @@ from .netlink import Netlink
 METRIC = 0xFFFFFFFF
 
 
-async def ensure(nl: Netlink, network: ipaddress.IPv4Network) -> None:
-    """The guard route ``unreachable <network> metric METRIC`` is in place."""
+async def ensure(nl: Netlink, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """The guard route ``unreachable <network> metric METRIC`` is in place (either family)."""
     await nl.ensure_unreachable(network, METRIC)
 
 
-async def remove(nl: Netlink, network: ipaddress.IPv4Network) -> None:
+async def remove(nl: Netlink, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
     """Delete the guard route (decommissioning only) if it exists."""
     await nl.delete_unreachable(network, METRIC)

@@ -1,16 +1,18 @@
 """Firewall rules in nftables: FORWARD accept for the Network, and pod egress masquerading.
 
-Our rules live in one table of our own, ``ip overlayd``, replaced as a whole
-in one ``nft -f -`` transaction (so a re-run never duplicates a rule and an
-operator's own tables are never touched). We drive the ``nft`` tool rather
+Our rules live in a table of our own per IP family, ``ip overlayd`` and
+(with IPv6 pods) ``ip6 overlayd``, each replaced as a whole in one ``nft -f
+-`` transaction (so a re-run never duplicates a rule and an operator's own
+tables are never touched). We drive the ``nft`` tool rather
 than a Python binding: it is in Debian's nftables package on every node,
 its input is the same text an operator would read with ``nft list table ip
 overlayd``, and it needs no extra wheel.
 
-The masquerade rules are flannel's, in nftables form:
+The masquerade rules are flannel's, in nftables form, the same for both
+families (flannel's IPv6 rules are its IPv4 ones with the IPv6 Network):
 
 - pod -> pod anywhere in the Network: keep the pod address (return);
-- pod -> multicast: untouched;
+- pod -> multicast (224.0.0.0/4, ff00::/8): untouched;
 - pod -> outside the Network: masquerade to the node's address;
 - outside the Network (the host itself) -> a remote pod: masquerade, so the
   reply comes back through the overlay.
@@ -21,7 +23,8 @@ chain makes overlayd's traffic explicit for br_netfilter setups and is a
 no-op where nothing else filters.
 
 Drift repair: :func:`ensure` lists the live table (``nft list table``) and
-re-applies only when it differs from ours. nft prints a table back in the
+re-applies only when it differs from ours; :func:`ensure_absent` drops the
+table of a family the node has no pods of (IPv6 turned off) if one is there. nft prints a table back in the
 very text we feed it (tabs and blank lines aside: compared line by line,
 stripped), so the comparison needs no stored baseline and also catches a
 rule an operator added to our table. Should a future nft print it otherwise,
@@ -38,35 +41,44 @@ import subprocess
 from ..errors import PlumbingError
 
 TABLE = "overlayd"
-# create-then-delete: the delete cannot fail when the table is absent (removes it, or
-# clears the way for a new one in the same atomic nft script)
-_DROP_TABLE = f"table ip {TABLE}\ndelete table ip {TABLE}\n"
+#: nft's family (and address match keyword) and the multicast range, per IP version
+FAMILY = {4: "ip", 6: "ip6"}
+MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def ruleset(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
-    """The nft script that (re)creates our table (pure, so it is unit-tested)."""
-    return _DROP_TABLE + table(network, subnet, masquerade)  # replaced as a whole, atomically
+def _drop_table(version: int) -> str:
+    # create-then-delete: the delete cannot fail when the table is absent (removes it, or
+    # clears the way for a new one in the same atomic nft script)
+    return f"table {FAMILY[version]} {TABLE}\ndelete table {FAMILY[version]} {TABLE}\n"
 
 
-def table(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str:
-    """Our table as nft prints it (``nft list table ip overlayd``), indentation aside."""
+def ruleset(network: Network, subnet: Network, masquerade: bool) -> str:
+    """The nft script that (re)creates our table for ``network``'s family (pure, so it is unit-tested)."""
+    return _drop_table(network.version) + table(network, subnet, masquerade)  # replaced as a whole, atomically
+
+
+def table(network: Network, subnet: Network, masquerade: bool) -> str:
+    """Our table for ``network``'s family as nft prints it (``nft list table ip overlayd``, or
+    ``ip6``), indentation aside."""
+    ip = FAMILY[network.version]
     lines = [
-        f"table ip {TABLE} {{",
+        f"table {ip} {TABLE} {{",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
-        f"    ip saddr {network} accept",
-        f"    ip daddr {network} accept",
+        f"    {ip} saddr {network} accept",
+        f"    {ip} daddr {network} accept",
         "  }",
     ]
     if masquerade:
         lines += [
             "  chain postrouting {",
             "    type nat hook postrouting priority srcnat; policy accept;",
-            f"    ip saddr {network} ip daddr {network} return",
-            f"    ip saddr {network} ip daddr 224.0.0.0/4 return",
-            f"    ip saddr {network} ip daddr != {network} masquerade fully-random",
-            f"    ip saddr != {network} ip daddr {subnet} return",
-            f"    ip saddr != {network} ip daddr {network} masquerade fully-random",
+            f"    {ip} saddr {network} {ip} daddr {network} return",
+            f"    {ip} saddr {network} {ip} daddr {MULTICAST[network.version]} return",
+            f"    {ip} saddr {network} {ip} daddr != {network} masquerade fully-random",
+            f"    {ip} saddr != {network} {ip} daddr {subnet} return",
+            f"    {ip} saddr != {network} {ip} daddr {network} masquerade fully-random",
             "  }",
         ]
     lines.append("}")
@@ -90,33 +102,57 @@ def _nft(script: str) -> None:
         raise PlumbingError(f"nft failed: {first}")
 
 
-def listing() -> str | None:
-    """Our live table as ``nft list table`` prints it, or None when there is none."""
-    result = _run("list", "table", "ip", TABLE)
+def listing(version: int = 4) -> str | None:
+    """Our live table of IP ``version`` as ``nft list table`` prints it, or None when there is none."""
+    return list_table(FAMILY[version], TABLE)
+
+
+def list_table(family: str, name: str) -> str | None:
+    """``nft list table FAMILY NAME`` (numeric ports), or None when there is no such table."""
+    result = _run("list", "table", family, name)
     return result.stdout if result.returncode == 0 else None
+
+
+def run_script(script: str) -> None:
+    """Run an nft script (``nft -f -``) as one atomic transaction; :class:`PlumbingError`
+    with nft's first error line when it fails (then nothing of it is applied)."""
+    _nft(script)
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def apply(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> None:
-    """Install (or replace) our table for this node."""
+def apply(network: Network, subnet: Network, masquerade: bool) -> None:
+    """Install (or replace) our table of ``network``'s family for this node."""
     _nft(ruleset(network, subnet, masquerade))
 
 
-def ensure(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masquerade: bool) -> str | None:
-    """Our table is installed as wanted; re-applied only if the live one is missing or differs.
+def ensure(network: Network, subnet: Network, masquerade: bool) -> str | None:
+    """Our table of ``network``'s family is installed as wanted; re-applied only if the live one
+    is missing or differs (one call per family the node has pods of).
 
     Returns what was wrong ("nft table ip overlayd was missing"), or None when nothing was.
     """
-    live = listing()
+    live = listing(network.version)
     if live is not None and _lines(live) == _lines(table(network, subnet, masquerade)):
         return None
     apply(network, subnet, masquerade)
-    return f"nft table ip {TABLE} was {'different' if live is not None else 'missing'}"
+    return f"nft table {FAMILY[network.version]} {TABLE} was {'different' if live is not None else 'missing'}"
 
 
-def remove() -> None:
-    """Delete our table if it exists."""
-    _nft(_DROP_TABLE)
+def ensure_absent(version: int) -> str | None:
+    """No table of ours for IP ``version`` (a family the node no longer has pods of, after the
+    config turned it off); deleted only if there is one, so drift repair may call it every pass.
+
+    Returns what was wrong ("nft table ip6 overlayd was extra (removed)"), or None.
+    """
+    if listing(version) is None:
+        return None
+    remove((version,))
+    return f"nft table {FAMILY[version]} {TABLE} was extra (removed)"
+
+
+def remove(versions: tuple[int, ...] = (4, 6)) -> None:
+    """Delete our tables of these IP versions (by default both) if they exist."""
+    _nft("".join(_drop_table(version) for version in versions))

@@ -20,7 +20,8 @@ from ..errors import PlumbingError
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNGETIFF = 0x800454D2
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6  # what an offload device hands us: TCP superpackets
 IFF_VNET_HDR = 0x4000
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
@@ -54,11 +55,25 @@ def _open_offloaded(name: str, flags: int, vnet_hdr: bool, offload: bool) -> int
     fd = _open(name, flags | (IFF_VNET_HDR if vnet_hdr else 0))
     try:
         if offload:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
     except OSError as exc:
         os.close(fd)
         raise PlumbingError(f"cannot enable offloads on {name}: {exc.strerror}") from None
     return fd
+
+
+def takes_udp_superpackets(fd: int) -> bool:
+    """Whether the kernel takes UDP superpackets (VIRTIO_NET_HDR_GSO_UDP_L4 writes) on ``fd``, a tun or
+    tap opened with ``offload``: whether TUNSETOFFLOAD knows USO4 and USO6 (Linux >= 6.2), probed the
+    way the kernel means new flags to be probed (it refuses unknown ones, EINVAL). The offloads are
+    then set back to :data:`OFFLOADS`: the engine does not segment UDP superpackets, so reads must not
+    hand it any. False for anything that is no such device."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS | TUN_F_USO4 | TUN_F_USO6)
+    except OSError:
+        return False
+    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+    return True
 
 
 def _ifreq(name: str, what: str, request: int, payload: bytes, verb: str = "set") -> bytes:

@@ -19,6 +19,7 @@ import json
 
 import pytest
 from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -36,8 +37,18 @@ INBOUND = ["unknown_sender", "wrong_source_port", "not_our_subnet", "to_broadcas
            "wrong_source_mac", "bad_vxlan", "wrong_vni", "not_for_us"]
 
 
-def echo(src: str, dst: str, ident: int = BAD_ID) -> IP:
+def echo(src: str, dst: str, ident: int = BAD_ID) -> IP | IPv6:
+    """An echo request with id ``ident``, IPv4 or IPv6 as ``dst`` is."""
+    if ipaddress.ip_address(dst).version == 6:
+        return IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=ident, seq=1, data=b"antispoof")
     return IP(src=src, dst=dst) / ICMP(id=ident, seq=1) / b"antispoof"
+
+
+def echo_filter(ident: int, version: int = 4) -> str:
+    """tcpdump's filter for :func:`echo`'s requests with id ``ident`` (IPv6: no extension header)."""
+    if version == 6:
+        return f"icmp6 and ip6[40] == 128 and ip6[44:2] == {ident}"
+    return f"icmp and icmp[0] == 8 and icmp[4:2] == {ident}"
 
 
 def subnet_of(lab, node) -> ipaddress.IPv4Network:
@@ -51,12 +62,13 @@ def drops(lab, node) -> dict[str, int]:
     return {reason: stats.get("drop_" + reason, 0) for reason in INBOUND}
 
 
-def assert_refused(lab, tmp_path, sender, receiver, cases, control, device: str) -> None:
+def assert_refused(lab, tmp_path, sender, receiver, cases, control, device: str, version: int = 4) -> None:
     """Send ``cases`` [(what, source port, payload, reason)] from ``sender`` to ``receiver``: none is
-    delivered, each is counted under its reason; then the ``control`` datagram is delivered."""
+    delivered, each is counted under its reason; then the ``control`` datagram is delivered (the inner
+    echo requests of IP ``version``)."""
     pod = receiver.pods[0]
     before = drops(lab, receiver)
-    bpf = f"icmp and icmp[0] == 8 and icmp[4:2] == {BAD_ID}"
+    bpf = echo_filter(BAD_ID, version)
     with Capture(pod.netns, "eth0", bpf, tmp_path / f"{receiver.name}-pod.pcap") as in_pod, \
             Capture(receiver.netns, device, bpf, tmp_path / f"{receiver.name}-dev.pcap") as on_device:
         send_udp(sender.netns, sender.ip, receiver.ip, [(sport, payload) for _, sport, payload, _ in cases],
@@ -69,7 +81,7 @@ def assert_refused(lab, tmp_path, sender, receiver, cases, control, device: str)
     assert in_pod.packets == [] and on_device.packets == [], [p.summary() for p in on_device.packets]
     assert drops(lab, receiver) == want, [what for what, *_ in cases]
 
-    with Capture(pod.netns, "eth0", f"icmp and icmp[0] == 8 and icmp[4:2] == {GOOD_ID}",
+    with Capture(pod.netns, "eth0", echo_filter(GOOD_ID, version),
                  tmp_path / f"{receiver.name}-control.pcap", count=ROUNDS) as cap:
         send_udp(sender.netns, sender.ip, receiver.ip, [control], count=ROUNDS)
         wait_for(lambda: cap.proc.poll() is not None, timeout=5)
@@ -112,7 +124,7 @@ def test_udp_backend_accepts_only_a_peers_own_pods(make_lab, tmp_path):
 def test_userspace_vxlan_accepts_only_a_peers_own_pods_from_its_vtep(make_lab, tmp_path):
     lab = make_lab("vxlan", nodes=3, variants=[{"vxlan_impl": "user", "ip_masq": True}] * 2 + [{"vxlan_impl": "user"}])
     node1, node2, node3 = lab.nodes
-    macs = {l["public_ip"]: l["vtep_mac"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)}
+    macs = {l["public_ip"]: l["vtep_mac"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]}
 
     def wrap(inner: IP, src_mac: str = macs[node1.ip]) -> bytes:
         return bytes(VXLAN(flags=0x08, vni=1) / Ether(src=src_mac, dst=macs[node2.ip]) / inner)

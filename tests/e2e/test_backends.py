@@ -75,10 +75,10 @@ def test_backend_end_to_end(make_lab, tmp_path, name):
 
     # node3 stops cleanly: its lease stays (as flannel's), then expires, and the others forget it
     expiring = subnet_of(lab, node3)
-    mac3 = next((l["vtep_mac"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)
+    mac3 = next((l["vtep_mac"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]
                  if l["subnet"] == expiring), None)
     lab.stop_node(node3)
-    listed = [l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)]
+    listed = [l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]]
     assert expiring in listed
     assert wait_for(lambda: all(expiring not in peers_of(lab, n) for n in (node1, node2)), timeout=LEASE_TTL + 15)
     assert wait_for(lambda: not kernel_state(lab, node1, expiring)), kernel_state(lab, node1, expiring)

@@ -81,7 +81,7 @@ def test_host_gw_refuses_an_underlay_without_ethernet(make_lab, tmp_path):
     assert res.returncode == 1, res.stderr
     assert "host-gw needs an Ethernet underlay; ovtun0 is not one" in res.stderr
     assert "Traceback" not in res.stderr
-    leases = json.loads(lab.overlayctl("subnets", "--json").stdout)
+    leases = json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]
     assert "198.51.100.1" not in [l["public_ip"] for l in leases]  # refused before taking a lease
 
 
@@ -122,7 +122,7 @@ def test_port_in_use_fails_before_a_lease_and_before_ready(make_lab, tmp_path, b
         assert res.returncode == 1, res.stderr
         with pytest.raises(BlockingIOError):
             notify.recv(4096)  # nothing told systemd anything: not READY
-        leases = json.loads(lab.overlayctl("subnets", "--json").stdout)
+        leases = json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]
         assert host.ip not in [l["public_ip"] for l in leases], res.stderr  # refused before taking a lease
         assert not (tmp_path / "subnet.env").exists()
         errors = [l for l in res.stderr.splitlines() if "ERROR" in l]

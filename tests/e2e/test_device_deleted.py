@@ -1,4 +1,4 @@
-"""The data-plane device deleted under a running daemon (README: Data plane engine; Failure behaviour).
+"""The data-plane device deleted under a running daemon (docs: design.md, operator-guide.md).
 
 A userspace data plane whose tun or tap is deleted cannot go on: its fd no
 longer reaches any device, and drift repair cannot give it one back (it does

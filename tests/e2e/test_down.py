@@ -99,7 +99,7 @@ def test_cleanup_on_exit_leaves_nothing_of_ours_and_peers_drop_the_node(make_lab
     gone = wait_for(lambda: subnet not in lab.node_status(peer)["peers"]
                     and subnet not in sh(peer.netns, "ip", "route") + sh(peer.netns, "ip", "neigh"), timeout=2)
     assert gone, (lab.node_status(peer)["peers"], sh(peer.netns, "ip", "route"))
-    assert subnet not in [l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)]
+    assert subnet not in [l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]]
     assert "cleaned up" in open(lab.log_file(node), encoding="utf-8").read()
 
     links = json.loads(sh(node.netns, "ip", "-j", "link", "show"))

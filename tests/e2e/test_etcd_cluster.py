@@ -78,9 +78,11 @@ def test_daemons_ride_out_a_hung_then_dead_etcd_member_over_tls(make_lab):
         # a node joins during the failure; an operator adds a lease for a flannel node meanwhile
         node3 = lab.add_node(pods=1)
         lease_id = lab.etcdctl("lease", "grant", "120", member=live).stdout.split()[1]
-        lab.etcdctl("put", f"--lease={lease_id}", f"{PREFIX}/subnets/10.244.250.0-24",
+        taken = {lab.node_status(n)["subnet"] for n in lab.nodes if n.pid}
+        flannel = next(f"10.244.{i}.0/24" for i in range(250, 256) if f"10.244.{i}.0/24" not in taken)
+        lab.etcdctl("put", f"--lease={lease_id}", f"{PREFIX}/subnets/{flannel.replace('/', '-')}",
                     json.dumps({"PublicIP": "198.18.0.99", "BackendType": "udp"}), member=live)
-        subnets = [lab.node_status(n)["subnet"] for n in lab.nodes if n.pid] + ["10.244.250.0/24"]
+        subnets = sorted(taken) + [flannel]
         assert wait_for(lambda: peers_everywhere(lab, (node1, node2, node3), subnets), timeout=15), \
             {n.name: lab.node_status(n)["peers"] for n in (node1, node2, node3)}
         time.sleep(max(0.0, 30 - (time.monotonic() - frozen_at)))  # ~30 s frozen: 2.5 TTLs

@@ -38,7 +38,7 @@ def owners(lab: Lab) -> dict[str, str]:
     res = lab.overlayctl("--timeout", "2", "subnets", "--json", check=False)
     if res.returncode != 0:
         return {}
-    return {r["public_ip"]: r["subnet"] for r in json.loads(res.stdout)}
+    return {r["public_ip"]: r["subnet"] for r in json.loads(res.stdout)["leases"]}
 
 
 class Pinger:

@@ -5,6 +5,7 @@ lease and peers, and WATCHDOG=1 pings."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -62,20 +63,26 @@ def test_endpoints_and_metrics_in_the_lab(make_lab):
         assert 3500 < m[("overlayd_lease_seconds_left", (("subnet", subnet),))] <= 3600
         assert m[("overlayd_datapath_info", (("backend", "udp"), ("datapath", datapath), ("event_loop", loop)))] == 1
         assert ("overlayd_build_info", (("version", "0.1.0"),)) in m
-        for direction in ("tx", "rx", "dev_rx"):  # the ping went out and its reply came back
-            assert m[("overlayd_packets_total", (("direction", direction),))] >= 1, direction
-            assert m[("overlayd_bytes_total", (("direction", direction),))] >= 84, direction
+        for side in ("underlay", "device"):  # the ping went out and its reply came back, both ways
+            for direction in ("tx", "rx"):
+                labels = (("direction", direction), ("side", side))
+                assert m[("overlayd_datapath_packets_total", labels)] >= 1, labels
+                assert m[("overlayd_datapath_bytes_total", labels)] >= 84, labels
+        assert m[("overlayd_dropped_packets_total", (("reason", "no_lease"),))] == 0  # there before any drop
         assert m[("overlayd_etcd_up", ())] == 1
         assert m[("overlayd_etcd_outages_total", ())] == 0 and m[("overlayd_watch_resets_total", ())] == 0
         ages = {labels: age for (name, labels), age in m.items() if name == "overlayd_loop_heartbeat_age_seconds"}
-        assert set(ages) == {(("loop", "control loop"),), (("loop", "data plane"),)} and max(ages.values()) < 5
+        assert set(ages) == {(("loop", "control_loop"),), (("loop", "data_plane"),)} and max(ages.values()) < 5
 
-    # drops are read from the counters, whatever their reason: a packet to a subnet nobody leases
-    leased = {lab.node_status(n)["subnet"] for n in lab.nodes}
-    nobodys = next(f"10.244.{i}.9" for i in range(200, 255) if f"10.244.{i}.0/24" not in leased)
-    lab.exec(a.pods[0].netns, ["ping", "-c1", "-W1", nobodys], check=False, timeout=10)
-    m = samples(scrape(lab, a, "/metrics")["/metrics"][1])
-    assert m[("overlayd_dropped_packets_total", (("reason", "no_lease"),))] >= 1
+    # a packet to a subnet nobody leases: counted as a drop, and answered from the node's gateway (cni0's
+    # .1), not from the unreachable address itself (issue 21)
+    nobodys = unleased_address(lab)
+    for node in (a, b):
+        gateway = str(ipaddress.IPv4Network(lab.node_status(node)["subnet"]).network_address + 1)
+        res = lab.exec(node.pods[0].netns, ["ping", "-n", "-c1", "-W2", nobodys], check=False, timeout=10)
+        assert f"From {gateway} icmp_seq=1 Destination Host Unreachable" in res.stdout, res.stdout
+        m = samples(scrape(lab, node, "/metrics")["/metrics"][1])
+        assert m[("overlayd_dropped_packets_total", (("reason", "no_lease"),))] >= 1
 
     # etcd restarts: the outage, the reconnect and the re-established watch are counted
     lab.restart_etcd()
@@ -86,6 +93,33 @@ def test_endpoints_and_metrics_in_the_lab(make_lab):
     m = wait_for(counted, timeout=30)
     assert m, scrape(lab, b, "/metrics")
     assert m[("overlayd_etcd_outages_total", ())] >= 1 and m[("overlayd_etcd_up", ())] == 1
+
+
+def unleased_address(lab) -> str:
+    leased = {lab.node_status(n)["subnet"] for n in lab.nodes}
+    return next(f"10.244.{i}.9" for i in range(200, 255) if f"10.244.{i}.0/24" not in leased)
+
+
+def test_kernel_vxlan_device_counters_and_the_taps_icmp_answers(make_lab):
+    """A kernel VXLAN node exports its device's own counters (read from sysfs in its namespace); a
+    userspace VXLAN node answers a packet to nobody's subnet from its gateway through the tap."""
+    lab = make_lab("vxlan", nodes=2, variants=[
+        {"vxlan_impl": "kernel", "extra_args": ["--healthz-addr", HEALTHZ]},
+        {"vxlan_impl": "user", "datapath": "c", "extra_args": ["--healthz-addr", HEALTHZ]},
+    ])
+    kernel, user = lab.nodes
+    assert lab.ping(kernel.pods[0], user.pods[0].ip)
+    m = samples(scrape(lab, kernel, "/metrics")["/metrics"][1])
+    device = [name for name, labels in m if name == "overlayd_kernel_device_packets_total"]
+    assert device, sorted({name for name, _ in m})
+    for direction in ("rx", "tx"):
+        labels = (("device", "flannel.1"), ("direction", direction))
+        assert m[("overlayd_kernel_device_packets_total", labels)] >= 1, direction
+        assert m[("overlayd_kernel_device_bytes_total", labels)] >= 84, direction
+    assert not any(name.startswith("overlayd_datapath_packets") for name, _ in m)  # no userspace plane there
+    gateway = str(ipaddress.IPv4Network(lab.node_status(user)["subnet"]).network_address + 1)
+    res = lab.exec(user.pods[0].netns, ["ping", "-n", "-c1", "-W2", unleased_address(lab)], check=False, timeout=10)
+    assert f"From {gateway} icmp_seq=1 Destination Host Unreachable" in res.stdout, res.stdout
 
 
 def test_a_port_in_use_is_one_line_before_any_lease(make_lab):

@@ -7,6 +7,7 @@ operator would) honoured as a peer."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 
@@ -60,11 +61,12 @@ def test_udp_wire_rogue_and_unreachable(make_lab, tmp_path):
         send_udp(node1.netns, node1.ip, node2.ip, [(8472, forged)], count=5)
     assert len(cap.packets) >= 1
 
-    # a subnet nobody leases: ICMP host unreachable, from the unreachable address itself
+    # a subnet nobody leases: ICMP host unreachable, from the node's gateway (cni0's .1, issue 21)
     target = str(free_subnet(lab).network_address + 77)
+    gateway = str(ipaddress.IPv4Network(lab.node_status(node1)["subnet"]).network_address + 1)
     res = run(["ip", "netns", "exec", pod1.netns, "ping", "-c1", "-W2", "-n", target], check=False)
     assert res.returncode != 0
-    assert f"From {target}" in res.stdout and "Destination Host Unreachable" in res.stdout, res.stdout
+    assert f"From {gateway}" in res.stdout and "Destination Host Unreachable" in res.stdout, res.stdout
     assert lab.node_status(node1)["stats"].get("drop_no_lease", 0) >= 1 or wait_for(
         lambda: lab.node_status(node1)["stats"].get("drop_no_lease", 0) >= 1, timeout=10)
 
@@ -80,7 +82,7 @@ def test_vxlan_user_and_kernel_interoperate(make_lab, tmp_path):
         sent, received = tcp_transfer(lab, src.pods[0], dst.pods[0], tmp_path)
         assert sent == received, f"{src.name} -> {dst.name}"
 
-    leases = {l["public_ip"]: l for l in json.loads(lab.overlayctl("subnets", "--json").stdout)}
+    leases = {l["public_ip"]: l for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]}
     with Capture(user.netns, "eth0", "udp port 8472", tmp_path / "vxlan.pcap", count=8) as cap:
         assert lab.ping(user.pods[0], kernel.pods[0].ip)
     senders = set()
@@ -113,7 +115,7 @@ def test_hand_written_flannel_lease_and_hand_made_vtep_are_peers(make_lab):
               "dev", "eth0", "dstport", "8472", "nolearning", "noudpcsum"])
     run(ip + ["addr", "add", f"{gw}/32", "dev", "flannel.1"])
     run(ip + ["link", "set", "flannel.1", "up"])
-    for lease in json.loads(lab.overlayctl("subnets", "--json").stdout):
+    for lease in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]:
         if lease["public_ip"] == host.ip:
             continue
         peer_gw = lease["subnet"].split("/")[0]

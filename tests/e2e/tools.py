@@ -18,18 +18,20 @@ from overlayd.lab.topology import Lab, Pod, run
 TCPCHECK = str(Path(__file__).with_name("tcpcheck.py"))
 
 
-def tcp_transfer(lab: Lab, src: Pod, dst: Pod, tmp_path: Path, nbytes: int = 10 << 20) -> tuple[str, str]:
-    """Send ``nbytes`` random bytes from ``src`` to ``dst`` over TCP; (sent sha256, received sha256)."""
+def tcp_transfer(lab: Lab, src: Pod, dst: Pod, tmp_path: Path, nbytes: int = 10 << 20,
+                 version: int = 4) -> tuple[str, str]:
+    """Send ``nbytes`` random bytes from ``src`` to ``dst``'s address of IP ``version`` over TCP;
+    (sent sha256, received sha256)."""
     data = os.urandom(nbytes)
     path = tmp_path / f"payload-{src.name}-{dst.name}"
     path.write_bytes(data)
     port = "5201"
-    server = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, TCPCHECK, "recv", port],
+    server = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, TCPCHECK, "recv", port, str(version)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "listening", server.stderr.read()
-        run(["ip", "netns", "exec", src.netns, sys.executable, TCPCHECK, "send", dst.ip, port, str(path)],
-            timeout=120)
+        run(["ip", "netns", "exec", src.netns, sys.executable, TCPCHECK, "send", dst.address(version), port,
+             str(path)], timeout=120)
         out, err = server.communicate(timeout=60)
     finally:
         if server.poll() is None:
@@ -43,7 +45,7 @@ def tcp_transfer(lab: Lab, src: Pod, dst: Pod, tmp_path: Path, nbytes: int = 10 
 
 def free_subnet(lab: Lab) -> ipaddress.IPv4Network:
     """A /24 of the lab's Network that no lease holds."""
-    leased = {l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)}
+    leased = {l["subnet"] for l in json.loads(lab.overlayctl("subnets", "--json").stdout)["leases"]}
     for third in range(250, 1, -1):
         net = ipaddress.IPv4Network(f"10.244.{third}.0/24")
         if str(net) not in leased:

@@ -8,6 +8,9 @@ tables of PEERS peers into the engine: table A routes the packet's subnet to 127
 not hold it (a no_lease drop); in both, every other subnet belongs to 127.0.0.3. Every datagram the
 engine sends therefore belongs at 127.0.0.2. Prints one JSON line: the engine's counters, the
 datagrams each address received, and the swaps done. Ends after SECONDS at most.
+
+The flood goes in ROUNDS bursts, each released by a swap (a byte on a pipe), so that however fast
+the engine drains the flood on a busy machine, at least ROUNDS swaps happen while it crosses.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ OWN = ipaddress.IPv4Network("10.1.0.0/24")
 TARGET = "127.0.0.2"  # the packet's subnet's node in table A
 OTHERS = "127.0.0.3"  # every other subnet's node
 SO_RCVBUFFORCE = 33
+ROUNDS = 40  # bursts of the flood, each after a swap
 
 
 def tables(packet: bytes, peers: int) -> tuple[PeerTable, PeerTable]:
@@ -67,13 +71,20 @@ def main() -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
     port = 8285
     dev_ours, dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    released, release = os.pipe()
     flooder = os.fork()
     if flooder == 0:  # before any thread: write the flood, blocking while the engine is behind
         dev_ours.close()
-        for _ in range(count):
-            dev.send(packet)
+        os.close(release)
+        for burst in range(ROUNDS):
+            if not os.read(released, 1):  # the parent is gone
+                break
+            for _ in range(count // ROUNDS + (burst < count % ROUNDS)):
+                dev.send(packet)
         os._exit(0)
     dev.close()
+    os.close(released)
+    os.set_blocking(release, False)
     os.set_blocking(dev_ours.fileno(), False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", port))
@@ -87,11 +98,16 @@ def main() -> None:
         while time.monotonic() < deadline:
             engine.set_peers(b if swaps % 2 else a)
             swaps += 1
+            try:
+                os.write(release, b"s")  # the next burst may go
+            except (BlockingIOError, BrokenPipeError):  # bursts enough released, or all written
+                pass
             counts = engine.counters()[0]
             if counts.get("dev_rx_packets", 0) >= count:
                 break
     finally:
         engine.stop()
+        os.close(release)
         os.waitpid(flooder, 0)
     counts, tx_errors, _ = engine.counters()
     print(json.dumps({"counters": counts, "tx_errors": tx_errors, "swaps": swaps,

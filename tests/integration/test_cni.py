@@ -65,11 +65,12 @@ class Node:
         return {"cniVersion": version, "name": "ovt", "type": "overlayd",
                 "subnetFile": str(self.subnet_env), "dataDir": str(self.data_dir), **extra}
 
-    def call(self, command: str, stdin: str | dict) -> tuple[int, str, str]:
+    def call(self, command: str, stdin: str | dict, extra_env: dict | None = None) -> tuple[int, str, str]:
         """Run the plugin inside the node namespace: exit code, stdout, stderr."""
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_CONTAINERID": self.container_id,
-               "CNI_NETNS": f"/var/run/netns/{self.pod}", "CNI_IFNAME": "eth0", "CNI_PATH": DEBIAN_CNI}
+               "CNI_NETNS": f"/var/run/netns/{self.pod}", "CNI_IFNAME": "eth0", "CNI_PATH": DEBIAN_CNI,
+               **(extra_env or {})}
         data = stdin if isinstance(stdin, str) else json.dumps(stdin)
         proc = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "overlayd.cni"],
                               input=data, env=env, capture_output=True, text=True, timeout=30)
@@ -177,3 +178,58 @@ def test_missing_delegate_plugin_touches_nothing(node):
     assert "no-such-plugin" in error["msg"]
     assert not node.saved().exists()
     assert node.in_pod("ip", "link", "show", "eth0", check=False).returncode != 0
+
+
+def ping6_gateway(node: Node) -> None:
+    """One echo reply from cni0's IPv6 gateway, within 5 s: the bridge plugin gives a new cni0 its
+    address with duplicate address detection, so it is tentative for a second or two."""
+    node.in_pod("ping", "-6", "-c1", "-w5", "fd00:10:244:7::1")
+
+
+def test_dual_stack_pod_gets_both_families(node):
+    node.subnet_env.write_text(SUBNET_ENV + "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"
+                                            "FLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n")
+    rc, out, err = node.call("ADD", node.conf())
+    assert rc == 0, (out, err)
+    addresses = {ipaddress.ip_interface(ip["address"]) for ip in json.loads(out)["ips"]}
+    assert {a.network for a in addresses} == {POD_SUBNET, ipaddress.IPv6Network("fd00:10:244:7::/64")}
+
+    bridge = json.loads(sh("ip", "-n", node.ns, "-j", "addr", "show", "cni0").stdout)[0]
+    assert {"fd00:10:244:7::1/64", f"{GATEWAY}/24"} <= {
+        f"{a['local']}/{a['prefixlen']}" for a in bridge["addr_info"]}
+    routes6 = json.loads(node.in_pod("ip", "-6", "-j", "route", "show").stdout)
+    assert {("fd00:10:244::/56", "fd00:10:244:7::1"), ("default", "fd00:10:244:7::1")} <= {
+        (r["dst"], r.get("gateway")) for r in routes6}
+    ping6_gateway(node)
+    node.in_pod("ping", "-c1", "-W2", GATEWAY)
+
+    assert node.call("DEL", node.conf()) == (0, "", "")
+    assert not list((node.data_dir / "ipam" / "ovt").glob("fd00*"))
+
+
+def test_ipv6_only_pod(node):
+    node.subnet_env.write_text("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+                               "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n")
+    rc, out, err = node.call("ADD", node.conf())
+    assert rc == 0, (out, err)
+    [ip] = json.loads(out)["ips"]
+    assert ipaddress.ip_interface(ip["address"]).network == ipaddress.IPv6Network("fd00:10:244:7::/64")
+    routes6 = json.loads(node.in_pod("ip", "-6", "-j", "route", "show").stdout)
+    assert ("default", "fd00:10:244:7::1") in {(r["dst"], r.get("gateway")) for r in routes6}
+    ping6_gateway(node)
+    assert node.call("DEL", node.conf()) == (0, "", "")
+
+
+def test_a_pod_joins_services_through_the_endpoint_spool(node, tmp_path):
+    spool_dir = tmp_path / "endpoints"
+    env_args = {"CNI_ARGS": "IgnoreUnknown=1;OVERLAYD_SERVICES=api"}
+    conf = node.conf(services=["web"], endpointsDir=str(spool_dir))
+    rc, out, err = node.call("ADD", conf, env_args)
+    assert rc == 0, (out, err)
+    address = ipaddress.IPv4Interface(json.loads(out)["ips"][0]["address"]).ip
+    entry = spool_dir / f"{node.container_id}-eth0.json"
+    assert json.loads(entry.read_text()) == {"ip": str(address), "services": ["web", "api"]}
+    ports = json.loads(sh("ip", "-n", node.ns, "-d", "-j", "link", "show", "master", "cni0").stdout)
+    assert [p["linkinfo"]["info_slave_data"]["hairpin"] for p in ports] == [True]  # a pod can reach itself
+    assert node.call("DEL", conf) == (0, "", "")
+    assert not entry.exists()

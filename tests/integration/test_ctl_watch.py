@@ -71,8 +71,9 @@ async def test_subnets_watch_follows_changes_until_ctrl_c(etcd_server, etcd_pref
         out = Lines(proc)
         if as_json:
             listed = json.loads(out.next())
-            assert listed["event"] == "listed" and listed["subnet"] == "10.244.1.0/24"
-            assert listed["vtep_mac"] == "0e:00:00:00:00:01" and listed["ttl_seconds"] > 500
+            assert listed["schema"] == 1 and listed["event"] == "listed"
+            assert listed["lease"]["subnet"] == "10.244.1.0/24"
+            assert listed["lease"]["vtep_mac"] == "0e:00:00:00:00:01" and listed["lease"]["ttl_seconds"] > 500
         else:
             assert out.next().split() == ["SUBNET", "NODE", "IP", "BACKEND", "VTEP", "MAC", "TTL", "LEFT", "LOCAL", "!"]
             assert out.next().split()[:4] == ["10.244.1.0/24", "198.18.0.11", "vxlan", "0e:00:00:00:00:01"]
@@ -86,11 +87,11 @@ async def test_subnets_watch_follows_changes_until_ctrl_c(etcd_server, etcd_pref
         seen = [out.next() for _ in range(3)]
         if as_json:
             events = [json.loads(l) for l in seen]
-            assert [(e["event"], e["subnet"], e["public_ip"]) for e in events] == [
+            assert [(e["event"], e["lease"]["subnet"], e["lease"]["public_ip"]) for e in events] == [
                 ("added", "10.244.2.0/24", "198.18.0.12"), ("added", "10.244.3.0/24", "198.18.0.13"),
                 ("removed", "10.244.1.0/24", "198.18.0.11")]
-            assert events[1]["reserved"] is True and events[0]["reserved"] is False
-            assert all(abs(e["time"] - time.time()) < 30 for e in events)
+            assert events[1]["lease"]["reserved"] is True and events[0]["lease"]["reserved"] is False
+            assert all(abs(e["time"] - time.time()) < 30 and e["schema"] == 1 for e in events)
         else:
             assert [l.split()[1:3] for l in seen] == [
                 ["added", "10.244.2.0/24"], ["added", "10.244.3.0/24"], ["removed", "10.244.1.0/24"]]
@@ -115,28 +116,31 @@ def test_lease_commands_print_the_lease_they_acted_on(etcd_server, etcd_prefix):
         result = runner.invoke(ctl, ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
                                      *args, "--json"], input=input, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
+        output = json.loads(result.stdout)
+        assert output.pop("schema") == 1
+        return output
 
     stored = ctl_json("config", "set", "-", input=KUBE_FLANNEL)  # kube-flannel's net-conf.json
     assert stored["effective"]["Backend"] == {"Type": "vxlan", "Port": 8472, "VNI": 1}
     assert stored["notes"] == ["EnableNFTables: false: overlayd always uses nftables, never iptables"]
     got = ctl_json("config", "get")
     assert got["stored"] == json.loads(KUBE_FLANNEL) and got["effective"] == stored["effective"]
+    assert got == {**stored, "error": None}  # the same shape from both commands
 
-    reserved = ctl_json("lease", "reserve", "10.244.5.0/24", "--public-ip", "198.18.0.15")
+    reserved = ctl_json("lease", "reserve", "10.244.5.0/24", "--public-ip", "198.18.0.15")["lease"]
     assert {k: reserved[k] for k in ("subnet", "public_ip", "backend", "reserved", "ttl_seconds")} == {
         "subnet": "10.244.5.0/24", "public_ip": "198.18.0.15", "backend": "vxlan", "reserved": True,
         "ttl_seconds": None}
-    assert ctl_json("subnets") == [reserved]  # the same record everywhere
-    released = ctl_json("lease", "release", "10.244.5.0/24", "--ttl", "600")
+    assert ctl_json("subnets") == {"leases": [reserved]}  # the same record everywhere
+    released = ctl_json("lease", "release", "10.244.5.0/24", "--ttl", "600")["lease"]
     assert released["reserved"] is False and 590 <= released["ttl_seconds"] <= 600
 
     refused = runner.invoke(ctl, ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
                                   "lease", "delete", "10.244.5.0/24"])
     assert refused.exit_code == 1 and "add --yes" in refused.output
-    deleted = ctl_json("lease", "delete", "10.244.5.0/24", "--yes")
+    deleted = ctl_json("lease", "delete", "10.244.5.0/24", "--yes")["lease"]
     assert deleted["subnet"] == "10.244.5.0/24" and deleted["public_ip"] == "198.18.0.15"
-    assert ctl_json("subnets") == []
+    assert ctl_json("subnets") == {"leases": []}
     again = runner.invoke(ctl, ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix,
                                 "lease", "delete", "10.244.5.0/24", "--yes"])
     assert again.exit_code == 1 and again.output.strip() == "overlayctl: error: 10.244.5.0/24 has no lease"
@@ -156,7 +160,7 @@ def test_subnets_marks_what_the_daemons_ignore_and_a_node_ip_with_two_leases(etc
     args = ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix, "subnets"]
     res = CliRunner().invoke(ctl, [*args, "--json"])
     assert res.exit_code == 0, res.output
-    problems = {r["subnet"]: r["problems"] for r in json.loads(res.output)}
+    problems = {r["subnet"]: r["problems"] for r in json.loads(res.output)["leases"]}
     assert problems == {
         "10.244.2.0/23": ["ignored: not a /24 (SubnetLen)", "overlaps 10.244.2.0/24"],
         "10.244.2.0/24": ["198.18.0.12 also holds 10.244.7.0/24"],

@@ -87,12 +87,12 @@ async def test_packets_cross_both_ways_and_drops_are_counted(plane):
     other_port.sendto(back, ("127.0.0.1", port))
     other_port.close()
 
-    # out, no lease: dropped and answered with ICMP unreachable from the unreachable address
+    # out, no lease: dropped and answered with ICMP unreachable from the node (its gateway, .1)
     lost = ipv4("10.244.1.5", "10.244.9.9")
     dev.send(lost)
     answer = await asyncio.wait_for(loop.sock_recv(dev, 65535), 2)
     assert answer[9] == 1 and answer[20] == 3  # ICMP, destination unreachable
-    assert socket.inet_ntoa(answer[12:16]) == "10.244.9.9"
+    assert socket.inet_ntoa(answer[12:16]) == "10.244.1.1"
     assert socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
 
     for _ in range(50):
@@ -106,6 +106,7 @@ async def test_packets_cross_both_ways_and_drops_are_counted(plane):
         (Drop.SPOOFED_SOURCE, 3), (Drop.TO_BROADCAST_ADDRESS, 1),
         (Drop.WRONG_SOURCE_PORT, 1))}
     assert snap["dev_tx_packets"] == 2  # the one accepted datagram and the ICMP answer
+    assert snap["dev_tx_bytes"] == len(back) + len(answer)
 
 
 async def test_a_burst_arrives_complete_and_in_order(plane):

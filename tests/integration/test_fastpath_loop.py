@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -27,8 +28,9 @@ from overlayd.encap.drops import Counters, Drop
 from overlayd.encap.ipv4 import internet_checksum
 from overlayd.encap.table import Peer, PeerTable
 from overlayd.errors import PlumbingError
+from overlayd.lab import bench
 from overlayd.lab.etcd import free_port
-from tests.unit.test_gso_parity import tcp, tso
+from tests.unit.test_gso_parity import flood, tcp, tso
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="the C fast path is not built")
 
@@ -181,7 +183,7 @@ async def test_drops_are_counted_by_reason_and_no_lease_is_answered(rigs):
     rig.dev.send(lost)
     answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
     assert answer[9] == 1 and answer[20:22] == b"\x03\x01"        # ICMP host unreachable
-    assert socket.inet_ntoa(answer[12:16]) == "10.244.9.9" and socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
+    assert socket.inet_ntoa(answer[12:16]) == "10.244.1.1" and socket.inet_ntoa(answer[16:20]) == "10.244.1.5"
     assert answer[28:] == lost[:28]                               # quotes its header + 8 bytes
     snap = await rig.wait_for(rx_packets=8)
     assert {k: v for k, v in snap.items() if k.startswith("drop_")} == {
@@ -189,6 +191,7 @@ async def test_drops_are_counted_by_reason_and_no_lease_is_answered(rigs):
         "drop_unknown_sender": 1, "drop_no_lease": 1, "drop_wrong_source_port": 1,
         "drop_spoofed_source": 1, "drop_to_broadcast_address": 1}
     assert snap["dev_tx_packets"] == 1  # the ICMP answer; nothing else reached the device
+    assert snap["dev_tx_bytes"] == len(answer)
 
 
 def traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
@@ -205,6 +208,16 @@ def traffic() -> tuple[list[bytes], list[tuple[str, bytes]]]:
                ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.0")), ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.255")),
                ("127.0.0.3", ipv4("10.244.3.7", "10.244.1.254"))]
     return out, inbound
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on ``sock`` (non-blocking)."""
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(65535))
+        except BlockingIOError:
+            return got
 
 
 async def run_traffic(rig: Rig, close_device_after: bool = False) -> dict:
@@ -228,6 +241,11 @@ async def test_the_c_plane_counts_exactly_like_the_python_plane(rigs, close_devi
     want, got = await python.settled(), await c.settled()
     assert got == want
     assert got["tx_error_eacces"] == 1 + 40 // 3 and got["drop_no_lease"] == 1
+    if not close_device:  # what the device got: 4 accepted datagrams and the ICMP answer, counted in bytes
+        for rig in (python, c):
+            written = drain(rig.dev)
+            assert len(written) == got["dev_tx_packets"] == 5
+            assert rig.plane.snapshot()["dev_tx_bytes"] == sum(map(len, written))
     if close_device:
         assert sum(n for k, n in got.items() if k.startswith("dev_write_error_")) == 4  # all accepted
 
@@ -301,8 +319,11 @@ async def test_stop_returns_at_once_and_the_engine_restarts(rigs):
     rig = rigs()
     loop = asyncio.get_running_loop()
     for _ in range(3):
+        before = time.monotonic()
         rig.plane.start(loop)
-        assert rig.plane.last_beat() is not None
+        # a beat from the start, not 0 until both threads first turn (a fresh node's watchdog saw its
+        # data plane 'stalled' for the whole uptime: the heartbeat age is now - last_beat)
+        assert before <= rig.plane.last_beat() <= time.monotonic()
         started = loop.time()
         await asyncio.to_thread(rig.plane.stop)  # idle threads: woken by the eventfd, not by a timeout
         assert loop.time() - started < 0.4 and rig.plane.last_beat() is None
@@ -310,6 +331,27 @@ async def test_stop_returns_at_once_and_the_engine_restarts(rigs):
     pkt = ipv4("10.244.1.5", "10.244.2.7")
     rig.dev.send(pkt)
     assert (await asyncio.to_thread(rig.peers["127.0.0.2"].recv, 100)) == pkt
+
+
+def engine_threads() -> int:
+    """This process's threads named as the engine names its own (scripts/bench counts their idle CPU)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as f:
+                names.append(f.read().strip())
+        except OSError:  # ended meanwhile
+            continue
+    return names.count(bench.ENGINE_THREAD)
+
+
+async def test_the_engine_threads_are_named_for_the_bench(rigs):
+    rig = rigs()
+    before = engine_threads()
+    rig.plane.start(asyncio.get_running_loop())
+    assert engine_threads() == before + 2
+    await asyncio.to_thread(rig.plane.stop)
+    assert engine_threads() == before
 
 
 async def test_a_failed_thread_ends_the_plane(rigs):
@@ -383,10 +425,32 @@ async def test_superpackets_through_a_vnet_hdr_device(rigs):
     snap = await rig.wait_for(dev_tx_packets=5)
     assert (snap["dev_rx_superpackets"], snap["dev_rx_packets"], snap["tx_packets"]) == (1, 1, 8)
     assert snap["dev_tx_superpackets"] == 1
+    assert snap["dev_tx_bytes"] == len(joined)  # what the device got, without its virtio header
     # an ICMP answer to the vnet_hdr device carries an empty header
     rig.dev.send(gso.NO_OFFLOAD_HEADER + ipv4("10.244.1.5", "10.244.9.9"))
     answer = await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2)
     assert answer[:gso.HEADER_LEN] == gso.NO_OFFLOAD_HEADER and answer[gso.HEADER_LEN + 9] == 1
+
+
+@pytest.mark.parametrize("udp_runs", [True, False, None])
+async def test_a_udp_flood_is_written_in_runs_where_the_device_takes_them(rigs, udp_runs):
+    """Issue 20: a peer's flood of one flow's datagrams reaches a vnet_hdr device as the UDP superpackets
+    gso.coalesce makes (one write per run: the kernel cuts them back), where the device takes UDP GSO
+    writes; else one by one. None: probed, and a socketpair is no device that takes them."""
+    rig = rigs(vnet_hdr=True)
+    rig.plane = fast.FastDataPlane(rig.dev_ours.fileno(), rig.sock, rig.codec, Sender(rig.sock, rig.port, rig.counters),
+                                   rig.counters, vnet_hdr=True, udp_runs=udp_runs)
+    loop = asyncio.get_running_loop()
+    dgrams = flood(12, src="10.244.2.7", dst="10.244.1.5")
+    for dgram in dgrams:  # queued before the engine starts: one batch
+        rig.send_in("127.0.0.2", dgram)
+    rig.plane.start(loop)
+    want = gso.coalesce(dgrams, udp=bool(udp_runs))
+    assert len(want) == (1 if udp_runs else 12)
+    assert [await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) for _ in want] == [h.pack() + p for h, p in want]
+    snap = await rig.wait_for(dev_tx_packets=12)
+    assert snap.get("dev_tx_superpackets", 0) == (1 if udp_runs else 0)
+    assert snap["dev_tx_bytes"] == sum(len(p) for _, p in want)
 
 
 async def test_udp_gso_sends_a_superpacket_as_the_reference_segments(rigs):
@@ -487,12 +551,7 @@ async def run_vxlan_traffic(rig: Rig) -> tuple[dict, list[bytes], list[tuple[byt
         rig.send_in(sender, dgram)
     snap = await rig.wait_for(rx_packets=len(dgrams))
     await asyncio.sleep(0.05)
-    written = []
-    while True:
-        try:
-            written.append(rig.dev.recv(65535))
-        except BlockingIOError:
-            break
+    written = drain(rig.dev)
     sent = []
     for ip in PEERS:
         rig.peers[ip].setblocking(False)
@@ -517,3 +576,4 @@ async def test_vxlan_on_the_engine_counts_and_forwards_like_the_python_plane(rig
     assert len(sent) == 2 + sum(i % 3 != 2 for i in range(40)) and all(p[:8] == bytes([8, 0, 0, 0, 0, 0, VNI, 0]) for p, _ in sent)
     assert all(p[8:14] == peer_mac(ip) for p, ip in sent)  # re-addressed to the peer's VtepMAC
     assert any(w[14:] == ipv4("10.244.2.7", "10.244.1.5") for w in written)
+    assert snap["dev_tx_bytes"] == sum(map(len, written)) and snap["dev_tx_packets"] == len(written)

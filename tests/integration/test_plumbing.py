@@ -14,22 +14,32 @@ import pytest
 
 pytestmark = pytest.mark.root
 
-SCRIPT = textwrap.dedent('''
+#: the start of a script run in the namespace: imports, ``sh`` and ``veth`` (a veth pair, both ends
+#: up, the first with ``addresses``, added without duplicate address detection)
+PRELUDE = textwrap.dedent('''
     import asyncio, ipaddress, json, os, subprocess, tempfile
     from overlayd.plumbing import ethtool, guard, nft, sysctl
     from overlayd.plumbing.netlink import Netlink
-    from overlayd.plumbing.tuntap import open_tun, open_tap
 
     def sh(*argv):
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    def veth(name, *addresses):
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
+        for address in addresses:
+            sh("ip", "addr", "add", address, "dev", name, "nodad")
+        sh("ip", "link", "set", name + "p", "up")
+        sh("ip", "link", "set", name, "up")
+''')
+
+SCRIPT = PRELUDE + textwrap.dedent('''
+    from overlayd.plumbing.tuntap import open_tun, open_tap
 
     async def main():
         seen = {}
         net = ipaddress.IPv4Network("10.244.0.0/16")
         gw = ipaddress.IPv4Interface("10.244.3.1/24")
-        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        sh("ip", "addr", "add", "198.18.0.11/24", "dev", "eth0")
-        sh("ip", "link", "set", "eth0", "up")
+        veth("eth0", "198.18.0.11/24")
         async with Netlink() as nl:
             chosen = await nl.underlay(("eth0",), None)
             seen["underlay"] = [chosen.iface, str(chosen.address), str(chosen.public_ip), str(chosen.mtu)]
@@ -129,11 +139,16 @@ def netns():
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
-    res = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
+def run_script(netns: str, script: str) -> dict:
+    """Run ``script`` in namespace ``netns``; the JSON it printed (what it saw)."""
+    res = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    seen = json.loads(res.stdout)
+    return json.loads(res.stdout)
+
+
+def test_plumbing_is_idempotent_and_fixes_wrong_state(netns):
+    seen = run_script(netns, SCRIPT)
     assert seen["underlay"] == ["eth0", "198.18.0.11", "198.18.0.11", "1500"]
     assert seen["cni0_addrs"] == ["10.244.3.1/24"]
     cni0 = json.loads(seen["cni0"])[0]

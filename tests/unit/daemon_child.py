@@ -49,6 +49,9 @@ class FakeBackend:
     def stats(self):
         return {"tx_packets": 10}
 
+    def peer_stats(self):
+        return []
+
     async def close(self):
         if self.close_blocks:
             time.sleep(30)  # blocking on purpose: the event loop cannot run meanwhile
@@ -60,7 +63,8 @@ class LeasedDaemon(Daemon):
     close_blocks = False
 
     async def _main(self):
-        self.backend, self.lease = FakeBackend(self.close_blocks), LEASE
+        self.backend, self.lease, self.ready = FakeBackend(self.close_blocks), LEASE, True
+        self.phase = "running"
         await self._status_loop()
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from overlayd.errors import NetworkFullError
 from overlayd.lease.allocator import choose_subnet, is_free
-from overlayd.netconf import BackendConfig, NetworkConfig, parse_config
+from overlayd.netconf import BackendConfig, NetworkConfig, SubnetRange, parse_config
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
@@ -102,8 +102,8 @@ def test_choices_match_a_listing_oracle(seed):
 def test_choosing_never_lists_the_subnets():
     # 2**30 subnets (beyond what parse_config accepts: the allocator must not rely
     # on the cap); listing them takes gigabytes, counting intervals takes nothing
-    cfg = NetworkConfig(network=N("0.0.0.0/0"), subnet_len=30, subnet_min=A("0.0.0.4"),
-                        subnet_max=A("255.255.255.252"), backend=BackendConfig())
+    cfg = NetworkConfig(SubnetRange(N("0.0.0.0/0"), 30, A("0.0.0.4"), A("255.255.255.252")),
+                        BackendConfig())
     hole = N("255.255.255.200/30")
     taken = list(N("0.0.0.0/0").address_exclude(hole))  # 30 leases around one free subnet
     assert choose_subnet(cfg, taken, random.Random(0)) == hole

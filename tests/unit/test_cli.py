@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import types
 import time
 
 import click
@@ -105,9 +106,9 @@ def test_config_at_the_size_limit_is_stored(monkeypatch):
 
 
 def test_config_set_missing_file():
-    result = run(ctl, ["config", "set", "/nonexistent/config.json"])
-    assert result.exit_code == 2
-    assert "No such file" in result.output
+    """One line and exit 1, as '--help' promises (was click's 3-line usage block, exit 2)."""
+    one_line_error(run(ctl, ["config", "set", "/nonexistent/config.json"]), "No such file")
+    assert run(ctl, ["config", "set", "/nonexistent/config.json"]).exit_code == 1
 
 
 def test_endpoints_from_environment():
@@ -238,6 +239,11 @@ class FakeBackend:
     def stats(self):
         return {"peers": len(self.routed)}
 
+    def peer_stats(self):
+        return [{"subnet": s, "device": "flannel-wg", "public_key": "mSwaz4HyIYV8eF8ystfsMlcJLE8uzKjC3aMYNzp5/y8=",
+                 "endpoint": None, "subnets": [s], "latest_handshake": 0, "handshake_age": None, "stalled": False,
+                 "rx_bytes": 0, "tx_bytes": 0} for s in sorted(self.routed)]
+
 
 def peer(subnet, ip, mac=None, backend="vxlan"):
     data = {"VNI": 1, "VtepMAC": mac} if mac else None
@@ -249,6 +255,7 @@ async def test_peers_shows_what_the_daemon_writes(tmp_path):
     path = tmp_path / "status.json"
     daemon = Daemon(DaemonOptions("http://127.0.0.1:1", "/x", status_file=str(path)))
     daemon.backend, daemon.lease = FakeBackend(), peer("10.244.3.0/24", "198.18.0.11")
+    daemon.ready = True  # set up: peers arrive only then (before, its status file says "starting")
     a, b = peer("10.244.7.0/24", "198.18.0.12", "0e:00:00:00:00:07"), peer("10.244.9.0/24", "198.18.0.13", "0e:00:00:00:00:09")
     await daemon._peers_changed(Batch(added=[a, b, peer("10.244.5.0/24", "198.18.0.15", backend="udp")]))
     first = {p["subnet"]: p for p in json.loads(path.read_text())["peer_table"]}
@@ -260,7 +267,8 @@ async def test_peers_shows_what_the_daemon_writes(tmp_path):
     assert data["peers"] == ["10.244.7.0/24", "10.244.9.0/24"]  # 'overlayctl status' reads this as before
     table = {p["subnet"]: p for p in data["peer_table"]}
     assert table.keys() == {"10.244.7.0/24", "10.244.9.0/24"}
-    assert table["10.244.7.0/24"] == {"subnet": "10.244.7.0/24", "public_ip": "198.18.0.12", "backend": "vxlan",
+    assert table["10.244.7.0/24"] == {"subnet": "10.244.7.0/24", "subnet6": None, "public_ip": "198.18.0.12",
+                                      "public_ipv6": None, "backend": "vxlan",
                                       "vtep_mac": "0e:00:00:00:00:77", "since": first["10.244.7.0/24"]["since"],
                                       "routed": True}
     assert table["10.244.9.0/24"]["since"] > first["10.244.9.0/24"]["since"]  # another node: seen anew
@@ -268,12 +276,14 @@ async def test_peers_shows_what_the_daemon_writes(tmp_path):
 
     shown = run(ctl, ["peers", "--status-file", str(path)])
     assert shown.exit_code == 0, shown.output
-    assert shown.output.splitlines() == [
+    assert shown.output.splitlines()[:3] == [  # then the sessions (tests/unit/test_ctl_sessions.py)
         "SUBNET         NODE IP      BACKEND  VTEP MAC           SINCE  ROUTED",
         "10.244.7.0/24  198.18.0.12  vxlan    0e:00:00:00:00:77  0m00s  yes",
         "10.244.9.0/24  198.18.0.99  vxlan    0e:00:00:00:00:99  0m00s  yes"]
     as_json = run(ctl, ["peers", "--json"], env={"OVERLAYD_STATUS_FILE": str(path)})
-    assert json.loads(as_json.output) == data["peer_table"]
+    assert data["peer_stats"] == daemon.backend.peer_stats()  # issue 18: the sessions 'overlayctl peers' shows
+    assert [p["sessions"][0]["public_key"] for p in json.loads(as_json.output)["peer_table"]] == [
+        "mSwaz4HyIYV8eF8ystfsMlcJLE8uzKjC3aMYNzp5/y8="] * 2
     assert run(ctl, ["status", "--status-file", str(path)]).exit_code == 0
 
 
@@ -357,9 +367,9 @@ def test_overlayctl_errors_are_one_line(args, needle):
 
 
 def test_config_set_validates_flannel_fields_before_touching_etcd():
-    config = '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56"}'
+    config = '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetLen": 127}'
     one_line_error(run(ctl, ["--etcd-endpoints", DEAD, "config", "set", "--json", "-"], input=config),
-                   "EnableIPv6: true is not supported by overlayd")
+                   "IPv6SubnetLen: must be 126 or less")
 
 
 @pytest.mark.parametrize("change", [
@@ -377,3 +387,33 @@ def test_status_refuses_a_malformed_or_future_status_file(tmp_path, change):
     res = CliRunner().invoke(ctl, ["status", "--status-file", str(path)])
     assert res.exit_code == 1
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_dual_stack_peer_routed_in_one_family_only_is_routed():
+    """host-gw skips a peer family whose address is off our segment: a peer reached over IPv6 only
+    is still routed (issue 17: the table looked at the IPv4 subnet alone)."""
+    from overlayd.daemon import peer_table
+    attrs = LeaseAttrs(ipaddress.IPv4Address("198.19.0.12"), "host-gw", public_ip6=ipaddress.IPv6Address("2001:db8::12"))
+    lease = Lease(ipaddress.IPv4Network("10.244.7.0/24"), attrs, subnet6=ipaddress.IPv6Network("fd00:10:244:7::/64"))
+    seen = {lease.subnet: (lease, 1.0)}
+    assert [p["routed"] for p in peer_table(seen, ["fd00:10:244:7::/64"])] == [True]
+    assert [p["routed"] for p in peer_table(seen, [])] == [False]
+
+
+async def test_a_peer_change_updates_systemds_status_line_at_once(tmp_path):
+    from overlayd.watchdog import Liveness, SystemdNotifier
+    daemon = Daemon(DaemonOptions("http://127.0.0.1:1", "/x", status_file=str(tmp_path / "status.json")))
+    daemon.backend, daemon.lease = FakeBackend(), peer("10.244.3.0/24", "198.18.0.11")
+    daemon.ready, sent = True, []
+    daemon.notifier = SystemdNotifier(Liveness(), lambda: f"{len(daemon.peers_seen)} peers", None, notify=sent.append)
+    await daemon._peers_changed(Batch(added=[peer("10.244.7.0/24", "198.18.0.12", "0e:00:00:00:00:07")]))
+    assert sent == ["STATUS=1 peers"]
+
+
+def test_the_status_file_counts_the_nodes_services(tmp_path):
+    path = tmp_path / "status.json"
+    daemon = Daemon(DaemonOptions("http://127.0.0.1:1", "/x", status_file=str(path)))
+    counts = {"services": 2, "endpoints": 3, "endpoints_ready": 2, "nft_applies": 4, "nft_repairs": 0}
+    daemon.services = types.SimpleNamespace(stats=lambda: counts)
+    daemon.write_status()
+    assert json.loads(path.read_text())["services"] == counts

@@ -23,7 +23,7 @@ def conf(**extra) -> cni.NetConf:
 def test_default_delegate():
     assert cni.build_delegate(conf(dataDir="/tmp/d"), ENV) == {
         "cniVersion": "1.0.0", "name": "overlayd", "type": "bridge", "bridge": "cni0",
-        "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "mtu": 1450,
+        "isGateway": True, "isDefaultGateway": True, "hairpinMode": True, "ipMasq": True, "mtu": 1450,
         "ipam": {"type": "host-local", "subnet": "10.244.3.0/24",
                  "routes": ROUTES, "dataDir": "/tmp/d/ipam"},
     }
@@ -188,3 +188,26 @@ def test_saved_config_nested_too_deeply_is_a_decoding_failure(tmp_path):
     with pytest.raises(cni.CniError) as info:
         cni.load_conf(str(path))
     assert info.value.code == cni.ERR_DECODE
+
+
+NET6 = ipaddress.IPv6Network("fd00:10:244::/56")
+SUB6 = ipaddress.IPv6Network("fd00:10:244:3::/64")
+ROUTE6 = {"dst": "fd00:10:244::/56", "gw": "fd00:10:244:3::1"}
+
+
+def test_dual_stack_delegate_has_a_range_and_a_route_per_family():
+    env = SubnetEnv(ENV.network, ENV.subnet, ENV.mtu, False, NET6, SUB6)
+    ipam = cni.build_delegate(conf(dataDir="/d"), env)["ipam"]
+    # the first family in host-local's one-range shorthand (an ipam.rangeStart override keeps
+    # applying to it), the second as an extra range set: host-local allocates one address of each
+    assert ipam == {"type": "host-local", "subnet": "10.244.3.0/24",
+                    "ranges": [[{"subnet": "fd00:10:244:3::/64"}]],
+                    "routes": ROUTES + [ROUTE6], "dataDir": "/d/ipam"}
+
+
+def test_ipv6_only_delegate():
+    env = SubnetEnv(None, None, 1430, True, NET6, SUB6)
+    delegate = cni.build_delegate(conf(dataDir="/d"), env)
+    assert delegate["ipam"] == {"type": "host-local", "subnet": "fd00:10:244:3::/64",
+                                "routes": [ROUTE6], "dataDir": "/d/ipam"}
+    assert (delegate["isDefaultGateway"], delegate["mtu"], delegate["ipMasq"]) == (True, 1430, False)

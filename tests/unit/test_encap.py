@@ -13,6 +13,7 @@ from scapy.utils import checksum
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from overlayd.dataplane.codecs import UdpCodec, VxlanCodec
 from overlayd.encap import ether, icmp, ipv4, receive, udp, vxlan
 from overlayd.encap.drops import Counters, Drop
 from overlayd.encap.table import Peer, PeerTable
@@ -199,14 +200,28 @@ def test_udp_inbound(table, data, sender, expected):
 
 # --- ICMP ------------------------------------------------------------------
 
-def test_dest_unreachable_comes_from_the_destination_and_quotes_the_packet():
+def test_dest_unreachable_comes_from_the_node_and_quotes_the_packet():
+    """Issue 21: the answer comes from the node's own address (its cni0 gateway, .1 of its subnet),
+    as a router's would, not from the unreachable destination it says is unreachable."""
     original = pkt(src="10.244.1.5", dst="10.244.9.9", payload=b"0123456789")
-    answer = IP(icmp.dest_unreachable(original))
-    assert (answer.src, answer.dst) == ("10.244.9.9", "10.244.1.5")
+    answer = IP(icmp.dest_unreachable(original, source=socket.inet_aton("10.244.1.1")))
+    assert (answer.src, answer.dst) == ("10.244.1.1", "10.244.1.5")
     assert answer[ICMP].type == 3 and answer[ICMP].code == 1
     assert bytes(answer[ICMP].payload)[:28] == original[:28]
     raw = bytes(answer)
     assert ipv4.internet_checksum(raw[:20]) == 0 and ipv4.internet_checksum(raw[20:]) == 0
+
+
+@pytest.mark.parametrize("wire", ["udp", "vxlan"])
+def test_codecs_answer_from_the_gateway_of_their_subnet(table, wire):
+    lost = pkt(src="10.244.1.5", dst="10.244.9.9")
+    if wire == "udp":
+        answer = UdpCodec(table, OWN, PORT).answer(Drop.NO_LEASE, lost, 0.0)
+    else:
+        mac = bytes.fromhex("02aa00000001")
+        frame = mac + bytes.fromhex("02bb00000002") + b"\x08\x00" + lost
+        answer = VxlanCodec(table, OWN, 1, mac, PORT).answer(Drop.NO_LEASE, frame, 0.0)[ether.ETH_HEADER_LEN:]
+    assert (IP(answer).src, IP(answer).dst) == ("10.244.1.1", "10.244.1.5")
 
 
 @pytest.mark.parametrize("original", [
@@ -216,11 +231,12 @@ def test_dest_unreachable_comes_from_the_destination_and_quotes_the_packet():
     bytes(IP(src="224.0.0.5", dst="10.244.9.9") / UDP()),
 ])
 def test_no_icmp_error_where_rfc1122_forbids_one(original):
-    assert icmp.dest_unreachable(original) is None
+    assert icmp.dest_unreachable(original, source=socket.inet_aton("10.244.1.1")) is None
 
 
 def test_echo_request_is_answered():
-    assert icmp.dest_unreachable(bytes(IP(src="10.244.1.5", dst="10.244.9.9") / ICMP())) is not None
+    assert icmp.dest_unreachable(bytes(IP(src="10.244.1.5", dst="10.244.9.9") / ICMP()),
+                                 source=socket.inet_aton("10.244.1.1")) is not None
 
 
 def test_rate_limiter_bursts_then_refills():

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from overlayd.encap import udp
+from overlayd.encap import drops, udp
 from overlayd.encap.drops import Drop
 from overlayd.encap.ipv4 import internet_checksum
 from overlayd.encap.table import Peer, PeerTable
@@ -182,6 +182,18 @@ def test_every_c_reason_is_a_drop():
     assert reasons <= {d.value for d in Drop}
     assert {"unknown_sender", "wrong_source_port", "spoofed_source", "to_broadcast_address",
             "not_our_subnet"} <= reasons
+
+
+def test_the_engine_counts_under_the_names_of_the_registry():
+    """The C engine's counters and drop reasons are the names overlayd.encap.drops knows (and /metrics
+    pre-creates at 0): a counter added on one side only fails here, not in an operator's dashboard."""
+    c_names = set(fastpath.COUNTER_NAMES)
+    assert {n.removeprefix("drop_") for n in c_names if n.startswith("drop_")} == {d.value for d in Drop}
+    assert c_names <= set(drops.KNOWN_COUNTERS)
+    # what only the Python plane counts: a superpacket from the wire cut to the device's MTU (the engine
+    # writes it whole, as dev_tx_superpackets), and peers refused by the backend (not a data-plane count)
+    assert set(drops.KNOWN_COUNTERS) - c_names == {"rx_superpackets", "incompatible_peers"}
+    assert {"dev_tx_packets", "dev_tx_bytes"} <= c_names
 
 
 # ---- userspace VXLAN: the engine's tap <-> VXLAN framing against VxlanCodec -------------------------

@@ -70,8 +70,8 @@ def py_segment(hdr: VnetHdr, pkt: bytes):
     return v.value if isinstance(v, Drop) else v
 
 
-def py_coalesce(pkts, verified=None):
-    return [(h.pack(), p) for h, p in gso.coalesce(pkts, verified)]
+def py_coalesce(pkts, verified=None, udp=True):
+    return [(h.pack(), p) for h, p in gso.coalesce(pkts, verified, udp)]
 
 
 OPTS = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP timestamp
@@ -273,6 +273,131 @@ def test_many_small_segments_make_runs_of_at_most_gro_max_segs():
     assert sum((len(p) - 40) // 100 for _, p in writes) == 200
 
 
+# ---- UDP runs (issue 20: a flood of small datagrams crosses the forwarding path once per run) -------
+
+def udp4(payload: bytes, ident: int = 7, sport: int = 40000, dport: int = 5201, ttl: int = 64, tos: int = 0,
+         flags: int = 0x4000, checksum: bool = True, src: str = SRC, dst: str = DST) -> bytes:
+    """An IPv4 UDP datagram; ``checksum`` False: UDP checksum 0 (none)."""
+    ulen = 8 + len(payload)
+    ih = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + ulen, ident & 0xFFFF, flags, ttl, 17, 0, socket.inet_aton(src),
+                     socket.inet_aton(dst))
+    ih = ih[:10] + struct.pack("!H", ipv4.internet_checksum(ih)) + ih[12:]
+    uh = struct.pack("!HHHH", sport, dport, ulen, 0)
+    value = ipv4.internet_checksum(ih[12:20] + struct.pack("!BBH", 0, 17, ulen) + uh + payload) or 0xFFFF
+    return ih + uh[:6] + struct.pack("!H", value if checksum else 0) + payload
+
+
+def flood(n: int, size: int = 64, ident: int = 100, **kw) -> list[bytes]:
+    """n datagrams of one flow, ``size`` bytes of payload each, IDs counting up (as Linux numbers them)."""
+    return [udp4(data(size, i), ident=ident + i, **kw) for i in range(n)]
+
+
+def kernel_udp_segments(hdr: VnetHdr, sp: bytes) -> list[bytes]:
+    """What the kernel makes of a UDP_L4 GSO write (__udp_gso_segment after inet_gso_segment): gso_size
+    bytes of payload per datagram, the IPv4 ID counting up from the header's, lengths and checksums
+    computed (an IPv6 one: the payload length)."""
+    iphl = 40 if sp[0] >> 4 == 6 else 20
+    body, out = sp[iphl + 8:], []
+    for i in range(0, len(body), hdr.gso_size):
+        chunk = body[i:i + hdr.gso_size]
+        ip, uh = bytearray(sp[:iphl]), bytearray(sp[iphl:iphl + 8])
+        uh[4:6] = (8 + len(chunk)).to_bytes(2, "big")
+        uh[6:8] = b"\0\0"
+        if iphl == 40:
+            ip[4:6] = (8 + len(chunk)).to_bytes(2, "big")
+            pseudo = bytes(ip[8:40]) + struct.pack("!IxxxB", 8 + len(chunk), 17)
+        else:
+            ip[2:4] = (28 + len(chunk)).to_bytes(2, "big")
+            ip[4:6] = ((int.from_bytes(sp[4:6], "big") + i // hdr.gso_size) & 0xFFFF).to_bytes(2, "big")
+            ip[10:12] = b"\0\0"
+            ip[10:12] = ipv4.internet_checksum(bytes(ip)).to_bytes(2, "big")
+            pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, 17, 8 + len(chunk))
+        uh[6:8] = (ipv4.internet_checksum(pseudo + bytes(uh) + chunk) or 0xFFFF).to_bytes(2, "big")
+        out.append(bytes(ip) + bytes(uh) + chunk)
+    return out
+
+
+U = flood(10)
+UDP_VECTORS = [  # (packets, datagrams per write)
+    (U, [10]),
+    (flood(9) + [udp4(data(20), ident=109)], [10]),                                  # the last may be shorter
+    (U[:3] + [udp4(data(20), ident=103)] + flood(3, ident=104), [4, 3]),             # a short one ends a run
+    (U[:3] + [udp4(data(80), ident=103)] + flood(3, ident=104), [3, 2, 2]),          # a longer one starts anew
+    (flood(70), [64, 6]),                                                            # GRO_MAX_SEGS
+    (flood(50, size=1400), [46, 4]),                                                 # 64 KB
+    ([U[0], U[2], U[1]], [1, 1, 1]),                                                 # IDs must count up by one
+    (flood(3, ident=0xFFFE), [3]),                                                   # ... and may wrap
+    (U[:2] + [udp4(data(64, 2), ident=102, checksum=False)] + U[3:5], [2, 1, 2]),    # no checksum: alone
+    (U[:2] + [corrupt(U[2], 40)] + U[3:5], [2, 1, 2]),                               # a wrong one: alone
+    (U[:2] + [corrupt(U[2], 10)] + U[3:5], [2, 1, 2]),                               # a bad IP header: alone
+    (U[:2] + [udp4(data(64, 2), ident=102, sport=40001)], [2, 1]),                   # another flow
+    (U[:2] + [udp4(data(64, 2), ident=102, dport=53)], [2, 1]),
+    (U[:2] + [udp4(data(64, 2), ident=102, src="10.244.1.6")], [2, 1]),
+    (U[:2] + [udp4(data(64, 2), ident=102, ttl=63)], [2, 1]),
+    (U[:2] + [udp4(data(64, 2), ident=102, tos=1)], [2, 1]),
+    (U[:2] + [udp4(data(64, 2), ident=102, flags=0)], [2, 1]),                       # DF differs
+    (flood(3, flags=0), [3]),                                                        # without DF alike
+    ([udp4(data(64), ident=1, flags=0x2000), udp4(data(64, 1), ident=2, flags=0x2000)], [1, 1]),  # fragments
+    ([udp4(b"", ident=1), udp4(b"", ident=2)], [1, 1]),                              # empty datagrams
+    (U[:2] + [U[2][:-1]] + U[3:4], [2, 1, 1]),                                       # total length beyond the bytes
+    (U[:2] + S[:2] + U[2:4], [2, 2, 2]),                                             # TCP between UDP runs...
+    (S[:2] + U[:3], [2, 3]),                                                         # ...after TCP
+]
+
+
+def packets(writes) -> list[int]:
+    """The packets each write carries (a superpacket's: its payload in gso_size pieces)."""
+    return [1 if hdr.gso_type == gso.GSO_NONE else -(-(len(p) - hdr.hdr_len) // hdr.gso_size) for hdr, p in writes]
+
+
+@pytest.mark.parametrize("pkts,want", UDP_VECTORS)
+def test_udp_runs_agree_and_end_where_the_kernel_could_not_cut_them_back(pkts, want):
+    writes = gso.coalesce(pkts)
+    assert packets(writes) == want
+    assert fastpath.coalesce(pkts) == py_coalesce(pkts)
+    frames = [ETH + p for p in pkts]
+    assert fastpath.coalesce_frames(frames) == py_coalesce_frames(frames)
+    # every UDP superpacket is what the kernel cuts back into the very datagrams
+    at = 0
+    for (hdr, p), n in zip(writes, want):
+        if hdr.gso_type == gso.GSO_UDP_L4:
+            assert hdr == VnetHdr(NEEDS_CSUM, gso.GSO_UDP_L4, 28, len(pkts[at]) - 28, 20, 6)
+            assert kernel_udp_segments(hdr, p) == pkts[at:at + n]
+        at += n
+
+
+def test_udp_runs_only_when_asked():
+    """A device that takes no UDP GSO writes (Linux < 6.2) gets every datagram alone; TCP runs stay."""
+    pkts = S[:3] + U
+    assert [h.gso_type for h, _ in gso.coalesce(pkts, udp=False)] == [gso.GSO_TCPV4] + [gso.GSO_NONE] * 10
+    assert fastpath.coalesce(pkts, None, False) == py_coalesce(pkts, udp=False)
+    frames = [ETH + p for p in pkts]
+    assert fastpath.coalesce_frames(frames, None, False) == py_coalesce_frames(frames, udp=False)
+    assert [h.gso_type for h, _ in gso.coalesce_frames(frames, udp=False)] == [gso.GSO_TCPV4] + [gso.GSO_NONE] * 10
+
+
+def test_a_verified_datagram_keeps_its_udp_checksum_unchecked():
+    """As for TCP: a datagram that came in a UDP_GRO buffer was covered by the wire's UDP checksum."""
+    pkts = U[:2] + [corrupt(U[2], 40)] + U[3:5]
+    assert packets(gso.coalesce(pkts, [True] * 5)) == [5]
+    assert fastpath.coalesce(pkts, [True] * 5) == py_coalesce(pkts, [True] * 5)
+
+
+def test_random_udp_mutations_agree():
+    rng = random.Random(20)
+    vectors = [v for v, _ in UDP_VECTORS[:6]]
+    for _ in range(400 * MUTATION_ROUNDS):
+        pkts = [bytearray(p) for p in rng.choice(vectors)]
+        for _ in range(rng.randrange(0, 3)):
+            p = rng.choice(pkts)
+            p[rng.randrange(len(p))] = rng.randrange(256)
+        pkts = [bytes(p) for p in pkts]
+        verified = [rng.random() < 0.5 for _ in pkts]
+        assert fastpath.coalesce(pkts, verified) == py_coalesce(pkts, verified)
+        frames = [ETH + p for p in pkts]
+        assert fastpath.coalesce_frames(frames, verified) == py_coalesce_frames(frames, verified)
+
+
 # ---- frames on a vnet_hdr tap (userspace VXLAN on the C engine) -----------------------------------
 
 ETH = bytes.fromhex("02aa00000001" "02aa0000000c" "0800")  # to our VtepMAC, from a peer's
@@ -318,8 +443,8 @@ def c_coalesce_frames(frames, verified=None):
     return fastpath.coalesce_frames(frames, verified)
 
 
-def py_coalesce_frames(frames, verified=None):
-    return [(h.pack(), f) for h, f in gso.coalesce_frames(frames, verified)]
+def py_coalesce_frames(frames, verified=None, udp=True):
+    return [(h.pack(), f) for h, f in gso.coalesce_frames(frames, verified, udp)]
 
 
 FRAME_COALESCE_VECTORS = [[ETH + p for p in v] for v in COALESCE_VECTORS] + [

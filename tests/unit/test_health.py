@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -22,11 +24,16 @@ import overlayd
 import overlayd.daemon
 from overlayd import health
 from overlayd.cli.daemon import cli as daemon_cli
+from overlayd.backend import create_backend
+from overlayd.backend import vxlan as vxlan_backend
+from overlayd.backend.base import NodeOptions, Underlay
 from overlayd.daemon import Daemon, DaemonOptions
+from overlayd.encap.drops import Drop
 from overlayd.errors import ConfigError
 from overlayd.health import CountingLeaseWatcher, HealthServer, parse_addr, readiness, status_line
 from overlayd.lab.etcd import free_port
 from overlayd.lease.model import Lease, LeaseAttrs
+from overlayd.netconf import parse_config
 from overlayd.watchdog import STALL_AFTER, Liveness, LoopHeartbeat
 
 SUBNET = ipaddress.IPv4Network("10.244.3.0/24")
@@ -37,18 +44,41 @@ def lease(expires_in: float | None = 3600.0) -> Lease:
     return Lease(SUBNET, LeaseAttrs(ipaddress.IPv4Address("198.18.0.11"), "udp"), expiration, handle=7)
 
 
+PEER_SUBNETS = ["10.244.7.0/24", "10.244.9.0/24"]
+
+
+def peer_lease(subnet: str, subnet6: str | None = None) -> Lease:
+    """A peer's lease on ``subnet`` (and ``subnet6``: a dual-stack peer), as the daemon's peers_seen holds it."""
+    network = ipaddress.IPv4Network(subnet)
+    return Lease(network, LeaseAttrs(network.network_address + 11, "host-gw"),
+                 subnet6=None if subnet6 is None else ipaddress.IPv6Network(subnet6))
+
+
+def peers_seen(*leases: Lease) -> dict:
+    """The daemon's ``peers_seen``: lease subnet -> (lease, first seen)."""
+    return {lease.subnet: (lease, 1.0) for lease in leases}
+
+
 class FakeBackend:
     type_name = "host-gw"
     options = SimpleNamespace(use_uvloop=False)
 
-    def __init__(self, stats):
+    def __init__(self, stats, peer_rows=(), subnets=PEER_SUBNETS):
         self._stats = stats
+        self.peer_rows = list(peer_rows)
+        self.subnets = list(subnets)
 
     def peer_subnets(self):
-        return ["10.244.7.0/24", "10.244.9.0/24"]
+        return list(self.subnets)
 
     def stats(self):
         return dict(self._stats)
+
+    def device_statistics(self):
+        return None
+
+    def peer_stats(self):
+        return list(self.peer_rows)
 
 
 @pytest.fixture
@@ -59,7 +89,8 @@ def state():
     liveness = Liveness()
     liveness.watch("control loop", beat)
     return SimpleNamespace(ready=False, lease=None, lease_lost=False, backend=None, watcher=None,
-                           connectivity=SimpleNamespace(up=True, outages=0, reconnects=0), liveness=liveness)
+                           connectivity=SimpleNamespace(up=True, outages=0, reconnects=0), liveness=liveness,
+                           peers_seen=peers_seen(*map(peer_lease, PEER_SUBNETS)))
 
 
 @pytest.fixture
@@ -214,9 +245,10 @@ def test_metrics_read_the_live_state_at_scrape_time(server, state):
     state.lease, state.ready = lease(), True
     state.backend = FakeBackend({"peers": 2, "tx_packets": 5, "tx_bytes": 700, "dev_rx_packets": 6,
                                  "dev_rx_bytes": 800, "rx_packets": 3, "rx_bytes": 400, "dev_tx_packets": 3,
-                                 "drop_no_lease": 4, "drop_spoofed_source": 1,
+                                 "dev_tx_bytes": 300, "drop_no_lease": 4, "drop_spoofed_source": 1,
                                  "drop_a_reason_added_tomorrow": 2,  # read generically, not from a list
-                                 "tx_error_enetunreach": 1, "skipped_peers": 1})
+                                 "tx_dropped": 7, "tx_error_enetunreach": 1, "skipped_peers": 1,
+                                 "direct_peers": 1, "tx_gso_sends": 2})
     state.connectivity = SimpleNamespace(up=False, outages=3, reconnects=2)
     state.watcher = CountingLeaseWatcher()
     for _ in range(3):  # the first listing, then two after broken watches
@@ -226,24 +258,162 @@ def test_metrics_read_the_live_state_at_scrape_time(server, state):
     (key, left), = m["overlayd_lease_seconds_left"].items()
     assert key == ("overlayd_lease_seconds_left", (("subnet", "10.244.3.0/24"),)) and 3590 < left <= 3600
     assert m["overlayd_peers"] == {("overlayd_peers", ()): 2}
-    assert m["overlayd_packets"] == {("overlayd_packets_total", (("direction", d),)): v
-                                     for d, v in {"tx": 5, "rx": 3, "dev_rx": 6, "dev_tx": 3}.items()}
-    assert m["overlayd_bytes"] == {("overlayd_bytes_total", (("direction", d),)): v
-                                   for d, v in {"tx": 700, "rx": 400, "dev_rx": 800}.items()}
-    assert m["overlayd_dropped_packets"] == {("overlayd_dropped_packets_total", (("reason", r),)): v
-                                             for r, v in {"no_lease": 4, "spoofed_source": 1,
-                                                          "a_reason_added_tomorrow": 2}.items()}
-    assert m["overlayd_datapath_errors"] == {("overlayd_datapath_errors_total",
-                                              (("error", "tx_error_enetunreach"),)): 1}
-    assert m["overlayd_datapath_events"] == {("overlayd_datapath_events_total", (("event", "skipped_peers"),)): 1}
+    assert m["overlayd_direct_peers"] == {("overlayd_direct_peers", ()): 1}
+    assert m["overlayd_skipped_peers"] == {("overlayd_skipped_peers", ()): 1}
+    sides = {"tx": ("underlay", "tx"), "rx": ("underlay", "rx"), "dev_rx": ("device", "rx"),
+             "dev_tx": ("device", "tx")}
+    assert m["overlayd_datapath_packets"] == {
+        ("overlayd_datapath_packets_total", (("direction", sides[d][1]), ("side", sides[d][0]))): v
+        for d, v in {"tx": 5, "rx": 3, "dev_rx": 6, "dev_tx": 3}.items()}
+    assert m["overlayd_datapath_bytes"] == {
+        ("overlayd_datapath_bytes_total", (("direction", sides[d][1]), ("side", sides[d][0]))): v
+        for d, v in {"tx": 700, "rx": 400, "dev_rx": 800, "dev_tx": 300}.items()}
+    dropped = {("overlayd_dropped_packets_total", (("reason", r),)): v
+               for r, v in {"no_lease": 4, "spoofed_source": 1, "a_reason_added_tomorrow": 2,
+                            "send_buffer_full": 7}.items()}
+    assert dropped.items() <= m["overlayd_dropped_packets"].items()
+    assert m["overlayd_datapath_errors"][("overlayd_datapath_errors_total",
+                                          (("error", "tx_error_enetunreach"),))] == 1
+    assert m["overlayd_datapath_events"][("overlayd_datapath_events_total", (("event", "tx_gso_sends"),))] == 2
     assert m["overlayd_etcd_up"] == {("overlayd_etcd_up", ()): 0}
     assert m["overlayd_etcd_outages"] == {("overlayd_etcd_outages_total", ()): 3}
     assert m["overlayd_etcd_reconnects"] == {("overlayd_etcd_reconnects_total", ()): 2}
     assert m["overlayd_watch_resets"] == {("overlayd_watch_resets_total", ()): 2}
     assert m["overlayd_datapath_info"] == {("overlayd_datapath_info", (("backend", "host-gw"), ("datapath", "kernel"))): 1}
-    assert set(dict(k[1])["loop"] for k in m["overlayd_loop_heartbeat_age_seconds"]) == {"control loop"}
+    assert set(dict(k[1])["loop"] for k in m["overlayd_loop_heartbeat_age_seconds"]) == {"control_loop"}
     state.backend._stats["tx_packets"] = 9  # nothing is copied in between: the next scrape sees it
-    assert metrics(server)["overlayd_packets"][("overlayd_packets_total", (("direction", "tx"),))] == 9
+    assert metrics(server)["overlayd_datapath_packets"][
+        ("overlayd_datapath_packets_total", (("direction", "tx"), ("side", "underlay")))] == 9
+
+
+KEY_A, KEY_B = "mSwaz4HyIYV8eF8ystfsMlcJLE8uzKjC3aMYNzp5/y8=", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+
+
+def test_wireguard_peers_have_handshake_age_and_bytes(server, state):
+    """issue 18: per peer session (Backend.peer_stats), the last handshake's age (+Inf: none yet), bytes
+    each way and the stall flag, labelled by device, peer subnet and public key."""
+    state.lease, state.ready = lease(), True
+    row = {"subnet": "10.244.7.0/24", "device": "flannel-wg", "public_key": KEY_A, "handshake_age": 12.5,
+           "stalled": False, "rx_bytes": 1000, "tx_bytes": 2000}
+    never = {**row, "subnet": "10.244.9.0/24", "public_key": KEY_B, "handshake_age": None, "stalled": True,
+             "rx_bytes": 0, "tx_bytes": 148}
+    state.backend = FakeBackend({}, [row, never])
+    m = metrics(server)
+    labels = lambda r: (("device", "flannel-wg"), ("public_key", r["public_key"]), ("subnet", r["subnet"]))
+    assert m["overlayd_peer_handshake_age_seconds"] == {
+        ("overlayd_peer_handshake_age_seconds", labels(row)): 12.5,
+        ("overlayd_peer_handshake_age_seconds", labels(never)): math.inf}
+    assert m["overlayd_peer_bytes"] == {
+        ("overlayd_peer_bytes_total", tuple(sorted((*labels(r), ("direction", d))))): r[f"{d}_bytes"]
+        for r in (row, never) for d in ("rx", "tx")}
+    assert m["overlayd_peer_stalled"] == {("overlayd_peer_stalled", labels(row)): 0,
+                                          ("overlayd_peer_stalled", labels(never)): 1}
+    state.backend.peer_rows = []  # no peer, no family
+    assert "overlayd_peer_bytes" not in metrics(server)
+
+
+def metric_types(text: str) -> dict[str, str]:
+    """Family name -> its ``# TYPE`` in the exposition text."""
+    return {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_peer_counts_are_gauges_not_counters(server, state):
+    """direct_peers and skipped_peers were samples of the counter overlayd_datapath_events_total:
+    peer counts go down as well as up, and rate() on them means nothing."""
+    state.lease, state.ready = lease(), True
+    state.backend = FakeBackend({"peers": 2, "skipped_peers": 1, "direct_peers": 1})
+    status, text = get(server, "/metrics")
+    types = metric_types(text)
+    assert (types["overlayd_peers"], types["overlayd_direct_peers"], types["overlayd_skipped_peers"]) == \
+        ("gauge", "gauge", "gauge")
+    assert "direct_peers" not in "".join(l for l in text.splitlines() if l.startswith("overlayd_datapath_events"))
+    assert 'event="skipped_peers"' not in text and 'event="direct_peers"' not in text
+
+
+def userspace_backend(btype: str = "udp", datapath: str = "python"):
+    """A userspace backend as the daemon makes it, not set up (its counters all zero)."""
+    config = parse_config(json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": btype}}))
+    return create_backend(config, Underlay("eth0", ipaddress.IPv4Address("198.18.0.11"), 1500),
+                          NodeOptions(datapath=datapath))
+
+
+@pytest.mark.parametrize("btype", ["udp", "vxlan"])
+def test_every_known_counter_is_exported_from_the_start_at_zero(server, state, btype):
+    """A series that appears only with its first drop hides that burst from increase() alerts: every
+    drop reason, both sides and directions of traffic, are there at 0 before any packet."""
+    state.lease, state.ready = lease(), True
+    state.backend = userspace_backend(btype)
+    m = metrics(server)
+    reasons = {dict(labels)["reason"]: v for (_, labels), v in m["overlayd_dropped_packets"].items()}
+    assert reasons == {**{d.value: 0 for d in Drop}, "send_buffer_full": 0}
+    for family in ("overlayd_datapath_packets", "overlayd_datapath_bytes"):
+        assert {labels: v for (_, labels), v in m[family].items()} == {
+            (("direction", d), ("side", s)): 0 for s in ("underlay", "device") for d in ("rx", "tx")}
+    assert {dict(labels)["error"] for (_, labels) in m["overlayd_datapath_errors"]} >= {
+        "dev_read_error", "sock_read_error"}
+    assert all(v == 0 for v in m["overlayd_datapath_errors"].values())
+    assert all(v == 0 for v in m["overlayd_datapath_events"].values()) and m["overlayd_datapath_events"]
+
+
+def test_sum_by_direction_does_not_double_count(server, state):
+    """The device and the underlay are one label apart, not two values of one label: summing over
+    the underlay's directions no longer adds the device's packets to the peers'."""
+    state.lease, state.ready = lease(), True
+    state.backend = FakeBackend({"tx_packets": 5, "dev_rx_packets": 5})
+    samples = metrics(server)["overlayd_datapath_packets"]
+    assert sum(v for (_, labels), v in samples.items() if dict(labels)["side"] == "underlay") == 5
+
+
+def test_label_values_have_no_spaces(server, state):
+    state.lease, state.ready = lease(), True
+    state.backend = userspace_backend()
+    beat = LoopHeartbeat()
+    beat.last = time.monotonic()
+    state.liveness.watch("data plane", beat)
+    status, text = get(server, "/metrics")
+    values = [s.labels for f in text_string_to_metric_families(text) for s in f.samples]
+    spaced = [labels for labels in values if any(" " in v for v in labels.values())]
+    assert not spaced
+    assert 'loop="control_loop"' in text and 'loop="data_plane"' in text
+
+
+def test_kernel_vxlan_exports_its_device_counters(server, state, monkeypatch):
+    config = parse_config(json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}))
+    backend = create_backend(config, Underlay("eth0", ipaddress.IPv4Address("198.18.0.11"), 1500),
+                             NodeOptions(vxlan_impl="kernel"))
+    read = []
+    monkeypatch.setattr(vxlan_backend, "read_device_statistics",
+                        lambda dev: read.append(dev) or {"rx_packets": 4, "tx_packets": 5, "rx_bytes": 400,
+                                                         "tx_bytes": 500, "rx_dropped": 1, "tx_dropped": 0,
+                                                         "rx_errors": 0, "tx_errors": 2})
+    state.lease, state.ready, state.backend = lease(), True, backend
+    m = metrics(server)
+    assert read == ["flannel.1"]
+    dev = ("device", "flannel.1")
+    assert m["overlayd_kernel_device_packets"] == {
+        ("overlayd_kernel_device_packets_total", (dev, ("direction", "rx"))): 4,
+        ("overlayd_kernel_device_packets_total", (dev, ("direction", "tx"))): 5}
+    assert m["overlayd_kernel_device_bytes"][("overlayd_kernel_device_bytes_total", (dev, ("direction", "tx")))] == 500
+    assert m["overlayd_kernel_device_dropped_packets"][
+        ("overlayd_kernel_device_dropped_packets_total", (dev, ("direction", "rx")))] == 1
+    assert m["overlayd_kernel_device_errors"][("overlayd_kernel_device_errors_total", (dev, ("direction", "tx")))] == 2
+    monkeypatch.setattr(vxlan_backend, "read_device_statistics", lambda dev: None)  # the device is gone
+    assert "overlayd_kernel_device_packets" not in metrics(server)
+
+
+def test_a_dual_stack_peer_counts_once(server, state):
+    """overlayd_peers and STATUS= count peer nodes: a dual-stack peer's two subnets are one peer; a
+    peer lease the backend does not route (host-gw off our segment) is none."""
+    state.lease, state.ready = lease(), True
+    state.peers_seen = peers_seen(peer_lease("10.244.7.0/24", "fd00:10:244:7::/64"),
+                                  peer_lease("10.244.9.0/24", "fd00:10:244:9::/64"),
+                                  peer_lease("10.244.11.0/24", "fd00:10:244:b::/64"))  # not routed
+    state.backend = FakeBackend({}, subnets=["10.244.7.0/24", "10.244.9.0/24", "fd00:10:244:7::/64",
+                                             "fd00:10:244:9::/64"])
+    assert metrics(server)["overlayd_peers"] == {("overlayd_peers", ()): 2}
+    assert status_line(state) == "leased 10.244.3.0/24; 2 peers"
+    state.backend.subnets = ["fd00:10:244:9::/64"]  # routed in one family only: still a peer
+    assert status_line(state) == "leased 10.244.3.0/24; 1 peer"
 
 
 def test_status_line_for_systemd(state):
@@ -270,10 +440,28 @@ def test_the_lease_is_lost_when_the_watch_sees_our_key_gone_until_it_is_renewed(
 
 # -- the flag and the port ------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["127.0.0.1", "localhost:10256", "127.0.0.1:0", "127.0.0.1:70000", ":10256"])
-def test_parse_addr_refuses_anything_but_ipv4_port(spec):
-    with pytest.raises(ConfigError, match="is not IPv4:PORT"):
+@pytest.mark.parametrize("spec", ["127.0.0.1", "localhost:10256", "127.0.0.1:0", "127.0.0.1:70000", ":10256",
+                                  "::1:10256", "[::1]", "[127.0.0.1]:10256", "[::1]:0"])
+def test_parse_addr_refuses_anything_but_an_address_and_port(spec):
+    with pytest.raises(ConfigError, match=r"is not IPv4:PORT or \[IPv6\]:PORT"):
         parse_addr(spec)
+
+
+@pytest.mark.parametrize("spec, addr", [("127.0.0.1:10256", ("127.0.0.1", 10256)), ("[::1]:10256", ("::1", 10256)),
+                                        ("[2001:DB8::2]:80", ("2001:db8::2", 80))])
+def test_parse_addr_takes_ipv4_and_bracketed_ipv6(spec, addr):
+    assert parse_addr(spec) == addr
+
+
+def test_the_health_server_listens_on_ipv6(state):
+    """A dual-stack or IPv6-only node may serve /metrics on an IPv6 address (issue 17)."""
+    server = HealthServer(("::1", 0), state)
+    try:
+        with socket.create_connection(server.address, timeout=5) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.0 200")
+    finally:
+        server.close()
 
 
 def test_flag_and_env(monkeypatch):
@@ -286,7 +474,7 @@ def test_flag_and_env(monkeypatch):
                            env={"OVERLAYD_HEALTHZ_ADDR": "127.0.0.1:10256"})
     assert result.exit_code == 0 and seen[-1].healthz_addr == ("127.0.0.1", 10256)
     result = runner.invoke(daemon_cli, ["--etcd-endpoints", "http://127.0.0.1:2379", "--healthz-addr", "x:1"])
-    assert result.exit_code == 2 and "'x:1' is not IPv4:PORT" in result.output
+    assert result.exit_code == 2 and "'x:1' is not IPv4:PORT or [IPv6]:PORT" in result.output
 
 
 async def test_a_port_in_use_stops_the_daemon_before_it_reads_etcd(caplog):

@@ -117,7 +117,7 @@ def test_flags_from_the_environment(captured):
 
 @pytest.mark.parametrize("args, needle", [
     (["--iface-regex", "eth(["], "'eth([' is not a regular expression"),
-    (["--iface-can-reach", "gateway"], "'gateway' is not an IPv4 address"),
+    (["--iface-can-reach", "gateway"], "'gateway' is not an IP address"),  # either family (issue 17)
     (["--public-ip", "198.18.0"], "'198.18.0' is not an IPv4 address"),
 ])
 def test_bad_flags_are_one_line(captured, args, needle):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from overlayd.errors import LeaseError
-from overlayd.lease.model import (LeaseAttrs, config_key, parse_subnet_key, subnet_key,
+from overlayd.lease.model import (LeaseAttrs, config_key, parse_lease_key, subnet_key,
                                   subnets_prefix)
 
 N = ipaddress.IPv4Network
@@ -17,8 +17,8 @@ N = ipaddress.IPv4Network
 ])
 def test_subnet_key_round_trip(prefix, subnet, key):
     assert subnet_key(prefix, N(subnet)) == key
-    assert parse_subnet_key(prefix, key) == N(subnet)
-    assert parse_subnet_key(prefix, key.encode()) == N(subnet)
+    assert parse_lease_key(prefix, key) == (N(subnet), None)
+    assert parse_lease_key(prefix, key.encode()) == (N(subnet), None)
 
 
 @pytest.mark.parametrize("key", [
@@ -31,7 +31,7 @@ def test_subnet_key_round_trip(prefix, subnet, key):
 ])
 def test_bad_keys(key):
     with pytest.raises(LeaseError):
-        parse_subnet_key("/coreos.com/network", key)
+        parse_lease_key("/coreos.com/network", key)
 
 
 def test_prefix_keys():

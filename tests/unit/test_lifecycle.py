@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from overlayd.backend import create_backend
 from overlayd.backend.base import NodeOptions, Underlay
+from overlayd.cli.ctl import cli as ctl
 from overlayd.errors import PlumbingError
 from overlayd.lab.etcd import free_port
 from overlayd.netconf import parse_config
@@ -128,7 +130,28 @@ def test_stop_without_a_lease_does_not_claim_one_is_kept(child):
     assert c.exit_status() == 0, c.log()
     assert "no lease is held" in c.log()
     assert "kept" not in c.log()
-    assert not c.status_file.exists()  # nothing to mark: this run never wrote one
+    status = json.loads(c.status_file.read_text())  # written from the start (issue 21, point 5)
+    assert status["state"] == "stopped" and status["phase"] == "waiting for config"
+    assert "subnet" not in status and status["peers"] == []
+    assert "stopped (SIGTERM), exit status 0" in c.log().splitlines()[-1]
+
+
+# -- issue 21, point 5: a daemon waiting for etcd or its config does not look dead -------
+
+def test_a_waiting_daemon_shows_its_phase_from_the_start(child):
+    c = child("waiting")
+    c.wait_log("no network config")
+    status = json.loads(c.status_file.read_text())
+    assert status["state"] == "starting" and status["phase"] == "waiting for config", status
+    assert "no network config at /t/config" in status["detail"]
+    assert status["pid"] == c.proc.pid and status["since"] >= status["started"]
+    shown = CliRunner().invoke(ctl, ["status", "--status-file", str(c.status_file)])
+    assert shown.exit_code == 5, shown.output
+    first = shown.output.splitlines()[0]
+    assert first.startswith("overlayd STARTING: waiting for config for ") and "no network config" in first
+    assert "Traceback" not in shown.output
+    c.signal(signal.SIGTERM)
+    assert c.exit_status() == 0, c.log()
 
 
 def test_clean_stop_marks_the_status_file_stopped(child):

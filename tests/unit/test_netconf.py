@@ -217,10 +217,6 @@ def test_zero_values_are_the_defaults():
 
 @pytest.mark.parametrize("raw, message", [
     # asks for what overlayd lacks: one line naming the field and why
-    ({"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00::/56"},
-     "EnableIPv6: true is not supported by overlayd: it carries IPv4 only"),
-    ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00::/56"},
-     "EnableIPv4: false is not supported by overlayd: it carries IPv4 only"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": True}},
      "Backend.GBP: true is not supported by overlayd: no VXLAN Group Based Policy"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Learning": True}},
@@ -251,13 +247,12 @@ def test_flannel_fields_overlayd_lacks_are_refused_in_one_line(raw, message):
 
 
 # every backend flannel registers (pkg/backend/*) or registered (the retired cloud ones) but ours
-@pytest.mark.parametrize("btype", ["wireguard", "ipip", "ipsec", "alloc", "extension", "tencent-vpc",
-                                   "ali-vpc", "aws-vpc", "gce"])
+@pytest.mark.parametrize("btype", ["ipip", "ipsec", "alloc", "extension", "tencent-vpc", "ali-vpc", "aws-vpc", "gce"])
 def test_flannel_backends_overlayd_lacks_are_named(btype):
     with pytest.raises(ConfigError) as err:
         parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": btype}})
     assert str(err.value) == (f"Backend.Type: {btype} is a flannel backend not supported by overlayd "
-                              "(use one of: udp, vxlan, host-gw)")
+                              "(use one of: udp, vxlan, host-gw, wireguard)")
 
 
 
@@ -279,8 +274,8 @@ def test_backend_type_ignores_case_as_in_flannel(backend, btype):
 def test_backend_type_case_does_not_open_other_backends_settings():
     with pytest.raises(ConfigError, match="Backend.VNI: not a setting of the udp backend"):
         parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "UDP", "VNI": 1}})
-    with pytest.raises(ConfigError, match="Backend.Type: wireguard is a flannel backend"):
-        parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "WireGuard"}})
+    with pytest.raises(ConfigError, match="Backend.Port: not a setting of the wireguard backend"):
+        parse_config({"Network": "10.244.0.0/16", "Backend": {"Type": "WireGuard", "Port": 1}})
 
 
 @pytest.mark.parametrize("backend", [{}, {"Port": 8285}, {"Type": ""}, None, {"Type": 5}, {"Type": None}])

@@ -72,7 +72,7 @@ async def test_a_key_naming_us_is_warned_about_once_counted_and_deleted_when_on_
             # a bug binds a key for another subnet to our own etcd lease: deleted at once
             store.revision += 1
             bound = Lease(N("10.244.5.0/24"), ME, own.expiration, own.handle, store.revision)
-            store._leases[bound.subnet] = bound
+            store._leases[(bound.subnet, None)] = bound
             await store._record(LeaseEvent(bound.subnet, bound, store.revision))
             assert await wait_until(lambda: "deleted it" in caplog.text)
             leases, _ = await store.list_leases()

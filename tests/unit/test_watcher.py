@@ -253,3 +253,18 @@ def test_audit_marks_what_the_daemons_ignore_and_keys_sharing_a_public_ip():
         N("10.244.2.0/24"): ["198.18.0.12 also holds 10.244.7.0/24"],
         N("10.244.7.0/24"): ["198.18.0.12 also holds 10.244.2.0/24"],
     }
+
+
+def test_deleting_another_key_of_the_same_subnet_leaves_the_peer():
+    """A node moves its lease to a dual-stack key (IPv6 enabled) and then deletes its old
+    IPv4-only key: peers keep it (the delete names the old key, not the node's lease)."""
+    six = ipaddress.IPv6Network("fd00:10:244:1::/64")
+    moved = Lease(A.subnet, LeaseAttrs(A.public_ip, "udp", public_ip6=ipaddress.IPv6Address("2001:db8::11")),
+                  None, 0, 11, six)
+    w = LeaseWatcher(own_subnet=OWN.subnet)
+    w.reset([A], 10)
+    assert w.apply([LeaseEvent(A.subnet, moved, 11, six)]).added == [moved]
+    assert w.vanishing(events=[LeaseEvent(A.subnet, None, 12)]) == []
+    assert not w.apply([LeaseEvent(A.subnet, None, 12)])  # the old key went
+    assert w.peers[A.subnet] == moved
+    assert w.apply([LeaseEvent(A.subnet, None, 13, six)]).removed == [moved]  # the lease itself went

@@ -60,8 +60,9 @@ class WatchedDaemon(Daemon):
         await backend.preflight()
         self.liveness.watch("data plane", backend.heartbeat)
         self.backend, self.lease, self.ready = backend, LEASE, True
-        backend.table.set(ipaddress.IPv4Network("10.244.7.0/24"), backend.peer_for(
-            Lease(ipaddress.IPv4Network("10.244.7.0/24"), LeaseAttrs(ipaddress.IPv4Address("127.0.0.2"), "udp"))))
+        peer = Lease(ipaddress.IPv4Network("10.244.7.0/24"), LeaseAttrs(ipaddress.IPv4Address("127.0.0.2"), "udp"))
+        backend.table.set(peer.subnet, backend.peer_for(peer))
+        self.peers_seen[peer.subnet] = (peer, time.time())
         loop.add_signal_handler(signal.SIGUSR1, lambda: dp.loop.call_soon_threadsafe(time.sleep, WEDGE))
         loop.add_signal_handler(signal.SIGUSR2, time.sleep, WEDGE)
         await supervise({
