@@ -28,6 +28,14 @@ flannel node's single device listens) when it has one; a flannel node that sends
 published ListenPortV6 is still answered, since WireGuard replies to where a peer's
 authenticated packets come from.
 
+Sessions start at join. Two nodes whose pods send first packets to each other at the same
+instant start crossing handshakes, and WireGuard (kernel and wireguard-go) drops both: each
+side's initiation overwrites its own pending one, and neither retries for 5 s (REKEY_TIMEOUT),
+again and again under load. So the node that joins starts every session itself, before any pod
+sends: the peers a full listing brings (the nodes that were there before it) are greeted
+(:func:`~overlayd.plumbing.wg.greet`); a node that joins later greets us from its own listing.
+With ``PersistentKeepaliveInterval`` set, both sides send a keepalive at once anyway.
+
 The private key lives in a file of mode 0600 in the daemon's state directory
 (``--state-dir``, :func:`key_file`: ``/var/lib/overlayd/wireguard/private.key``) and is kept
 across restarts and reboots (flannel keeps it under /run: k3s-io/k3s#5216); both devices
@@ -426,6 +434,10 @@ class WireguardBackend(Backend):
                 was = before[tunnel.name]
                 await self._set(tunnel.name, [peer for key, peer in after.items() if was.get(key) != peer],
                                 [key for key in was if key not in after])
+                if batch.listed and not self.settings.keepalive:  # a keepalive already starts sessions
+                    listed = {peers[tunnel.name].key for lease in batch.added
+                              if (peers := self.peers.get(lease.subnet)) and tunnel.name in peers}
+                    await wg.greet(tunnel.name, sorted(listed))
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:

@@ -86,6 +86,7 @@ class Batch:
     ignored: list[Lease] = dataclasses.field(default_factory=list)  # do not fit the config
     held: list[Lease] = dataclasses.field(default_factory=list)  # vanished, kept through a thaw
     strays: list[Lease] = dataclasses.field(default_factory=list)  # new keys naming us, not ours
+    listed: bool = False  # from a full listing (ours at start, or after a broken watch), not from events
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.ignored or self.held or self.strays)
@@ -165,7 +166,7 @@ class LeaseWatcher:
         """Replace the table by a full listing taken at ``revision``; a peer missing from it
         is held through ``thaw`` when :func:`holds` says so."""
         snapshot = list(snapshot)
-        batch = Batch()
+        batch = Batch(listed=True)
         fresh = {}
         known, self.strays = self.strays, {}
         for lease in snapshot:

@@ -228,6 +228,19 @@ async def set_peers(dev: str, add: Iterable[PeerConfig] = (), remove: Iterable[s
             os.close(fd)
 
 
+async def greet(dev: str, public_keys: Iterable[str], keepalive: int = 0) -> None:
+    """Start a session with the peers ``public_keys`` of ``dev`` now, before any traffic: turning a
+    persistent keepalive on sends one at once (the kernel and wireguard-go alike), and with no
+    session that starts a handshake, retried by WireGuard's own timers; the keepalive is then set
+    back to ``keepalive`` (0: off). Nothing is run for no peers."""
+    keys = list(public_keys)
+    if not keys:
+        return
+    await _run(["wg", "set", dev, *(arg for key in keys for arg in ("peer", key, "persistent-keepalive", "25"))])
+    back = str(keepalive) if keepalive else "off"
+    await _run(["wg", "set", dev, *(arg for key in keys for arg in ("peer", key, "persistent-keepalive", back))])
+
+
 # -- devices ---------------------------------------------------------------------------------
 
 class Device:

@@ -47,6 +47,12 @@ def device_peers(lab, node) -> set[str]:
     return set(run(lab.node_argv(node, ["wg", "show", DEVICE, "peers"])).stdout.split())
 
 
+def sessions(lab, node) -> set[str]:
+    """The public keys of the peers ``node``'s device has completed a handshake with."""
+    lines = run(lab.node_argv(node, ["wg", "show", DEVICE, "latest-handshakes"])).stdout.split("\n")
+    return {key for key, _, when in (line.partition("\t") for line in lines if line) if when.strip() != "0"}
+
+
 def is_wireguard(payload: bytes) -> bool:
     """A WireGuard message by its framing: type 1-4, three zero bytes, the length of its type."""
     if len(payload) < 32 or payload[0] not in (1, 2, 3, 4) or payload[1:4] != b"\0\0\0":
@@ -59,6 +65,10 @@ def test_wireguard_lab_encrypts_and_authenticates(make_lab, tmp_path):
     lab = make_lab("wireguard", nodes=3, variants=[{"ip_masq": True}] * 3)
     node1, node2, node3 = lab.nodes
     pod1, pod2 = node1.pods[0], node2.pods[0]
+    # each pair has a session before any pod sends (the later node started it): first packets
+    # sent both ways at once no longer cross handshakes and wait 5 s or more (a CI failure)
+    assert wait_for(lambda: all(len(sessions(lab, node)) == 2 for node in lab.nodes), 10), \
+        {node.name: sessions(lab, node) for node in lab.nodes}
     matrix = lab.reachability()
     assert all(matrix.values()), {k: v for k, v in matrix.items() if not v}
     assert lab.node_status(node1)["mtu"] == 1500 - 80  # flannel's overhead rule

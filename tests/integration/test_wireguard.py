@@ -178,6 +178,30 @@ async def test_ping_crosses_and_both_ends_handshake(lab):
     assert peer.allowed_ips == ("10.244.2.0/24",) and peer.endpoint == "198.18.0.2:51820" and peer.has_psk
 
 
+async def session(node: Node, peer: Node) -> bool:
+    state = (await wg.show(node.backend.device)).peers.get(peer.backend.key.public)
+    return state is not None and state.latest_handshake > 0
+
+
+async def test_a_joiner_greets_the_peers_its_listing_brings_so_no_first_packets_cross(lab):
+    # Two nodes whose pods send first packets to each other at the same instant start crossing
+    # handshakes; WireGuard drops both (each side's initiation overwrites its own pending one)
+    # and retries 5 s later: the lab's 3-node matrix waited 5 s, >10 s under load. The node that
+    # joins (whose listing brings the peers) starts the session itself, before any pod sends.
+    nodes, _ = lab
+    a, b = nodes["a"], nodes["b"]
+    assert not await session(a, b) and not await session(b, a)  # no traffic yet, no session
+    with netns(b.ns):
+        await b.backend.apply(Batch(removed=[a.lease]))
+        await b.backend.apply(Batch(added=[a.lease], listed=True))
+    with netns(a.ns):
+        assert await wait_until(lambda: session(a, b), 5.0)
+    with netns(b.ns):
+        assert await wait_until(lambda: session(b, a), 5.0)
+        # and the keepalive that started it is off again, as configured (flannel's default 0)
+        assert (await wg.show(b.backend.device)).peers[a.backend.key.public].keepalive == 0
+
+
 async def test_reconcile_puts_back_a_removed_peer_and_route(lab):
     nodes, _ = lab
     a, b = nodes["a"], nodes["b"]

@@ -60,6 +60,15 @@ def test_events_add_update_delete():
     assert set(w.peers) == {B.subnet}
 
 
+def test_a_listing_batch_says_so_and_an_events_batch_does_not():
+    # the wireguard backend greets the peers a listing brings (they were there before us), not
+    # those that join later by a watch event (they greet us from their own listing)
+    w = LeaseWatcher(own_subnet=OWN.subnet)
+    assert w.reset([A], 10).listed
+    assert not w.apply([LeaseEvent(B.subnet, B, 11)]).listed
+    assert w.reset([A, B, C], 12).listed
+
+
 def test_stale_events_at_or_below_snapshot_are_skipped():
     w = LeaseWatcher()
     w.reset([A], 10)
@@ -179,7 +188,7 @@ def test_a_held_peer_that_comes_back_is_no_longer_held(back, added):
     for how in ("listing", "event"):
         w = LeaseWatcher()
         w.reset([TA, TB], 10)
-        assert w.reset([TB], 20, THAW) == Batch(held=[TA])
+        assert w.reset([TB], 20, THAW) == Batch(held=[TA], listed=True)
         batch = w.reset([back, TB], 30) if how == "listing" else w.apply([LeaseEvent(back.subnet, back, 30)])
         assert (subnets(batch.added), batch.removed) == (added, []), how
         assert w.held == {} and w.peers[TA.subnet] == back, how
