@@ -105,7 +105,10 @@ def test_right_state_is_not_rewritten(make_lab):
     finally:
         for m in monitors:
             m.terminate()
+    # the underlay's own ARP entries age on their own; naming eth0's peer namespace (in the underlay
+    # namespace) for an eth0 link event, ip asks the kernel about every namespace in /var/run/netns,
+    # and one that another test is deleting meanwhile makes it print this error in place of the event
     events = [l for m in monitors for l in m.communicate(timeout=10)[0].splitlines()
-              if "dev eth0" not in l]  # the underlay's own ARP entries age on their own
+              if "dev eth0" not in l and l != "Error: Peer netns reference is invalid."]
     assert events == []
     assert repaired(lab, node) == []

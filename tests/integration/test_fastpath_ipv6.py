@@ -65,7 +65,9 @@ async def test_ipv6_superpackets_both_ways(rigs, udp_gso):
     (joined_hdr, joined), = gso.coalesce(back)
     assert joined_hdr.gso_type == gso.GSO_TCPV6
     assert await asyncio.wait_for(loop.sock_recv(rig.dev, 65535), 2) == joined_hdr.pack() + joined
-    snap = await rig.wait_for(drop_spoofed_source=1, dev_tx_packets=1)
+    # the counters are published after the batch that sent: wait for all of them (KeyError under load)
+    snap = await rig.wait_for(drop_spoofed_source=1, dev_tx_packets=1, tx_packets=8, dev_rx_superpackets=1,
+                              dev_tx_superpackets=1)
     assert (snap["dev_rx_superpackets"], snap["tx_packets"], snap["dev_tx_superpackets"]) == (1, 8, 1)
     assert snap.get("tx_gso_sends", 0) == udp_gso
 

@@ -111,7 +111,8 @@ class Rig:
         raise AssertionError(f"counters never settled: {last}")
 
     async def wait_for(self, **counts: int) -> dict:
-        for _ in range(200):
+        deadline = asyncio.get_running_loop().time() + 10.0  # a condition, bounded: 2 s was short under load
+        while asyncio.get_running_loop().time() < deadline:
             snap = self.plane.snapshot()
             if all(snap.get(name, 0) >= n for name, n in counts.items()):
                 return snap
