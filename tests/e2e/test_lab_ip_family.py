@@ -81,10 +81,9 @@ def test_ipv4_lab_has_no_ipv6_underlay(bare_lab):
 
 
 @pytest.mark.parametrize("family", ["dual", "ipv6"])
-# wireguard is left out: a fresh wireguard lab's first pings sometimes cross only after 15 s or more
-# (seen in 3 of ~10 'up's, either family), longer than the lab's ping matrix waits; not diagnosed yet.
-# Its dual-stack modes are covered by tests/integration/test_wireguard.py, its lab by test_wireguard_lab.
-@pytest.mark.parametrize("backend, impl", [("udp", "user"), ("vxlan", "user"), ("vxlan", "kernel"), ("host-gw", "user")])
+# wireguard's other modes (one device for both families) are in tests/integration/test_wireguard.py
+@pytest.mark.parametrize("backend, impl", [("udp", "user"), ("vxlan", "user"), ("vxlan", "kernel"), ("host-gw", "user"),
+                                           ("wireguard", "user")])
 def test_lab_up_pings_each_family(tmp_path, family, backend, impl):
     """``scripts/lab up --ip-family`` as an operator runs it: every pod reaches every other pod in each
     family of the network, on every backend (issue 17's done-when)."""
