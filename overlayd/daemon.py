@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from . import __version__, health, privileges, sdnotify, subnetenv
 from .atomicfile import write_atomic
 from .backend import create_backend
-from .backend.base import Backend, NodeOptions, Underlay
+from .backend.base import Backend, NodeOptions, Underlay, delete_peer_routes
 from .backend.userspace import UserspaceBackend
 from .errors import (ConfigError, LeaseError, OverlayError, PlumbingError, StoreError, StoreRetryable,
                      StoreUnavailable, TaskDied)
@@ -394,6 +394,9 @@ class Daemon:
         log.info("leased %s (TTL %ds)", " and ".join(str(s) for _, s in pod_networks(config, lease)), opts.lease_ttl)
 
         self.set_phase(SETTING_UP)
+        backend.lease = lease
+        async with Netlink() as nl:  # an earlier run's or another backend's peer routes on the underlay
+            await delete_peer_routes(nl, backend)
         await backend.setup(lease)
         async with Netlink() as nl:
             await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq, opts.sysctl_journal, underlay.iface)

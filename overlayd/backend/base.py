@@ -149,3 +149,17 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:
         """Release file descriptors and sockets (devices and routes stay, like flannel's)."""
+
+
+async def delete_peer_routes(nl: "Netlink", backend: Backend) -> None:
+    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network (either
+    family's), known or not: host-gw's routes and VXLAN's direct routes. The daemon calls it before
+    any backend's :meth:`~Backend.setup`, so routes left by an earlier run, or by another backend
+    before the operator switched (pod packets in the clear beside a WireGuard device), are gone; a
+    backend that routes on the underlay puts back the live ones from the first listing."""
+    pools = [pool for pool in (backend.config.ipv4, backend.config.ipv6) if pool is not None]
+    own = set() if backend.lease is None else {backend.lease.subnet, backend.lease.subnet6} - {None}
+    for dst in await nl.routes(backend.underlay.iface):
+        if dst not in own and any(dst.version == pool.network.version and dst.subnet_of(pool.network)
+                                  and dst.prefixlen == pool.subnet_len for pool in pools):
+            await nl.delete_route(dst, dev=backend.underlay.iface)

@@ -23,7 +23,7 @@ from ..lease.model import Lease
 from ..lease.watcher import Batch
 from ..netconf import BackendConfig
 from ..plumbing.netlink import Netlink
-from .base import Backend
+from .base import Backend, delete_peer_routes
 from .registry import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,6 @@ def lease_subnets(lease: Lease | None) -> set[Network]:
     return set() if lease is None else {lease.subnet, lease.subnet6} - {None}
 
 
-async def delete_peer_routes(nl: Netlink, backend: Backend) -> None:
-    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network (either
-    family's), known or not (host-gw's routes, and VXLAN's direct routes)."""
-    pools = [pool for pool in (backend.config.ipv4, backend.config.ipv6) if pool is not None]
-    own = lease_subnets(backend.lease)
-    for dst in await nl.routes(backend.underlay.iface):
-        if dst not in own and any(dst.version == pool.network.version and dst.subnet_of(pool.network)
-                                  and dst.prefixlen == pool.subnet_len for pool in pools):
-            await nl.delete_route(dst, dev=backend.underlay.iface)
-
-
 class HostGwBackend(Backend):
     """Routes to peers' subnets through their node IPs."""
 
@@ -86,9 +75,7 @@ class HostGwBackend(Backend):
                 raise ConfigError(f"host-gw needs an Ethernet underlay; {self.underlay.iface} is not one")
 
     async def setup(self, lease: Lease) -> None:
-        self.lease = lease
-        async with Netlink() as nl:  # peer routes left from before a restart: the listing re-adds live ones
-            await delete_peer_routes(nl, self)
+        self.lease = lease  # routes left from before a restart are gone (delete_peer_routes, by the daemon)
 
     async def teardown(self, nl: Netlink) -> None:
         """``--cleanup-on-exit``: every peer route goes (there is no device)."""

@@ -84,8 +84,8 @@ from ..netconf import (DEFAULT_VNI, BackendConfig, NetworkConfig, _bool_field, _
 from ..plumbing import ethtool, sysctl
 from ..plumbing.netlink import DeviceDump, Netlink
 from ..plumbing.peerwrites import Writes
-from .base import Backend, NodeOptions
-from .hostgw import delete_peer_routes, lease_subnets, node_versions, peer_routes
+from .base import Backend, NodeOptions, delete_peer_routes
+from .hostgw import lease_subnets, node_versions, peer_routes
 from .registry import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -301,8 +301,6 @@ class KernelVxlanBackend(Backend):
                 stale = await nl.flush_peer_state(vtep.device)  # the first listing re-adds live peers
                 if stale:
                     log.info("%s: removed %d route/neighbour/FDB entries left from before", vtep.device, stale)
-            if self.config.backend.direct_routing:
-                await delete_peer_routes(nl, self)
 
     async def _ensure_devices(self, nl: Netlink) -> None:
         own = {subnet.version: subnet for subnet in lease_subnets(self.lease)}

@@ -57,7 +57,7 @@ from ..lease.watcher import Batch
 from ..plumbing import sysctl
 from ..plumbing.netlink import DeviceState, Netlink
 from ..plumbing.tuntap import open_tap
-from .hostgw import delete_peer_routes
+from .base import delete_peer_routes
 from .userspace import DEVICE_TXQUEUELEN, UserspaceBackend
 from .vxlan import TYPE, direct_device, vtep_mac, vxlan_peer_mac
 
@@ -101,8 +101,6 @@ class UserVxlanBackend(UserspaceBackend):
             self.vnet_hdr = superpackets
         self.set_device_ipv6()
         async with Netlink() as nl:
-            if self.config.backend.direct_routing:  # left from before a restart: the listing re-adds live ones
-                await delete_peer_routes(nl, self)
             await self.reconcile(nl)
         sysctl.set_rp_filter(TAP, 2)
         sysctl.set_accept_local(TAP)  # the ICMP answers' source is cni0's .1

@@ -30,7 +30,7 @@ import uuid
 import pytest
 
 from overlayd.lab.machines import cgroup_hierarchies
-from overlayd.lab.topology import Lab, Node, run
+from overlayd.lab.topology import Lab, Node, network_config, run
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.run_first]
 
@@ -210,6 +210,45 @@ def the_sandbox_allows_what_the_daemon_does(machines):
                 reserved = inside(lab, node, "cat", f"/var/lib/cni/overlayd/ipam/overlayd/{pod.ip}")
                 assert reserved.startswith(pod.container_id)
         assert_traffic(lab)
+
+
+def switch_backend(lab: Lab, backend: str) -> None:
+    """What an operator does to change the network's backend: the config in etcd, then ``systemctl
+    restart overlayd`` on every node; returns once every node runs ``backend`` and is active."""
+    lab.overlayctl("config", "set", "-", input=json.dumps(network_config(backend, lab.network, lab.vni, lab.port)))
+    for node in lab.nodes:
+        inside(lab, node, "systemctl", "restart", "overlayd")
+    for node in lab.nodes:
+        wait_for(lambda: unit(lab, node, "ActiveState")["ActiveState"] == "active"
+                 and lab.node_status(node).get("backend") == backend, 30, f"{node.name} running {backend}")
+
+
+@scenario
+def every_backend_runs_under_the_sandbox(machines):
+    """host-gw and wireguard under the unit too (udp and vxlan are the labs'): wireguard-go with its
+    tun, its UAPI socket in the unit's RuntimeDirectory and its key in the StateDirectory. The
+    backend is switched as an operator would; no refusal in the journal, pods talk, and nothing of
+    the previous backend carries pods (no host-gw route left under wireguard). Back to udp after."""
+    lab = machines["udp"]
+    try:
+        for backend in ("host-gw", "wireguard"):
+            marks = {node.name: cursor(lab, node) for node in lab.nodes}
+            switch_backend(lab, backend)
+            assert_traffic(lab)
+            for node in lab.nodes:
+                lines = messages(journal(lab, node, f"--after-cursor={marks[node.name]}"))
+                refused = [line for line in lines if REFUSED.search(line)]
+                assert not refused, (backend, node.netns, refused)
+                routes = inside(lab, node, "ip", "-4", "route", "show")
+                peers = [subnet(lab, other).rsplit(".", 1)[0] + ".0/24" for other in lab.nodes if other is not node]
+                if backend == "wireguard":
+                    assert not any(line.startswith(peer) and "dev eth0" in line
+                                   for line in routes.splitlines() for peer in peers), routes
+        key = inside(lab, lab.nodes[0], "stat", "-c", "%a %U", "/var/lib/overlayd/wireguard/private.key").split()
+        assert key == ["600", "root"], key
+    finally:
+        switch_backend(lab, "udp")
+    assert_traffic(lab)
 
 
 @scenario

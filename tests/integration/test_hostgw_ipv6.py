@@ -35,6 +35,7 @@ BACKEND_PRELUDE = PRELUDE + textwrap.dedent('''
 ''')
 
 SCRIPT = BACKEND_PRELUDE + textwrap.dedent('''
+    from overlayd.backend.base import delete_peer_routes
     from overlayd.backend.hostgw import HostGwBackend
 
     def routes():
@@ -51,7 +52,9 @@ SCRIPT = BACKEND_PRELUDE + textwrap.dedent('''
         config, underlay = dual_stack({"Type": "host-gw"})
         backend = HostGwBackend(config, underlay, NodeOptions())
         sh("ip", "route", "add", "fd00:10:244:9::/64", "via", "2001:db8::19", "dev", "eth0")  # left from before
-        await backend.setup(lease("10.244.3.0/24", "198.18.0.11", "2001:db8::11", "fd00:10:244:3::/64"))
+        backend.lease = own = lease("10.244.3.0/24", "198.18.0.11", "2001:db8::11", "fd00:10:244:3::/64")
+        await changes_of(lambda nl: delete_peer_routes(nl, backend))  # the daemon's step before any setup
+        await backend.setup(own)
         seen = {"after_setup": routes()}
         peer = lease("10.244.7.0/24", "198.18.0.17", "2001:db8::17", "fd00:10:244:7::/64")
         peer6 = lease("fd00:10:244:8::/64", None, "2001:db8::18", "fd00:10:244:8::/64")

@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 
 from overlayd.backend import backend_class, vxlan_user
-from overlayd.backend.base import NodeOptions, Underlay
+from overlayd.backend.base import NodeOptions, Underlay, delete_peer_routes
 from overlayd.backend.vxlan import KernelVxlanBackend, direct_device
 from overlayd.backend.vxlan_user import UserVxlanBackend
 from overlayd.lease.model import Lease, LeaseAttrs
@@ -138,7 +138,8 @@ async def test_user_reconcile_setup_and_teardown_own_the_direct_routes(kernel, m
     monkeypatch.setattr(vxlan_user.sysctl, "disable_ipv6", lambda dev: None)
     monkeypatch.setattr(vxlan_user.sysctl, "set_rp_filter", lambda dev, value: None)
     monkeypatch.setattr(vxlan_user.sysctl, "set_accept_local", lambda dev: None)
-    await backend.setup(backend.lease)  # stale routes go, live ones are put back
+    await delete_peer_routes(kernel, backend)  # the daemon's step before any backend's setup
+    await backend.setup(backend.lease)  # stale routes gone, live ones are put back
     assert kernel.direct() == {"10.244.2.0/24": NEAR}
     assert kernel.table[net("10.244.0.0/16")] == ("overlay0", None)
 
