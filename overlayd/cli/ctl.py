@@ -447,10 +447,21 @@ def status(status_file, as_json):
                            f"({data.get('device') or 'kernel'}, MTU {data['mtu']})", WIDTH))
             if data.get("subnet6") and data["subnet6"] != data["subnet"]:  # dual stack: IPv6 on a line of its own
                 click.echo(fit(f"subnet {data['subnet6']} on {data.get('public_ipv6') or '-'}", WIDTH))
-        click.echo(fit(f"peers ({len(data['peers'])}): {', '.join(data['peers']) or '-'}", WIDTH))
+        click.echo(fit(f"peers ({peer_count(data)}): {', '.join(data['peers']) or '-'}", WIDTH))
         for name, value in sorted(data.get("stats", {}).items()):
             click.echo(fit(f"  {name:<28} {value}", WIDTH))
     sys.exit(code)
+
+
+def peer_count(data: dict) -> str:
+    """How many peers ``data`` (a status file) routes to: nodes, and their subnets where those differ
+    (dual stack: two per node). A status file without ``peer_table`` counts subnets."""
+    subnets = len(data["peers"])
+    table = data.get("peer_table")
+    if table is None:
+        return str(subnets)
+    nodes = sum(1 for row in table if row.get("routed"))
+    return str(subnets) if nodes == subnets else f"{nodes} node{'s' * (nodes != 1)}, {subnets} subnets"
 
 
 PEER_HEADERS = ["SUBNET", "NODE IP", "BACKEND", "VTEP MAC", "SINCE", "ROUTED"]

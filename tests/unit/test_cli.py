@@ -154,6 +154,19 @@ STATUS = {
     "stats": {"drop_no_lease": 3, "tx_packets": 10}, "interval": 2.0}
 
 
+def test_overlayctl_status_counts_peer_nodes_not_their_subnets(tmp_path):
+    # dual stack: two peer nodes route four subnets; "peers (4)" read as four nodes
+    path = tmp_path / "status.json"
+    table = [{"subnet": f"10.244.{i}.0/24", "subnet6": f"fd00:10:244:{i}::/64", "routed": True} for i in (7, 8)]
+    table.append({"subnet": "10.244.9.0/24", "subnet6": None, "routed": False})  # off our segment (host-gw)
+    peers = ["10.244.7.0/24", "10.244.8.0/24", "fd00:10:244:7::/64", "fd00:10:244:8::/64"]
+    path.write_text(json.dumps({**STATUS, "subnet6": "fd00:10:244:3::/64", "peers": peers, "peer_table": table,
+                                "updated": time.time()}))
+    shown = CliRunner().invoke(ctl, ["status", "--status-file", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "peers (2 nodes, 4 subnets): 10.244.7.0/24, 10.244.8.0/24, fd00:10:244:7::/64" in shown.output
+
+
 def test_overlayctl_status_reads_the_daemon_status_file(tmp_path):
     path = tmp_path / "status.json"
     runner = CliRunner()
