@@ -116,9 +116,10 @@ def test_wireguard_keys_survive_restarts_and_rotate(make_lab):
 
     lab.restart_node(node1)  # kept: the same key, and peers need no change
     assert keys(lab)[node1.ip] == before
-    # (from node1: its new wireguard-go handshakes at once; node2 would first send on its stale
-    # session for up to 5 s, WireGuard's REKEY_TIMEOUT, as towards any restarted peer)
-    assert lab.ping(node1.pods[0], node2.pods[0].ip)
+    # the restarted node (a new wireguard-go, no session) starts its sessions itself: node2 does not
+    # send on its stale one for up to 5 s (REKEY_TIMEOUT) before pods on both sides talk again
+    assert wait_for(lambda: len(sessions(lab, node1)) == 2, 5), sessions(lab, node1)
+    assert lab.ping(node2.pods[0], node1.pods[0].ip, tries=2) and lab.ping(node1.pods[0], node2.pods[0].ip, tries=2)
 
     lab.stop_node(node1)  # rotation: no key file, so a new key, which every peer learns from the lease
     os.unlink(key_file)
