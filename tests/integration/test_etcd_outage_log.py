@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 
 import pytest
 
@@ -44,9 +45,24 @@ def _outage_lines(caplog) -> tuple[list[str], list[logging.LogRecord]]:
     return unreachable, back
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped: kill() returns before a busy Go process's threads
+    all reach the group stop, and a request sent meanwhile was answered (a CI failure)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that exited
+            with open(f"/proc/{pid}/task/{task}/stat", encoding="ascii") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in "tT" for state in states)
+
+
 @contextlib.contextmanager
 def frozen(server):
     os.kill(server.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while not stopped(server.pid):
+        assert time.monotonic() < deadline, f"etcd (PID {server.pid}) did not stop in 5 s"
+        time.sleep(0.01)
     try:
         yield
     finally:
