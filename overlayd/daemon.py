@@ -187,8 +187,10 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
     """What every backend needs, for each family of the node's pods: forwarding (IPv6's keeps
     ``underlay``'s router advertisements), the Network's guard route (no pod traffic leaves
     unencapsulated while overlayd is down, see :mod:`overlayd.plumbing.guard`), the cni0 bridge
-    with the subnet's first address and loose rp_filter, and the firewall rules; the firewall table
-    of a family the node no longer has (IPv6 turned off) goes. The host's own rp_filter is left alone.
+    with the subnet's first address and loose rp_filter, and the firewall rules; what is left of a
+    pod network the node no longer has (IPv6 turned off, a new Network) goes: its routes, cni0's
+    address in it, its guard route, and the firewall table of a family no longer used. The host's
+    own rp_filter is left alone.
 
     Idempotent, and writes only what differs (``nl.changes`` says what), so drift repair runs it again.
     """
@@ -197,6 +199,7 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
     sysctl.enable_forwarding(sysctl_journal, families=versions, underlay=underlay)
     for network, _ in pairs:
         await guard.ensure(nl, network)
+    await guard.retire_others(nl, [network for network, _ in pairs], BRIDGE)
     await nl.ensure_bridge(BRIDGE, mtu=mtu)
     sysctl.set_rp_filter(BRIDGE, 2)
     for network, subnet in pairs:

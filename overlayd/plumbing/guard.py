@@ -56,6 +56,20 @@ async def ensure(nl: Netlink, network: ipaddress.IPv4Network | ipaddress.IPv6Net
     await nl.ensure_unreachable(network, METRIC)
 
 
+async def retire_others(nl: Netlink, keep: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                        bridge: str) -> None:
+    """Remove what is left of every pod network this node had and has no more (IPv6 turned off,
+    a Network changed), each known by its guard route: every route into it (the backend's, host-gw's
+    to the peers), ``bridge``'s gateway address in it, and the guard itself (``nl.changes`` says so)."""
+    for old in await nl.unreachable_networks(METRIC):
+        if old in keep:
+            continue
+        routes = await nl.delete_routes_within(old)  # the guard among them
+        addresses = await nl.delete_addresses_within(bridge, old)
+        nl.changes.append(f"pod network {old} is no longer configured: {routes} routes and "
+                          f"{addresses} addresses on {bridge} in it removed")
+
+
 async def remove(nl: Netlink, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
     """Delete the guard route (decommissioning only) if it exists."""
     await nl.delete_unreachable(network, METRIC)

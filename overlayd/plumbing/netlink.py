@@ -458,6 +458,51 @@ class Netlink:
             kwargs["oif"] = link["index"]
         await self._delete_route(kwargs)
 
+    async def unreachable_networks(self, metric: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The destinations of the main table's ``unreachable`` routes at ``metric``, both families."""
+        found = []
+        for version in (4, 6):
+            found += [ipaddress.ip_network(r["dst"] if "/" in r["dst"] else f"{r['dst']}/{32 if version == 4 else 128}")
+                      for r in await _iproute2_json("ip", "-j", f"-{version}", "route", "show", "table", "main",
+                                                    "type", "unreachable")
+                      if r.get("metric", 0) == metric and r.get("dst") not in (None, "default")]
+        return found
+
+    async def delete_routes_within(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+        """Delete every main-table route to ``network`` or a part of it, through any device or of any
+        type, but the kernel's own (an address's prefix route: it goes with the address); how many."""
+        routes = await _iproute2_json("ip", "-j", f"-{network.version}", "route", "show", "table", "main",
+                                      "root", str(network))
+        count = 0
+        for r in routes:
+            if r.get("protocol") == "kernel":
+                continue
+            dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/{network.max_prefixlen}"
+            kwargs = {"dst": dst, "family": FAMILY[network.version], "priority": r.get("metric", 0)}
+            if r.get("type", "unicast") != "unicast":
+                kwargs["type"] = r["type"]
+            elif r.get("dev"):
+                link = await self._link(r["dev"])
+                if link is None:
+                    continue
+                kwargs["oif"] = link["index"]
+            await self._delete_route(kwargs)
+            count += 1
+        return count
+
+    async def delete_addresses_within(self, name: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+        """Delete ``name``'s addresses that lie in ``network`` (none if there is no such link); how many."""
+        if not await self.exists(name):
+            return 0
+        index = await self.index(name)
+        gone = [a for a in await self.addresses(name, network.version) if a.ip in network]
+        for address in gone:
+            try:
+                await self.ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+            except NetlinkError as exc:
+                raise _fail(f"cannot delete address {address} from {name}", exc) from None
+        return len(gone)
+
     async def delete_unreachable(self, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, metric: int) -> None:
         """Delete the ``unreachable`` route to ``dst`` at ``metric`` if there is one."""
         await self._delete_route({"dst": str(dst), "type": "unreachable", "priority": metric,

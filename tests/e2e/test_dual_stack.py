@@ -24,7 +24,7 @@ import json
 
 import pytest
 
-from overlayd.lab.topology import Lab, Node, Pod, run
+from overlayd.lab.topology import PREFIX, Lab, Node, Pod, network_config, run
 
 from .test_antispoof import GOOD_ID, PORT, assert_refused, echo
 from .test_health import HEALTHZ, samples, scrape
@@ -172,3 +172,23 @@ def test_path_mtu_over_kernel_vxlan(vxlan_lab, tmp_path):
     lab = vxlan_lab
     node1, node2 = lab.nodes
     assert_path_mtu_found(lab, tmp_path, [(node1.pods[0], node2.pods[0])], _mtu(node1.netns, "flannel-v6.1"))
+
+
+def test_ipv6_turned_off_leaves_nothing_of_it(make_lab):
+    """An operator turns IPv6 off (EnableIPv6 false) and restarts the nodes: nothing of the IPv6
+    network stays on a node (cni0's gateway, host-gw's routes to the peers, the guard route, the
+    ip6 firewall table), and IPv4 pods still talk."""
+    lab = make_lab("host-gw", nodes=2, ip_family="dual")
+    node1, node2 = lab.nodes
+    assert all(lab.reachability(tries=5, version=6).values())
+    lab.etcdctl("put", f"{PREFIX}/config", json.dumps(network_config("host-gw", lab.network, lab.vni, lab.port)))
+    for node in lab.nodes:
+        lab.restart_node(node)
+    for node in lab.nodes:
+        addresses = run(["ip", "-n", node.netns, "-6", "-o", "addr", "show", "dev", "cni0", "scope", "global"]).stdout
+        routes = run(["ip", "-n", node.netns, "-6", "route", "show", "table", "main"]).stdout
+        tables = run(["ip", "netns", "exec", node.netns, "nft", "list", "tables"]).stdout
+        assert "fd00:" not in addresses, addresses
+        assert "fd00:" not in routes, routes
+        assert "ip6 overlayd" not in tables, tables
+    assert all(lab.reachability(tries=5).values())
