@@ -44,8 +44,11 @@ node's network namespace and goes with it.
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from .netlink import Netlink
+
+log = logging.getLogger(__name__)
 
 #: the highest route metric: any other route to the Network (our device's) wins
 METRIC = 0xFFFFFFFF
@@ -60,14 +63,14 @@ async def retire_others(nl: Netlink, keep: list[ipaddress.IPv4Network | ipaddres
                         bridge: str) -> None:
     """Remove what is left of every pod network this node had and has no more (IPv6 turned off,
     a Network changed), each known by its guard route: every route into it (the backend's, host-gw's
-    to the peers), ``bridge``'s gateway address in it, and the guard itself (``nl.changes`` says so)."""
+    to the peers), ``bridge``'s gateway address in it, and the guard itself (one log line each)."""
     for old in await nl.unreachable_networks(METRIC):
         if old in keep:
             continue
         routes = await nl.delete_routes_within(old)  # the guard among them
         addresses = await nl.delete_addresses_within(bridge, old)
-        nl.changes.append(f"pod network {old} is no longer configured: {routes} routes and "
-                          f"{addresses} addresses on {bridge} in it removed")
+        log.info("pod network %s is no longer configured: removed %d routes into it and %d addresses "
+                 "of %s in it", old, routes, addresses, bridge)
 
 
 async def remove(nl: Netlink, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
