@@ -191,4 +191,6 @@ def test_ipv6_turned_off_leaves_nothing_of_it(make_lab):
         assert "fd00:" not in addresses, addresses
         assert "fd00:" not in routes, routes
         assert "ip6 overlayd" not in tables, tables
+        with open(lab.log_file(node), encoding="utf-8") as f:
+            assert any("fd00:" in line and "is no longer configured" in line for line in f), node.name
     assert all(lab.reachability(tries=5).values())
