@@ -152,14 +152,13 @@ class Backend(abc.ABC):
 
 
 async def delete_peer_routes(nl: "Netlink", backend: Backend) -> None:
-    """Delete every route on ``backend``'s underlay to a peer-sized subnet of the Network (either
-    family's), known or not: host-gw's routes and VXLAN's direct routes. The daemon calls it before
-    any backend's :meth:`~Backend.setup`, so routes left by an earlier run, or by another backend
-    before the operator switched (pod packets in the clear beside a WireGuard device), are gone; a
-    backend that routes on the underlay puts back the live ones from the first listing."""
-    pools = [pool for pool in (backend.config.ipv4, backend.config.ipv6) if pool is not None]
-    own = set() if backend.lease is None else {backend.lease.subnet, backend.lease.subnet6} - {None}
-    for dst in await nl.routes(backend.underlay.iface):
-        if dst not in own and any(dst.version == pool.network.version and dst.subnet_of(pool.network)
-                                  and dst.prefixlen == pool.subnet_len for pool in pools):
-            await nl.delete_route(dst, dev=backend.underlay.iface)
+    """Delete every route to a peer-sized subnet of the Network (either family's) but our own,
+    through any device, known or not: host-gw's and VXLAN's direct routes on the underlay, kernel
+    VXLAN's on ``flannel.<VNI>`` (a device that outlives the daemon). The daemon calls it before any
+    backend's :meth:`~Backend.setup`, so routes left by an earlier run, or by another backend before
+    the operator switched (pod packets in the clear beside a WireGuard device), are gone; a backend
+    that routes per peer puts back the live ones from the first listing."""
+    own = frozenset() if backend.lease is None else frozenset({backend.lease.subnet, backend.lease.subnet6} - {None})
+    for pool in (backend.config.ipv4, backend.config.ipv6):
+        if pool is not None:
+            await nl.delete_routes_within(pool.network, prefixlen=pool.subnet_len, keep=own)

@@ -32,9 +32,15 @@ Sessions start at join. Two nodes whose pods send first packets to each other at
 instant start crossing handshakes, and WireGuard (kernel and wireguard-go) drops both: each
 side's initiation overwrites its own pending one, and neither retries for 5 s (REKEY_TIMEOUT),
 again and again under load. So the node that joins starts every session itself, before any pod
-sends: the peers a full listing brings (the nodes that were there before it) are greeted
-(:func:`~overlayd.plumbing.wg.greet`); a node that joins later greets us from its own listing.
-With ``PersistentKeepaliveInterval`` set, both sides send a keepalive at once anyway.
+sends: the peers its first listing brings (the nodes that were there before it) are greeted
+(:func:`~overlayd.plumbing.wg.greet`), best effort; a node that joins later greets us from its
+own first listing (not from a re-listing after an etcd outage: all nodes re-list together, and
+greeting from both sides would cross). With ``PersistentKeepaliveInterval`` set, both sides
+send a keepalive at once anyway. Limits: a session idle for 180 s (REJECT_AFTER_TIME) is gone,
+and two pods sending first packets to each other at the same moment after that cross again and
+wait 5 s, as with any WireGuard: a ``PersistentKeepaliveInterval`` keeps sessions up. A joiner
+greets every peer at once: with hundreds of peers, wireguard-go's handshake queue passes its
+"under load" mark (128) and defers some sessions to its 5 s retry (not measured here).
 
 The private key lives in a file of mode 0600 in the daemon's state directory
 (``--state-dir``, :func:`key_file`: ``/var/lib/overlayd/wireguard/private.key``) and is kept
@@ -325,6 +331,7 @@ class WireguardBackend(Backend):
         self.skipped: set[Network] = set()
         self.peer_counters: dict[str, dict[str, wg.PeerState]] = {}  # device -> public key -> the last dump's line
         self.handshakes = HandshakeWatch()
+        self.joined = False  # the first listing was applied (and its peers greeted)
         self._lock = asyncio.Lock()  # apply, reconcile and the devices' (re)creation
 
     @property
@@ -434,10 +441,14 @@ class WireguardBackend(Backend):
                 was = before[tunnel.name]
                 await self._set(tunnel.name, [peer for key, peer in after.items() if was.get(key) != peer],
                                 [key for key in was if key not in after])
-                if batch.listed and not self.settings.keepalive:  # a keepalive already starts sessions
+                if batch.listed and not self.joined and not self.settings.keepalive:  # (module note)
                     listed = {peers[tunnel.name].key for lease in batch.added
                               if (peers := self.peers.get(lease.subnet)) and tunnel.name in peers}
-                    await wg.greet(tunnel.name, sorted(listed))
+                    try:
+                        await wg.greet(tunnel.name, sorted(listed))
+                    except PlumbingError as exc:  # best effort: the first packets start sessions anyway
+                        log.warning("%s: cannot start sessions with the peers at join: %s", tunnel.name, exc)
+            self.joined = self.joined or batch.listed
 
     async def reconcile(self, nl: Netlink) -> None:
         async with self._lock:

@@ -468,16 +468,26 @@ class Netlink:
                       if r.get("metric", 0) == metric and r.get("dst") not in (None, "default")]
         return found
 
-    async def delete_routes_within(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
-        """Delete every main-table route to ``network`` or a part of it, through any device or of any
-        type, but the kernel's own (an address's prefix route: it goes with the address); how many."""
+    async def routes_within(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[dict]:
+        """The main table's routes to ``network`` or a part of it, through any device or of any type,
+        but the kernel's own (an address's prefix route: it goes with the address), as iproute2
+        lists them, each with its ``dst`` as a network (``network`` below)."""
         routes = await _iproute2_json("ip", "-j", f"-{network.version}", "route", "show", "table", "main",
                                       "root", str(network))
+        return [{**r, "network": ipaddress.ip_network(r["dst"] if "/" in r["dst"]
+                                                      else f"{r['dst']}/{network.max_prefixlen}")}
+                for r in routes if r.get("protocol") != "kernel"]
+
+    async def delete_routes_within(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                   prefixlen: int | None = None,
+                                   keep: frozenset = frozenset()) -> int:
+        """Delete :meth:`routes_within` ``network`` (only those of ``prefixlen``, if given; never those
+        to a network in ``keep``); how many."""
         count = 0
-        for r in routes:
-            if r.get("protocol") == "kernel":
+        for r in await self.routes_within(network):
+            if (prefixlen is not None and r["network"].prefixlen != prefixlen) or r["network"] in keep:
                 continue
-            dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/{network.max_prefixlen}"
+            dst = str(r["network"])
             kwargs = {"dst": dst, "family": FAMILY[network.version], "priority": r.get("metric", 0)}
             if r.get("type", "unicast") != "unicast":
                 kwargs["type"] = r["type"]

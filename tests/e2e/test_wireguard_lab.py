@@ -19,7 +19,7 @@ import struct
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 
-from overlayd.lab.topology import run
+from overlayd.lab.topology import PREFIX, network_config, run
 
 from .crafted import send_udp
 from .tools import Capture, tcp_transfer, wait_for
@@ -178,3 +178,27 @@ def test_nothing_leaks_in_the_clear_while_the_daemon_or_wireguard_go_is_killed(m
             assert leaked("no_guard")
         lab.start_node(node1)
         assert lab.ping(pod1, pod2.ip), kill.__name__
+
+
+def test_switching_to_wireguard_leaves_no_peer_route_in_the_clear(make_lab):
+    """An operator switches the network's backend to wireguard and restarts the nodes. Kernel
+    VXLAN's peer routes (on flannel.1, a device that outlives the daemon) and host-gw's (on the
+    underlay) are more specific than WireGuard's Network route: left behind, they would carry pods
+    unencrypted. After each switch no route to a peer's subnet is left, and pods talk."""
+    lab = make_lab("vxlan", nodes=2, variants=[{"vxlan_impl": "kernel"}] * 2)
+
+    def switch(backend: str) -> None:
+        lab.etcdctl("put", f"{PREFIX}/config", json.dumps(network_config(backend, lab.network, lab.vni, lab.port)))
+        for node in lab.nodes:
+            lab.restart_node(node)
+
+    for before in ("vxlan", "host-gw"):
+        if before != "vxlan":
+            switch(before)
+        assert all(lab.reachability(tries=5).values()), before
+        switch("wireguard")
+        assert all(lab.reachability(tries=5).values()), before
+        for node in lab.nodes:
+            peers = [lab.node_status(other)["subnet"] for other in lab.nodes if other is not node]
+            routes = run(["ip", "-n", node.netns, "-4", "route", "show", "table", "main"]).stdout
+            assert not [line for line in routes.splitlines() if line.split()[0] in peers], (before, routes)

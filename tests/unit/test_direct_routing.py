@@ -68,8 +68,12 @@ class FakeNetlink:
     async def delete_link(self, dev):  # its routes go with it
         self.table = {dst: (d, gw) for dst, (d, gw) in self.table.items() if d != dev}
 
-    async def routes(self, dev):
-        return [dst for dst, (d, _gw) in self.table.items() if d == dev]
+    async def delete_routes_within(self, network, prefixlen=None, keep=frozenset()):
+        gone = [dst for dst in self.table if dst.subnet_of(network) and dst not in keep
+                and (prefixlen is None or dst.prefixlen == prefixlen)]
+        for dst in gone:
+            del self.table[dst]
+        return len(gone)
 
     def direct(self) -> dict[str, str]:
         """The peer routes through the underlay: subnet -> gateway."""

@@ -399,3 +399,21 @@ def test_peer_lists_survive_peer_changes_on_the_control_loop(backend):
         stop.set()
         worker.join(5)
         sys.setswitchinterval(old)
+
+
+async def test_only_the_first_listing_is_greeted_and_a_failed_greeting_is_a_warning(backend, monkeypatch, caplog):
+    backend.settings = WireguardSettings(psk=PSK)  # no keepalive: greetings start the sessions
+    greeted = []
+
+    async def greet(dev, keys, keepalive=0):
+        greeted.append((dev, list(keys)))
+        raise PlumbingError("wg: Unable to modify interface: Protocol not supported")
+
+    monkeypatch.setattr(wg, "greet", greet)
+    await backend.apply(Batch(added=[lease("10.244.3.0/24", "198.18.0.3", key=KEY_A)]))  # an event: not greeted
+    await backend.apply(Batch(added=[lease("10.244.2.0/24", "198.18.0.2")], listed=True))  # the first listing
+    # a re-listing after an etcd outage: every node re-lists at once, greeting both ways would cross
+    await backend.apply(Batch(added=[lease("10.244.4.0/24", "198.18.0.4", key=PSK)], listed=True))
+    assert greeted == [(backend.device, [KEY_B])]
+    assert "cannot start sessions with the peers at join" in caplog.text
+    assert backend.peer_subnets() == ["10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]
