@@ -98,8 +98,7 @@ from .watcher import LeaseEvent
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 3.0  # seconds a connectivity probe may take
-SETTLE_GRACE = 60.0  # seconds a grant of a failed create that etcd does not know may still appear (_settle): etcd
-# can queue a grant as long as a stampede of acquisitions takes (p99 30 s: 5000 nodes in waves of 1000)
+SETTLE_WINDOW = 3600.0  # seconds a grant of a failed create that etcd does not know is looked for (_settle)
 FAILOVER_AFTER = 2.0  # seconds one endpoint gets while others remain (see the module note)
 
 _UNAVAILABLE = (aex.ConnectionFailedError, aex.ConnectionTimeoutError, asyncio.TimeoutError,
@@ -361,6 +360,7 @@ class EtcdStore:
         self._connecting = asyncio.Lock()
         self._watch_left: dict[str, str] = {}  # watch role -> the endpoint a failover took its channel off
         self._unsettled: dict[int, float] = {}  # lease IDs of creates that failed with no known outcome: when
+        self._settle_due: dict[int, float] = {}  # of those etcd did not know yet: when to look again
         self.clock = time.monotonic
         self._decoded: dict[bytes, tuple[int, Lease | None]] = {}  # key -> (mod revision, lease)
 
@@ -547,20 +547,27 @@ class EtcdStore:
         Each grant is taken off the set before the first await: creates sharing the store
         settle concurrently, and two revoking one grant failed the second create with
         "requested lease not found". A grant gone meanwhile is settled. One that etcd does
-        not know is looked at again for :data:`SETTLE_GRACE` seconds after its create failed:
-        a grant whose call timed out under load can be applied after the lookup (etcd answers
-        it from its lessor, ahead of a grant committed and not applied yet); dropped then, it
-        leaked (61 in one 5000-node run). One etcd did not answer about stays."""
+        not know is looked at again, at doubling intervals (1, 2, 4 ... s after its create
+        failed: a dozen lookups), for :data:`SETTLE_WINDOW`: a grant whose call timed out
+        under load can be applied long after the lookup (etcd answers it from its lessor,
+        ahead of a grant committed and not applied yet). Dropped after 10 s, 0-15 leaked per
+        5000-node run; after 60 s, 139 in a run where etcd queued grants for minutes. One
+        etcd did not answer about stays."""
+        now = self.clock()
         for lease_id, failed_at in list(self._unsettled.items()):
+            if self._settle_due.get(lease_id, now) > now:
+                continue  # etcd did not know it a moment ago: not yet time to look again
             if self._unsettled.pop(lease_id, None) is None:
                 continue  # another create settled it meanwhile
+            self._settle_due.pop(lease_id, None)
             try:
                 info = await c.get_lease_info(lease_id, keys=True)
                 if info.TTL > 0 and not info.keys:
                     await c.revoke_lease(lease_id)
                     log.info("revoked etcd lease %x left by an interrupted create", lease_id)
-                elif info.TTL <= 0 and self.clock() - failed_at < SETTLE_GRACE:
+                elif info.TTL <= 0 and now - failed_at < SETTLE_WINDOW:
                     self._unsettled[lease_id] = failed_at  # not applied yet, maybe
+                    self._settle_due[lease_id] = now + max(1.0, now - failed_at)
             except aex.ClientError as exc:
                 if classify(*status_of(exc)) is not Verdict.LOST_LEASE:
                     self._unsettled[lease_id] = failed_at
