@@ -187,10 +187,8 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
     """What every backend needs, for each family of the node's pods: forwarding (IPv6's keeps
     ``underlay``'s router advertisements), the Network's guard route (no pod traffic leaves
     unencapsulated while overlayd is down, see :mod:`overlayd.plumbing.guard`), the cni0 bridge
-    with the subnet's first address and loose rp_filter, and the firewall rules; what is left of a
-    pod network the node no longer has (IPv6 turned off, a new Network) goes: its routes, cni0's
-    address in it, its guard route, and the firewall table of a family no longer used. The host's
-    own rp_filter is left alone.
+    with the subnet's first address and loose rp_filter, and the firewall rules; the firewall table
+    of a family the node no longer has (IPv6 turned off) goes. The host's own rp_filter is left alone.
 
     Idempotent, and writes only what differs (``nl.changes`` says what), so drift repair runs it again.
     """
@@ -199,7 +197,6 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
     sysctl.enable_forwarding(sysctl_journal, families=versions, underlay=underlay)
     for network, _ in pairs:
         await guard.ensure(nl, network)
-    await guard.retire_others(nl, [network for network, _ in pairs], BRIDGE)
     await nl.ensure_bridge(BRIDGE, mtu=mtu)
     sysctl.set_rp_filter(BRIDGE, 2)
     for network, subnet in pairs:
@@ -397,9 +394,9 @@ class Daemon:
         log.info("leased %s (TTL %ds)", " and ".join(str(s) for _, s in pod_networks(config, lease)), opts.lease_ttl)
 
         self.set_phase(SETTING_UP)
-        backend.lease = lease
-        async with Netlink() as nl:  # an earlier run's or another backend's peer routes on the underlay
-            await delete_peer_routes(nl, backend)
+        async with Netlink() as nl:  # what an earlier run left, or an earlier config (another backend, a Network)
+            await delete_peer_routes(nl, config, lease)
+            await guard.retire_others(nl, [network for network, _ in pod_networks(config, lease)], BRIDGE)
         await backend.setup(lease)
         async with Netlink() as nl:
             await prepare_node(nl, config, lease, backend.mtu, opts.ip_masq, opts.sysctl_journal, underlay.iface)

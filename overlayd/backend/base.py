@@ -151,14 +151,20 @@ class Backend(abc.ABC):
         """Release file descriptors and sockets (devices and routes stay, like flannel's)."""
 
 
-async def delete_peer_routes(nl: "Netlink", backend: Backend) -> None:
-    """Delete every route to a peer-sized subnet of the Network (either family's) but our own,
+def lease_subnets(lease: Lease | None) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The subnets of ``lease`` (one or two; none for None)."""
+    return set() if lease is None else {lease.subnet, lease.subnet6} - {None}
+
+
+async def delete_peer_routes(nl: "Netlink", config: NetworkConfig, lease: Lease | None) -> None:
+    """Delete every route to a peer-sized subnet of ``config``'s Network (either family's) but
+    ``lease``'s,
     through any device, known or not: host-gw's and VXLAN's direct routes on the underlay, kernel
     VXLAN's on ``flannel.<VNI>`` (a device that outlives the daemon). The daemon calls it before any
     backend's :meth:`~Backend.setup`, so routes left by an earlier run, or by another backend before
     the operator switched (pod packets in the clear beside a WireGuard device), are gone; a backend
     that routes per peer puts back the live ones from the first listing."""
-    own = frozenset() if backend.lease is None else frozenset({backend.lease.subnet, backend.lease.subnet6} - {None})
-    for pool in (backend.config.ipv4, backend.config.ipv6):
+    own = frozenset(lease_subnets(lease))
+    for pool in (config.ipv4, config.ipv6):
         if pool is not None:
             await nl.delete_routes_within(pool.network, prefixlen=pool.subnet_len, keep=own)

@@ -23,7 +23,7 @@ from ..lease.model import Lease
 from ..lease.watcher import Batch
 from ..netconf import BackendConfig
 from ..plumbing.netlink import Netlink
-from .base import Backend, delete_peer_routes
+from .base import Backend, delete_peer_routes, lease_subnets
 from .registry import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,6 @@ def peer_routes(lease: Lease, versions: frozenset[int]) -> list[tuple[Network, i
         if version in versions and subnet is not None and gateway is not None]
 
 
-def lease_subnets(lease: Lease | None) -> set[Network]:
-    """The subnets of ``lease`` (one or two; none for None)."""
-    return set() if lease is None else {lease.subnet, lease.subnet6} - {None}
-
-
 class HostGwBackend(Backend):
     """Routes to peers' subnets through their node IPs."""
 
@@ -80,7 +75,7 @@ class HostGwBackend(Backend):
     async def teardown(self, nl: Netlink) -> None:
         """``--cleanup-on-exit``: every peer route goes (there is no device)."""
         async with self._lock:
-            await delete_peer_routes(nl, self)
+            await delete_peer_routes(nl, self.config, self.lease)
             self.routes.clear()
             self.leases.clear()
 

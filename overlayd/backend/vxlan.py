@@ -84,8 +84,8 @@ from ..netconf import (DEFAULT_VNI, BackendConfig, NetworkConfig, _bool_field, _
 from ..plumbing import ethtool, sysctl
 from ..plumbing.netlink import DeviceDump, Netlink
 from ..plumbing.peerwrites import Writes
-from .base import Backend, NodeOptions, delete_peer_routes
-from .hostgw import lease_subnets, node_versions, peer_routes
+from .base import Backend, NodeOptions, delete_peer_routes, lease_subnets
+from .hostgw import node_versions, peer_routes
 from .registry import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class KernelVxlanBackend(Backend):
         for vtep in self.vteps.values():
             await nl.delete_link(vtep.device)
         if self.config.backend.direct_routing:
-            await delete_peer_routes(nl, self)
+            await delete_peer_routes(nl, self.config, self.lease)
 
     async def _dumps(self, nl: Netlink) -> tuple[tuple[tuple[int, DeviceDump], ...], DeviceDump | None]:
         """What the devices list, by IP version (and with DirectRouting, the underlay's routes)."""

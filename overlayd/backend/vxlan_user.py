@@ -166,7 +166,7 @@ class UserVxlanBackend(UserspaceBackend):
         await super().teardown(nl)
         if self.config.backend.direct_routing:
             async with self._lock:
-                await delete_peer_routes(nl, self)
+                await delete_peer_routes(nl, self.config, self.lease)
                 self.direct.clear()
 
     def stats(self) -> dict:

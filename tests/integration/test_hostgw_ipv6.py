@@ -53,7 +53,7 @@ SCRIPT = BACKEND_PRELUDE + textwrap.dedent('''
         backend = HostGwBackend(config, underlay, NodeOptions())
         sh("ip", "route", "add", "fd00:10:244:9::/64", "via", "2001:db8::19", "dev", "eth0")  # left from before
         backend.lease = own = lease("10.244.3.0/24", "198.18.0.11", "2001:db8::11", "fd00:10:244:3::/64")
-        await changes_of(lambda nl: delete_peer_routes(nl, backend))  # the daemon's step before any setup
+        await changes_of(lambda nl: delete_peer_routes(nl, config, own))  # the daemon's step before any setup
         await backend.setup(own)
         seen = {"after_setup": routes()}
         peer = lease("10.244.7.0/24", "198.18.0.17", "2001:db8::17", "fd00:10:244:7::/64")

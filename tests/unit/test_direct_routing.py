@@ -142,7 +142,7 @@ async def test_user_reconcile_setup_and_teardown_own_the_direct_routes(kernel, m
     monkeypatch.setattr(vxlan_user.sysctl, "disable_ipv6", lambda dev: None)
     monkeypatch.setattr(vxlan_user.sysctl, "set_rp_filter", lambda dev, value: None)
     monkeypatch.setattr(vxlan_user.sysctl, "set_accept_local", lambda dev: None)
-    await delete_peer_routes(kernel, backend)  # the daemon's step before any backend's setup
+    await delete_peer_routes(kernel, backend.config, backend.lease)  # the daemon's step before any backend's setup
     await backend.setup(backend.lease)  # stale routes gone, live ones are put back
     assert kernel.direct() == {"10.244.2.0/24": NEAR}
     assert kernel.table[net("10.244.0.0/16")] == ("overlay0", None)
