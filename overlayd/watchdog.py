@@ -91,7 +91,7 @@ class Liveness:
     def ages(self) -> dict[str, float]:
         """Seconds since each running heartbeat's last beat (not yet started ones are left out)."""
         now = self.clock()
-        return {name: now - last for name, beat in list(self.beats.items())
+        return {name: now - last for name, beat in self.beats.copy().items()
                 if (last := beat.last) is not None}
 
     def stalled(self, limit: float = STALL_AFTER) -> dict[str, float]:
@@ -102,7 +102,7 @@ class Liveness:
         """The heartbeats not beating (never started, or stopped) more than ``limit`` seconds after
         they were watched, with the seconds since then: empty when every loop started in time."""
         now = self.clock()
-        return {name: now - self.due[name] for name, beat in list(self.beats.items())
+        return {name: now - self.due[name] for name, beat in self.beats.copy().items()
                 if beat.last is None and now - self.due[name] > limit}
 
     def problem(self, limit: float = STALL_AFTER) -> str | None:

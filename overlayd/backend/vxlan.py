@@ -467,7 +467,8 @@ class KernelVxlanBackend(Backend):
         version, direct_peers = self._direct
         if version != self._version:
             version = self._version
-            direct = {subnet for subnet, (*_, dev) in list(self.peers.items()) if dev}
+            # dict.copy() runs no Python code, list(items()) may (a collection): the control loop changes peers
+            direct = {subnet for subnet, (*_, dev) in self.peers.copy().items() if dev}
             direct_peers = sum(1 for lease in list(self.leases.values()) if lease_subnets(lease) & direct) \
                 if direct else 0
             self._direct = (version, direct_peers)

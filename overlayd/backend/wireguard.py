@@ -522,7 +522,8 @@ class WireguardBackend(Backend):
         received and sent, from the device's counters as last read (by :meth:`run` or :meth:`reconcile`)."""
         now = time.time() if now is None else now
         out = []
-        for subnet, peers in sorted(list(self.peers.items()), key=lambda item: (item[0].version, item[0])):
+        # dict.copy() runs no Python code, list(items()) may (a collection): the control loop changes peers
+        for subnet, peers in sorted(self.peers.copy().items(), key=lambda item: (item[0].version, item[0])):
             for device, peer in sorted(peers.items()):
                 state = self.peer_counters.get(device, {}).get(peer.key)
                 seen = state.latest_handshake if state else 0

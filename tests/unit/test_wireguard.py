@@ -20,6 +20,7 @@ from overlayd.lease.model import Lease, LeaseAttrs
 from overlayd.lease.watcher import Batch
 from overlayd.netconf import parse_config
 from overlayd.plumbing import wg
+from tests.unit.test_backend_threads import churn, collecting
 
 KEY_A = "kVUUlMuDvZ9Zi2qNFRIMjt4cdCzDb2BCctEsTserck4="
 KEY_B = "3DxfDesZeuecffSJjwVBPRabup1y/18BGOMJ3P9FSVg="
@@ -381,7 +382,6 @@ def test_an_idle_peer_or_an_old_session_is_not_stalled():
 def test_peer_lists_survive_peer_changes_on_the_control_loop(backend):
     """The health server's thread reads peer_subnets/peer_stats/stats while apply changes peers
     (tests/unit/test_backend_threads.py's churn, against this backend's table)."""
-    from tests.unit.test_backend_threads import churn
     net = ipaddress.IPv4Network("10.244.2.0/24")
     value = {"flannel-wg": wireguard._Peer(KEY_B, (net,), "198.18.0.2:51820")}
     backend.peers = {ipaddress.IPv4Network((0x0AF40000 + 256 * i, 24)): value for i in range(1000)}
@@ -399,6 +399,18 @@ def test_peer_lists_survive_peer_changes_on_the_control_loop(backend):
         stop.set()
         worker.join(5)
         sys.setswitchinterval(old)
+
+
+def test_peer_lists_survive_a_collection_that_changes_peers(backend):
+    """A collection during a read can hand the GIL to the control loop (test_backend_threads)."""
+    net = ipaddress.IPv4Network("10.244.2.0/24")
+    value = {"flannel-wg": wireguard._Peer(KEY_B, (net,), "198.18.0.2:51820")}
+    backend.peers = {ipaddress.IPv4Network((0x0AF40000 + 256 * i, 24)): value for i in range(1000)}
+    with collecting(backend.peers, value):
+        backend.peer_subnets()
+        assert len(backend.peer_stats()) >= 1000
+        backend.stats()
+    assert len(backend.peers) > 1000  # the collector ran and changed the table
 
 
 async def test_only_the_first_listing_is_greeted_and_a_failed_greeting_is_a_warning(backend, monkeypatch, caplog):
