@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -36,6 +37,7 @@ from .lease.model import Lease, config_key
 from .netconf import NetworkConfig, parse_config
 from .plumbing import guard, nft, sysctl
 from .plumbing.iface import families
+from .plumbing.kernelwatch import KernelWatch
 from .plumbing.netlink import Netlink
 from .service.etcd import ServiceStore
 from .service.proxy import ServiceProxy
@@ -80,7 +82,13 @@ class DaemonOptions:
     lease_ttl: int = 24 * 3600
     ip_masq: bool = False
     node: NodeOptions = NodeOptions()
-    resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own
+    resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own (on a change)
+    full_resync_interval: float = 60.0  # the longest time without a drift check, change or not
+
+    @property
+    def full_resync_periods(self) -> int:
+        """``full_resync_interval`` in resync periods (at least one)."""
+        return max(1, math.ceil(self.full_resync_interval / self.resync_interval - 1e-9))
     cleanup_on_exit: bool = False  # a clean stop revokes the lease and removes all we made
     healthz_addr: tuple[str, int] | None = None  # where to serve /healthz, /readyz, /metrics
 
@@ -264,6 +272,8 @@ class Daemon:
         self.manager: LeaseManager | None = None
         self.watcher: health.CountingLeaseWatcher | None = None
         self.liveness = Liveness()  # heartbeats of the event loops (watchdog, /healthz)
+        # drift repair checks when the kernel reports a change
+        self.kernel_watch = KernelWatch(full_every=options.full_resync_periods)
         self.health: health.HealthServer | None = None
         self.peers_seen: dict[ipaddress.IPv4Network, tuple[Lease, float]] = {}  # lease, first seen
         self._peers_json: str | None = None  # the status file's peer fields (the object's tail), until peers change
@@ -433,7 +443,7 @@ class Daemon:
                 ServiceStore(self.store),
                 NodeView(config.network, lease.subnet, tuple(a for a in (underlay.public_ip,) if a is not None)),
                 self.connectivity, resync_interval=opts.resync_interval, lease=lambda: self.lease,
-                spool_dir=opts.endpoints_dir)
+                spool_dir=opts.endpoints_dir, watch=KernelWatch(route=False, full_every=opts.full_resync_periods))
             jobs["services"] = self.services.run()
         await supervise(jobs)
 
@@ -548,6 +558,7 @@ class Daemon:
                 "mtu": backend.mtu, "stats": backend.stats(), "peer_stats": backend.peer_stats(),
             })
             peers_json = self._peers_json
+        status["drift_checks"] = dict(self.kernel_watch.checks)  # drift-repair passes, by why they ran
         if self.services is not None:  # services, endpoints (ready), nft applies and repairs
             status["services"] = self.services.stats()
         status.update({"updated": time.time(), "interval": STATUS_INTERVAL})
@@ -568,15 +579,27 @@ class Daemon:
             await asyncio.sleep(STATUS_INTERVAL)
 
     async def _resync_loop(self) -> None:
-        """Drift repair every ``resync_interval`` (flannel rechecks every 10 s): one line per
-        repair; a failed pass is logged (once per distinct error) and tried again next period."""
+        """Drift repair at the end of a ``resync_interval`` (flannel rechecks every 10 s) in which
+        the kernel reported a change (:mod:`overlayd.plumbing.kernelwatch`), and every
+        ``full_resync_interval`` in any case: one line per repair; a failed pass is logged (once per
+        distinct error) and tried again next period."""
         problem = _Reporter()
+        self.kernel_watch.open()
+        try:
+            await self._repair_when_due(problem)
+        finally:
+            self.kernel_watch.close()
+
+    async def _repair_when_due(self, problem: _Reporter) -> None:
         while True:
             await asyncio.sleep(self.options.resync_interval)
+            if not self.kernel_watch.due():
+                continue
             try:
                 for change in await repair_drift(self.backend, self.lease, self.options.ip_masq):
                     log.warning("repaired: %s", change)
             except Exception as exc:  # this task must outlive any one failed pass, bugs included
+                self.kernel_watch.changed = True  # retried next period, change or not
                 problem(f"drift repair failed, retrying in {self.options.resync_interval:g}s: "
                         f"{exc if isinstance(exc, OverlayError) else f'{type(exc).__name__}: {exc}'}")
             else:

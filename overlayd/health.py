@@ -69,6 +69,7 @@ from .hostport import host_port
 from .lease.connectivity import Connectivity
 from .lease.model import Lease
 from .lease.watcher import LeaseWatcher
+from .plumbing.kernelwatch import KernelWatch
 from .watchdog import Liveness
 
 # Backend stats that are table sizes, not counters: the overlayd_*peers gauges (PEER_GAUGES) cover them.
@@ -110,6 +111,7 @@ class DaemonState(Protocol):
     connectivity: Connectivity
     watcher: "CountingLeaseWatcher | None"
     liveness: Liveness
+    kernel_watch: KernelWatch  # drift repair's change notices and its passes by reason
 
 
 class CountingLeaseWatcher(LeaseWatcher):
@@ -323,6 +325,14 @@ class DaemonCollector:
         yield _gauge("overlayd_stray_leases", "Lease keys for another subnet that carry this node's "
                      "PublicIP: every peer routes them here (warned about once each)",
                      len(state.watcher.strays) if state.watcher else 0)
+        checks = CounterMetricFamily("overlayd_drift_checks", "Drift-repair passes (each lists the kernel "
+                                     "state overlayd owns), by why: a kernel change notice ('change', also the "
+                                     "first pass and a failed pass's retry), 'periodic' (a pass every few "
+                                     "periods in any case) or 'unwatched' (no change notices here)",
+                                     labels=["reason"])
+        for reason, count in state.kernel_watch.checks.items():
+            checks.add_metric([reason], count)
+        yield checks
         ages = GaugeMetricFamily("overlayd_loop_heartbeat_age_seconds", "Seconds since each event loop "
                                  "last turned (the watchdog and /healthz judge these)", labels=["loop"])
         for name, age in state.liveness.ages().items():

@@ -162,7 +162,13 @@ def _event_loop(ctx, param, value):
                    "both forms whatever this flag, so nodes may differ.")
 @click.option("--resync-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_envvar=True,
               metavar="SECONDS", help="How often the kernel state overlayd owns (routes, devices, peers' "
-                                      "entries, cni0, nft table) is checked and repaired if changed.")
+                                      "entries, cni0, nft table) is checked and repaired if changed, when the "
+                                      "kernel reported a change to it (see --full-resync-interval).")
+@click.option("--full-resync-interval", type=click.FloatRange(1, 86400), default=60.0, show_envvar=True,
+              metavar="SECONDS", help="Between resyncs the check runs only if the kernel reported a change to "
+                                      "that state (a route, device, address, neighbour, FDB entry or nft table); "
+                                      "this is the longest time without a check all the same (it finds what no "
+                                      "change notice covers: sysctls, WireGuard peers edited by hand).")
 @click.option("--cleanup-on-exit", is_flag=True, show_envvar=True,
               help="Decommission on a clean stop (SIGTERM/SIGINT): revoke the lease so peers drop this "
                    "node at once, and remove every device, route, neighbour, FDB entry, cni0, the nft "
@@ -178,7 +184,8 @@ def _event_loop(ctx, param, value):
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface_can_reach, public_ip, public_ipv6,
         subnet_file, status_file, state_dir, lease_ttl, ip_masq, vxlan_impl,
-        event_loop, datapath, udp_checksum, resync_interval, cleanup_on_exit, healthz_addr, log_level, verbose):
+        event_loop, datapath, udp_checksum, resync_interval, full_resync_interval, cleanup_on_exit, healthz_addr,
+        log_level, verbose):
     """Run the overlay on this node.
 
     Leases a pod subnet from etcd, sets up the overlay device, the cni0 bridge
@@ -210,7 +217,8 @@ def cli(etcd_endpoints, etcd_prefix, etcd_credentials, iface, iface_regex, iface
         etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix, etcd_credentials=etcd_credentials, iface=iface,
         iface_regex=iface_regex, iface_can_reach=iface_can_reach, public_ip=public_ip, public_ip6=public_ipv6,
         subnet_file=subnet_file, status_file=status_file, lease_ttl=lease_ttl, ip_masq=ip_masq,
-        resync_interval=resync_interval, cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
+        resync_interval=resync_interval, full_resync_interval=full_resync_interval,
+        cleanup_on_exit=cleanup_on_exit, healthz_addr=healthz_addr,
         node=NodeOptions(vxlan_impl=vxlan_impl, use_uvloop=event_loop == "uvloop", datapath=datapath,
                          udp_checksum=udp_checksum, state_dir=os.path.abspath(state_dir)),
     )

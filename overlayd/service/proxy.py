@@ -8,9 +8,10 @@ with ``--cleanup-on-exit``). Three loops:
   the watch breaks it re-lists and applies only the difference, with the peer watch's rules
   (:func:`overlayd.lease.manager.follow_peers`): wait for etcd while it is away, back off
   while the watch flaps, re-list at once after a compaction;
-* drift repair: every ``resync_interval`` the live table is listed and compared with what
-  was applied; anything else (a missing table, a chain an operator flushed, a rule added)
-  is replaced as a whole, one log line. Listing is nft's slow part (2.6 s for 1000 services
+* drift repair: at the end of a ``resync_interval`` in which nftables reported a change (or
+  every few periods in any case, :mod:`overlayd.plumbing.kernelwatch`) the live table is
+  listed and compared with what was applied; anything else (a missing table, a chain an
+  operator flushed, a rule added) is replaced as a whole, one log line. Listing is nft's slow part (2.6 s for 1000 services
   of 10 endpoints here, 12,000 chains), so the pause is also at least :data:`DRIFT_DUTY`
   times the last check's duration: at most 2% of a core, whatever the scale;
 * health: the endpoints this node owns are probed (:mod:`.health`) and their readiness
@@ -40,6 +41,7 @@ from ..lease.connectivity import Connectivity
 from ..lease.manager import WatchFlaps, batched
 from ..lease.model import Lease
 from ..plumbing import nft
+from ..plumbing.kernelwatch import KernelWatch
 from .etcd import ServiceStore
 from . import spool
 from .conntrack import Backend, ConntrackFlusher, stale, udp_backends
@@ -114,17 +116,20 @@ class ServiceProxy:
                  resync_interval: float = 10.0, health: HealthSettings | None = HealthSettings(),
                  lease: Callable[[], Lease | None] | None = None, spool_dir: str | None = spool.DEFAULT_DIR,
                  kernel: KernelTable | None = None, conntrack: ConntrackFlusher | None = None,
+                 watch: KernelWatch | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None):
         """``health`` None: this node does not check its endpoints. ``lease`` gives this node's
         lease as it is now (the daemon's, renewed or re-acquired); with ``spool_dir`` the CNI
         plugin's endpoints are published bound to it (either None: not). ``kernel`` and
-        ``conntrack`` are the nft table and the UDP flow cutter (replaceable in tests)."""
+        ``conntrack`` are the nft table and the UDP flow cutter, ``watch`` says when drift repair is
+        due (default: on nftables' change notices; all replaceable in tests)."""
         self.store, self.node, self.connectivity = store, node, connectivity
         self.resync_interval, self.health = resync_interval, health
         self.lease, self.spool_dir = lease, spool_dir
         self.kernel = kernel or KernelTable()
         self.conntrack = conntrack or ConntrackFlusher()
+        self.watch = watch or KernelWatch(route=False)
         self._udp: frozenset[Backend] = frozenset()  # the UDP backends of the table applied last
         self.clock, self.sleep, self.rng = clock, sleep, rng
         self.table = ServiceTable()
@@ -198,16 +203,27 @@ class ServiceProxy:
 
     async def repair_drift(self) -> None:
         """Compare the live table with the applied one every ``resync_interval`` (or
-        :data:`DRIFT_DUTY` times the last check's duration, if longer), forever."""
+        :data:`DRIFT_DUTY` times the last check's duration, if longer) when :attr:`watch` says a
+        check is due, forever."""
+        self.watch.open()
+        try:
+            await self._repair_when_due()
+        finally:
+            self.watch.close()
+
+    async def _repair_when_due(self) -> None:
         problem, took = None, 0.0
         while True:
             await self.sleep(max(self.resync_interval, DRIFT_DUTY * took))
+            if not self.watch.due():
+                continue
             try:
                 async with self._lock:
                     started = self.clock()
                     repaired = await asyncio.to_thread(self.kernel.repair)
                     took = self.clock() - started
             except OverlayError as exc:
+                self.watch.changed = True  # retried next period, change or not
                 if str(exc) != problem:
                     log.warning("services: drift repair failed, retrying in %gs: %s", self.resync_interval, exc)
                 problem = str(exc)

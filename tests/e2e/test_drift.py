@@ -14,7 +14,9 @@ from .tools import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
-RESYNC = ["--resync-interval", "1"]
+# a check every second if the kernel reported a change, and no check without one: a repair shows the
+# change notice was heard (overlayd.plumbing.kernelwatch)
+RESYNC = ["--resync-interval", "1", "--full-resync-interval", "3600"]
 
 
 def sh(node: Node, *argv: str) -> str:
@@ -92,10 +94,22 @@ def test_host_gw_peer_route_comes_back(make_lab):
 
 
 def test_right_state_is_not_rewritten(make_lab):
-    """Three resync periods on an untouched kernel-VXLAN node: no netlink write, no nft write."""
+    """Three resync periods on an untouched kernel-VXLAN node: no netlink write, no nft write, and
+    no check either (nothing changed)."""
     lab = two_nodes(make_lab, "vxlan", "kernel")
     node = lab.nodes[0]
-    time.sleep(1.5)  # the first periods after start
+    # the first checks after start (the peer's entries were just written): settled once a status
+    # written 2.5 periods after the last one that counted a new check counts none
+    last = {"checks": None, "since": 0.0}
+
+    def settled():
+        status = lab.node_status(node)
+        if status["drift_checks"] != last["checks"]:
+            last.update(checks=status["drift_checks"], since=status["updated"])
+        return status["updated"] - last["since"] >= 2.5 and status["drift_checks"]["change"] >= 1
+
+    assert wait_for(settled, timeout=20), last
+    checks = last["checks"]
     monitors = [subprocess.Popen(["ip", "netns", "exec", node.netns, *argv], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
                 for argv in (["ip", "-4", "monitor", "link", "address", "route", "neigh"],
@@ -105,6 +119,7 @@ def test_right_state_is_not_rewritten(make_lab):
     finally:
         for m in monitors:
             m.terminate()
+    ended = time.time()
     # the underlay's own ARP entries age on their own; naming eth0's peer namespace (in the underlay
     # namespace) for an eth0 link event, ip asks the kernel about every namespace in /var/run/netns,
     # and one that another test is deleting meanwhile makes it print this error in place of the event
@@ -112,3 +127,5 @@ def test_right_state_is_not_rewritten(make_lab):
               if "dev eth0" not in l and l != "Error: Peer netns reference is invalid."]
     assert events == []
     assert repaired(lab, node) == []
+    assert wait_for(lambda: lab.node_status(node)["updated"] > ended, timeout=5)
+    assert lab.node_status(node)["drift_checks"] == checks

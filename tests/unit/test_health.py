@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import overlayd
 import overlayd.daemon
+from overlayd.plumbing.kernelwatch import KernelWatch
 from overlayd import health
 from overlayd.cli.daemon import cli as daemon_cli
 from overlayd.backend import create_backend
@@ -90,7 +91,7 @@ def state():
     liveness.watch("control loop", beat)
     return SimpleNamespace(ready=False, lease=None, lease_lost=False, backend=None, watcher=None,
                            connectivity=SimpleNamespace(up=True, outages=0, reconnects=0), liveness=liveness,
-                           peers_seen=peers_seen(*map(peer_lease, PEER_SUBNETS)))
+                           kernel_watch=KernelWatch(), peers_seen=peers_seen(*map(peer_lease, PEER_SUBNETS)))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from overlayd.plumbing.kernelwatch import KernelWatch
 from overlayd.backend import create_backend
 from overlayd.backend import vxlan as vxlan_backend
 from overlayd.backend import wireguard
@@ -62,7 +63,7 @@ def exported(btype: str, options: NodeOptions) -> dict[str, tuple[str, set[str]]
                   time.time() + 3600, handle=7)
     state = SimpleNamespace(ready=True, lease=lease, lease_lost=False, backend=backend, watcher=CountingLeaseWatcher(),
                             connectivity=SimpleNamespace(up=True, outages=0, reconnects=0), liveness=liveness,
-                            peers_seen={})
+                            kernel_watch=KernelWatch(), peers_seen={})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(state))
     text = generate_latest(registry).decode()

@@ -12,6 +12,7 @@ import pytest
 from overlayd.errors import PlumbingError, WatchReset
 from overlayd.lease.connectivity import Connectivity
 from overlayd.lease.model import Lease, LeaseAttrs
+from overlayd.plumbing.kernelwatch import KernelWatch
 from overlayd.service import spool
 from overlayd.service.conntrack import Backend
 from overlayd.service.health import HealthSettings
@@ -213,10 +214,40 @@ async def test_drift_checks_pause_for_their_own_cost():
         await asyncio.sleep(0)
 
     proxy = ServiceProxy(FakeStore(), NODE, Connectivity(lambda: asyncio.sleep(0)), resync_interval=10,
-                         health=None, kernel=Slow(), spool_dir=None, clock=lambda: now[0], sleep=sleep)
+                         health=None, kernel=Slow(), spool_dir=None, clock=lambda: now[0], sleep=sleep,
+                         watch=KernelWatch(full_every=1))
     with pytest.raises(asyncio.CancelledError):
         await proxy.repair_drift()
     assert pauses == [10, 100.0, 100.0]
+
+
+async def test_drift_checks_wait_for_a_change_notice():
+    """Without a change notice, the table is checked first and then every full_every periods only."""
+    checked, pauses = [], []
+
+    class Counting(Kernel):
+        def repair(self):
+            checked.append(len(pauses))
+            return None
+
+    async def sleep(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 7:
+            raise asyncio.CancelledError
+        await asyncio.sleep(0)
+
+    watch = KernelWatch(full_every=3)
+    watch.open = lambda: None  # no notices
+    proxy = ServiceProxy(FakeStore(), NODE, Connectivity(lambda: asyncio.sleep(0)), resync_interval=10,
+                         health=None, kernel=Counting(), spool_dir=None, sleep=sleep, watch=watch)
+    with pytest.raises(asyncio.CancelledError):
+        await proxy.repair_drift()
+    assert checked == [1, 4]  # after the first period, then the fourth
+    watch.changed = True
+    pauses.clear()
+    with pytest.raises(asyncio.CancelledError):
+        await proxy.repair_drift()
+    assert checked == [1, 4, 1, 4]
 
 
 DNS = Service("dns", A("10.96.0.53"), (ServicePort(53, 5353, "UDP", 30053), ServicePort(80, 8080)))

@@ -43,7 +43,7 @@ async def wait_until(predicate, timeout=2.0):
 def metric(daemon, name: str) -> float:
     state = SimpleNamespace(ready=True, lease=daemon.lease, lease_lost=False, backend=None, watcher=daemon.watcher,
                             connectivity=SimpleNamespace(up=True, outages=0, reconnects=0),
-                            liveness=SimpleNamespace(ages=lambda: {}))
+                            liveness=SimpleNamespace(ages=lambda: {}), kernel_watch=daemon.kernel_watch)
     for family in DaemonCollector(state).collect():
         if isinstance(family, Metric) and family.name == name:
             return family.samples[0].value
