@@ -14,7 +14,9 @@ one process standing for them all cannot either (see :mod:`overlayd.lab.simnodes
   requests per acquisition (counted by etcd itself:
   ``grpc_server_msg_received_total``) and etcd's CPU per acquisition, lost races per node
   (mean, max), etcd calls retried (timed out or busy, retried as the daemon does),
-  duplicate subnets (must be 0), leaked etcd leases (grants without a lease key; must be 0);
+  duplicate subnets (must be 0), etcd leases (grants) without a lease key: those of interrupted
+  creates the nodes still look for when the simulation stops ("looked for") and the others
+  ("leaked", must be 0);
 * one more node joins: seconds until every real daemon's peer table *and*
   kernel state (route + neighbour + FDB) include it; then its lease is
   revoked: seconds until it is gone everywhere;
@@ -57,6 +59,7 @@ import time
 import click
 
 from .bench import daemon_cpu
+from .simnodes import SETTLE_SECONDS
 from .topology import Lab, LabError, Node, run
 
 REAL_NODES = 2
@@ -89,7 +92,8 @@ class Row:
     busy_retries: int | None = None
     simulator_cpu_s: float | None = None
     duplicates: int | None = None
-    leaked_leases: int | None = None
+    leaked_leases: int | None = None  # grants without a key that no node looks for any more
+    unsettled_grants: int | None = None  # grants without a key, of creates still being settled
     propagate_s: float | None = None
     join_s: float | None = None
     revoke_s: float | None = None
@@ -114,9 +118,9 @@ def etcd_requests(lab: Lab) -> int:
                    if line.startswith("grpc_server_msg_received_total")))
 
 
-def etcd_grants(lab: Lab) -> int:
-    """How many etcd leases (grants) exist."""
-    return int(lab.etcdctl("lease", "list").stdout.split()[1])
+def etcd_grants(lab: Lab) -> set[int]:
+    """The IDs of the etcd leases (grants) that exist."""
+    return {int(word, 16) for word in lab.etcdctl("lease", "list").stdout.split()[3:]}
 
 
 def simnodes(lab: Lab, *args: str, timeout: float = 600) -> dict:
@@ -191,7 +195,10 @@ def measure(n: int, idle_seconds: int, progress, wave: int = WAVE) -> Row:
             row.retries_mean, row.retries_max = acquired["retries_mean"], acquired["retries_max"]
             row.busy_retries, row.simulator_cpu_s = acquired["busy_retries"], acquired["cpu_seconds"]
             row.duplicates = acquired["duplicates"]
-            row.leaked_leases = etcd_grants(lab) - (n + REAL_NODES)
+            # grants without a key: those the simulated nodes still look for, and the others (leaked)
+            grants = etcd_grants(lab)
+            row.unsettled_grants = len(grants & set(acquired["unsettled"]))
+            row.leaked_leases = len(grants) - (n + REAL_NODES) - row.unsettled_grants
             peers = n + REAL_NODES - 1
             t0 = time.monotonic()
             if not wait(lambda: all(kernel_peers(lab, node)["fdb"] >= peers for node in real), 120, 0.2):
@@ -240,7 +247,7 @@ COLUMNS = [  # (field, header, format)
     ("acquire_p99_s", "p99 s", "{:.2f}"), ("requests_per_acquisition", "req/acq", "{:.2f}"),
     ("etcd_ms_per_acquisition", "etcd ms", "{:.1f}"), ("retries_mean", "retries", "{:.2f}"),
     ("retries_max", "max", "{}"), ("busy_retries", "busy", "{}"), ("duplicates", "dup", "{}"),
-    ("leaked_leases", "leaked", "{}"),
+    ("leaked_leases", "leaked", "{}"), ("unsettled_grants", "looked for", "{}"),
     ("propagate_s", "all in s", "{:.2f}"), ("join_s", "join s", "{:.3f}"), ("revoke_s", "revoke s", "{:.3f}"),
     ("startup_s", "start s", "{:.2f}"), ("rss_mb", "RSS MB", "{:.1f}"), ("idle_cpu_pct", "idle %CPU", "{:.2f}"),
     ("idle_child_cpu_pct", "+child", "{:.2f}"),
@@ -466,7 +473,10 @@ def main(nodes, idle_seconds, wave, services, as_json):
                    f"one holds its leases (a cluster does not start thousands of daemons in one second; one "
                    f"process standing for them cannot). p99 s: a node's time from its wave's start to its "
                    f"lease; etcd ms: etcd's CPU per acquisition; busy: etcd calls retried as the daemon "
-                   f"retries them. +child: the idle daemon's child processes (iproute2 listings for drift repair). The simulator's own CPU: "
+                   f"retries them. leaked: etcd grants with no lease key that no node looks for; looked for: grants of "
+                   f"creates whose call was cut short, that the simulated nodes still look for after "
+                   f"{SETTLE_SECONDS:g} s (a daemon looks for an hour and revokes what it finds). +child: the idle "
+                   f"daemon's child processes (iproute2 listings for drift repair). The simulator's own CPU: "
                    + ", ".join(f"{r.simulator_cpu_s:g} s at {r.nodes}" for r in rows if r.simulator_cpu_s is not None))
     sys.exit(1 if any(r.error for r in rows) else 0)
 

@@ -464,9 +464,9 @@ class EtcdStore:
         return await self._call(op)
 
     @property
-    def unsettled(self) -> int:
-        """How many grants of interrupted creates are not settled yet (see :meth:`_settle`)."""
-        return len(self._unsettled)
+    def unsettled(self) -> frozenset[int]:
+        """The lease IDs of interrupted creates' grants not settled yet (see :meth:`_settle`)."""
+        return frozenset(self._unsettled)
 
     async def probe(self) -> None:
         """One cheap read that fails with :class:`StoreUnavailable` when etcd does not answer.
