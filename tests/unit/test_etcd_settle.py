@@ -85,10 +85,15 @@ async def test_concurrent_settles_revoke_an_orphan_grant_once_and_all_succeed(se
     assert not store._unsettled
 
 
-async def test_an_orphan_bound_to_a_key_is_settled_without_a_revoke():
-    store, client = store_with_orphan(), FakeClient({ORPHAN: [b"/t/subnets/10.244.1.0-24"]})  # its create ran
-    await store._settle(client)
-    assert client.revoked == [] and not store._unsettled
+async def test_an_orphan_bound_to_a_key_is_revoked_with_its_key(caplog):
+    """Its create ran and the reply was lost: the node went on to lease another subnet (or this one
+    under a new grant), and the key named it for a subnet nothing answers for until the TTL."""
+    store, client = store_with_orphan(), FakeClient({ORPHAN: [b"/t/subnets/10.244.1.0-24"]})
+    with caplog.at_level("INFO", logger="overlayd.lease.etcd"):
+        await store._settle(client)
+    assert client.revoked == [ORPHAN] and not store._unsettled
+    assert "revoked etcd lease 51 left by an interrupted create, and its key /t/subnets/10.244.1.0-24" \
+        in caplog.text
 
 
 @pytest.mark.parametrize("age, pending", [(0.0, {ORPHAN}), (SETTLE_WINDOW - 0.1, {ORPHAN}), (SETTLE_WINDOW, set())])
