@@ -197,6 +197,16 @@ async def test_the_cni_spool_is_published_bound_to_our_lease(tmp_path):
         await asyncio.gather(task, return_exceptions=True)
 
 
+def stopping_sleep(pauses: list, after: int):
+    """A sleep that records each pause and stops the loop (CancelledError) at the ``after``-th."""
+    async def sleep(seconds):
+        pauses.append(seconds)
+        if len(pauses) == after:
+            raise asyncio.CancelledError
+        await asyncio.sleep(0)
+    return sleep
+
+
 async def test_drift_checks_pause_for_their_own_cost():
     """A check that took 2 s (a huge table) waits 100 s for the next, not resync_interval's 10."""
     now = [0.0]
@@ -207,14 +217,9 @@ async def test_drift_checks_pause_for_their_own_cost():
             now[0] += 2.0
             return None
 
-    async def sleep(seconds):
-        pauses.append(seconds)
-        if len(pauses) == 3:
-            raise asyncio.CancelledError
-        await asyncio.sleep(0)
-
     proxy = ServiceProxy(FakeStore(), NODE, Connectivity(lambda: asyncio.sleep(0)), resync_interval=10,
-                         health=None, kernel=Slow(), spool_dir=None, clock=lambda: now[0], sleep=sleep,
+                         health=None, kernel=Slow(), spool_dir=None, clock=lambda: now[0],
+                         sleep=stopping_sleep(pauses, 3),
                          watch=KernelWatch(full_every=1))
     with pytest.raises(asyncio.CancelledError):
         await proxy.repair_drift()
@@ -230,24 +235,14 @@ async def test_drift_checks_wait_for_a_change_notice():
             checked.append(len(pauses))
             return None
 
-    async def sleep(seconds):
-        pauses.append(seconds)
-        if len(pauses) == 7:
-            raise asyncio.CancelledError
-        await asyncio.sleep(0)
-
     watch = KernelWatch(full_every=3)
     watch.open = lambda: None  # no notices
     proxy = ServiceProxy(FakeStore(), NODE, Connectivity(lambda: asyncio.sleep(0)), resync_interval=10,
-                         health=None, kernel=Counting(), spool_dir=None, sleep=sleep, watch=watch)
+                         health=None, kernel=Counting(), spool_dir=None, sleep=stopping_sleep(pauses, 8),
+                         watch=watch)
     with pytest.raises(asyncio.CancelledError):
         await proxy.repair_drift()
-    assert checked == [1, 4]  # after the first period, then the fourth
-    watch.changed = True
-    pauses.clear()
-    with pytest.raises(asyncio.CancelledError):
-        await proxy.repair_drift()
-    assert checked == [1, 4, 1, 4]
+    assert checked == [1, 4, 7]  # after the first period, then every third
 
 
 DNS = Service("dns", A("10.96.0.53"), (ServicePort(53, 5353, "UDP", 30053), ServicePort(80, 8080)))
