@@ -15,7 +15,7 @@ import click
 import pytest
 
 from overlayd.cli import ctl, daemon
-from overlayd.lab import bench, bench_control
+from overlayd.lab import bench, bench_afxdp, bench_control
 from overlayd.lab import cli as lab
 
 ROOT = Path(__file__).parents[2]
@@ -68,8 +68,12 @@ def option_names(params) -> set[str]:
     return {name for p in params if isinstance(p, click.Option) for name in p.opts + p.secondary_opts}
 
 
+#: scripts/install's own flags, from its argument ``case``
+INSTALL_FLAGS = set(re.findall(r"^ +(--[a-z-]+)\)", (ROOT / "scripts" / "install").read_text(), flags=re.MULTILINE))
+
 OUR_FLAGS = option_names(all_params(daemon.cli) + all_params(ctl.cli) + all_params(lab.cli)
-                         + all_params(bench.main) + all_params(bench_control.main)) | {"--help", "--version"}
+                         + all_params(bench.main) + all_params(bench_control.main) + all_params(bench_afxdp.main)) \
+    | INSTALL_FLAGS | {"--help", "--version"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=doc_id)
