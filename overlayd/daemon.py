@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from . import __version__, health, privileges, sdnotify, subnetenv
 from .atomicfile import write_atomic
-from .backend import create_backend
+from .backend import create_backend, registry
 from .backend.base import Backend, NodeOptions, Underlay, delete_peer_routes
 from .backend.userspace import UserspaceBackend
 from .errors import (ConfigError, LeaseError, OverlayError, PlumbingError, StoreError, StoreRetryable,
@@ -217,6 +217,16 @@ async def prepare_node(nl: Netlink, config: NetworkConfig, lease: Lease, mtu: in
             nl.changes.append(repaired)
 
 
+async def remove_leftover_devices(backend_type: str) -> None:
+    """Delete the devices another backend left that outlive a daemon (the network's backend was
+    switched): one line each. Before the preflight: a kernel VXLAN device holds the UDP port."""
+    async with Netlink() as nl:
+        for name, owner in registry.leftovers(await nl.link_names(), backend_type):
+            await nl.delete_link(name)
+            log.info("removed %s, a device of the %s backend (the network's backend is now %s)",
+                     name, owner, backend_type)
+
+
 async def repair_drift(backend: Backend, lease: Lease, ip_masq: bool) -> list[str]:
     """Put back the kernel state this node owns where someone removed or changed it; what was repaired."""
     async with Netlink() as nl:
@@ -389,6 +399,7 @@ class Daemon:
         self.backend = backend = create_backend(config, underlay, opts.node)
         if isinstance(backend, UserspaceBackend):
             privileges.check_tun()
+        await remove_leftover_devices(config.backend.type)
         await backend.preflight()
 
         previous = subnetenv.read(opts.subnet_file)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import re
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class BackendSpec:
     ``Backend.<field>``; fields accepted without effect go to ``notes``. It is pure.
     ``implementation(options)`` is the :class:`~overlayd.backend.base.Backend` class for this
     node (vxlan has two, by ``options.vxlan_impl``), created as ``cls(config, underlay, options)``.
+    ``devices`` matches (whole) the names of the devices it makes that outlive the daemon, which
+    a node whose network switched to another backend removes at start (:func:`leftovers`).
     """
 
     name: str  # Backend.Type (lowercase) and the leases' BackendType
@@ -48,6 +51,7 @@ class BackendSpec:
     overhead: int  # bytes of encapsulation: the overlay MTU is Backend.MTU (else the underlay's) minus this
     parse: Callable[[dict, list[str]], "BackendConfig"]
     implementation: Callable[["NodeOptions"], type["Backend"]]
+    devices: str = ""  # a regular expression; "": none outlives the daemon
 
 
 @functools.cache
@@ -84,3 +88,12 @@ def all_keys() -> frozenset[str]:
 def flannel_only() -> tuple[str, ...]:
     """flannel's backends that no module here implements."""
     return tuple(name for name in FLANNEL_BACKENDS if name not in specs())
+
+
+def leftovers(links: list[str], current: str) -> list[tuple[str, str]]:
+    """The links among ``links`` (device names) that another backend than ``current`` makes and
+    leaves behind, each with that backend's name: a node that switched backends removes them (a
+    kernel VXLAN device held the tunnel's UDP port against the udp backend on the same Port)."""
+    patterns = [(name, re.compile(each.devices)) for name, each in specs().items()
+                if name != current and each.devices]
+    return [(link, owner) for link in links for owner, pattern in patterns if pattern.fullmatch(link)]

@@ -475,4 +475,4 @@ class KernelVxlanBackend(Backend):
         return {"peers": len(self.peers), "skipped_peers": len(self.skipped), "direct_peers": direct_peers}
 
 
-SPEC = BackendSpec(TYPE, KEYS, OVERHEAD, parse, implementation)
+SPEC = BackendSpec(TYPE, KEYS, OVERHEAD, parse, implementation, devices=r"flannel(-v6)?\.[0-9]+")

@@ -57,6 +57,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import time
 
 from ..errors import ConfigError, PlumbingError
@@ -554,4 +555,5 @@ def parse(raw: dict, notes: list[str]) -> BackendConfig:
     return BackendConfig(type=TYPE, mtu=settings.mtu, settings=settings)
 
 
-SPEC = BackendSpec(TYPE, KEYS, OVERHEAD, parse, lambda options: WireguardBackend)
+SPEC = BackendSpec(TYPE, KEYS, OVERHEAD, parse, lambda options: WireguardBackend,
+                   devices=re.escape(DEVICE) + f"({re.escape(V6_SUFFIX)})?")  # the kernel's; wireguard-go's go with it

@@ -179,6 +179,10 @@ class Netlink:
             raise PlumbingError(f"no network interface named {name}")
         return link["index"]
 
+    async def link_names(self) -> list[str]:
+        """The names of every link in this namespace."""
+        return [link.get("ifname") async for link in await self.ipr.link("dump")]
+
     async def exists(self, name: str) -> bool:
         """Whether a link called ``name`` exists."""
         return await self._link(name) is not None

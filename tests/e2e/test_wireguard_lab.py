@@ -202,3 +202,4 @@ def test_switching_to_wireguard_leaves_no_peer_route_in_the_clear(make_lab):
             peers = [lab.node_status(other)["subnet"] for other in lab.nodes if other is not node]
             routes = run(["ip", "-n", node.netns, "-4", "route", "show", "table", "main"]).stdout
             assert not [line for line in routes.splitlines() if line.split()[0] in peers], (before, routes)
+            assert run(["ip", "-n", node.netns, "link", "show", "flannel.1"], check=False).returncode != 0

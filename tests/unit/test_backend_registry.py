@@ -33,6 +33,23 @@ def test_each_backend_module_declares_itself():
     assert all(name not in registry.flannel_only() for name in registry.names())
 
 
+LINKS = ["lo", "eth0", "cni0", "flannel.1", "flannel-v6.1", "flannel.4096", "flannel-wg", "flannel-wg-v6",
+         "tun0", "overlay0", "flannel.x", "flannel.1.5", "flannel-wg0", "veth1234abcd"]
+
+
+@pytest.mark.parametrize("current, expected", [
+    ("udp", [("flannel.1", "vxlan"), ("flannel-v6.1", "vxlan"), ("flannel.4096", "vxlan"),
+             ("flannel-wg", "wireguard"), ("flannel-wg-v6", "wireguard")]),
+    ("host-gw", [("flannel.1", "vxlan"), ("flannel-v6.1", "vxlan"), ("flannel.4096", "vxlan"),
+                 ("flannel-wg", "wireguard"), ("flannel-wg-v6", "wireguard")]),
+    ("vxlan", [("flannel-wg", "wireguard"), ("flannel-wg-v6", "wireguard")]),  # its own devices are its own
+    ("wireguard", [("flannel.1", "vxlan"), ("flannel-v6.1", "vxlan"), ("flannel.4096", "vxlan")]),
+])
+def test_devices_other_backends_left_are_named_with_their_backend(current, expected):
+    """Whole names only: flannel.x, flannel.1.5 (a VLAN on flannel.1?), flannel-wg0 are not ours."""
+    assert registry.leftovers(LINKS, current) == expected
+
+
 def test_vxlan_keeps_its_two_implementations():
     config = parse_config({"Network": NET, "Backend": {"Type": "vxlan"}})
     assert backend_class(config, NodeOptions(vxlan_impl="kernel")).__name__ == "KernelVxlanBackend"
