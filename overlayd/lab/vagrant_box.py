@@ -33,7 +33,9 @@ Design notes:
   network) without DNS, and no resolver: nothing a VM does is forwarded off
   this machine by libvirt's dnsmasq. Vagrant writes eth1's file (the private
   network) itself (its Debian guest support uses networkd when it runs).
-* All VMs of a box share its ssh host keys: a lab on an isolated network.
+* No ssh host keys in the box: openssh-server's install made some in the tree, which every VM
+  of the box would have shared (one VM could pose as another); they are deleted and each VM
+  makes its own at its first boot (:func:`host_keys_unit`, before sshd).
 * The ``.box`` is cached in :data:`CACHE_DIR`, named by a hash of everything
   that makes it (the recipe's mmdebstrap command with its hooks, the disk's
   size and label, the metadata), and rebuilt when that changes.
@@ -101,6 +103,17 @@ def eth0_network() -> str:
     return "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nUseDNS=false\nUseNTP=false\nUseDomains=false\n"
 
 
+HOST_KEYS_UNIT = "/etc/systemd/system/ssh-host-keys.service"
+
+
+def host_keys_unit() -> str:
+    """A unit making the machine's own ssh host keys at its first boot, before sshd starts. Pure."""
+    return ("[Unit]\nDescription=This machine's own ssh host keys (the box has none)\n"
+            "ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\nBefore=ssh.service\n\n"
+            "[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n"
+            "[Install]\nRequiredBy=ssh.service\nWantedBy=multi-user.target\n")
+
+
 def metadata() -> dict:
     """The box's metadata.json: vagrant-libvirt's format v2, the size read from the disk. Pure."""
     return {"provider": "libvirt", "format": "qcow2", "disks": [{"path": "box.img"}]}
@@ -132,6 +145,9 @@ def box_hooks(public_key: str) -> list[str]:
         f'chroot "$1" chown -R {USER}:{USER} {home}/.ssh',
         _write("/etc/systemd/network/10-eth0.network", eth0_network()),
         'systemctl --root="$1" enable systemd-networkd.service',
+        'rm -f "$1"/etc/ssh/ssh_host_*',  # every VM makes its own (see the module notes)
+        _write(HOST_KEYS_UNIT, host_keys_unit()),
+        'systemctl --root="$1" enable ssh-host-keys.service',
         'rm -f "$1/etc/resolv.conf"',  # no resolver (see the module notes)
         _write("/etc/fstab", fstab()),
         'mkdir -p "$1/boot/grub"',

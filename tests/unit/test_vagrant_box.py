@@ -49,6 +49,15 @@ def test_the_box_is_the_machines_recipe_plus_a_vm_and_vagrants_user():
     assert vagrant_box.grub_cfg().splitlines()[0] in box and vagrant_box.fstab().strip() in box
 
 
+def test_each_vm_makes_its_own_ssh_host_keys_before_sshd():
+    box = "\n".join(hooks(vagrant_box.BoxRecipe(BASE, KEY).mmdebstrap_argv("/tmp/target", "/tmp/wheels")))
+    removal, unit = box.index('rm -f "$1"/etc/ssh/ssh_host_*'), box.index("ssh-keygen -A")
+    assert removal < unit and "enable ssh-host-keys.service" in box
+    text = vagrant_box.host_keys_unit()
+    assert "Before=ssh.service" in text and "RequiredBy=ssh.service" in text
+    assert "ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key" in text  # the first boot only
+
+
 def test_the_cache_key_follows_the_recipe():
     one = vagrant_box.BoxRecipe(BASE, KEY)
     assert one.key() == vagrant_box.BoxRecipe(BASE, KEY).key()
