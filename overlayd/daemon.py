@@ -84,13 +84,13 @@ class DaemonOptions:
     node: NodeOptions = NodeOptions()
     resync_interval: float = 10.0  # seconds between drift checks of the kernel state we own (on a change)
     full_resync_interval: float = 60.0  # the longest time without a drift check, change or not
+    cleanup_on_exit: bool = False  # a clean stop revokes the lease and removes all we made
+    healthz_addr: tuple[str, int] | None = None  # where to serve /healthz, /readyz, /metrics
 
     @property
     def full_resync_periods(self) -> int:
         """``full_resync_interval`` in resync periods (at least one)."""
         return max(1, math.ceil(self.full_resync_interval / self.resync_interval - 1e-9))
-    cleanup_on_exit: bool = False  # a clean stop revokes the lease and removes all we made
-    healthz_addr: tuple[str, int] | None = None  # where to serve /healthz, /readyz, /metrics
 
     @property
     def endpoints_dir(self) -> str:
