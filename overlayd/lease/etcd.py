@@ -541,13 +541,16 @@ class EtcdStore:
             return leases, res.header.revision
         return await self._call(op)
 
-    async def _settle(self, c) -> None:
-        """Revoke grants from creates whose outcome we never saw, with any key bound to them.
+    async def _settle(self, c, keep: int = 0) -> None:
+        """Revoke grants from creates whose outcome we never saw, with any key bound to them,
+        but ``keep`` (the grant of a lease being rewritten: the rewrite releases it).
 
         A key bound to one is a lease this node holds without knowing it: its create was applied
-        and its reply lost, and the node went on to lease another subnet (or to take this one
-        again under a new grant). Left alone, it named this node for a subnet nothing answers
-        for until its TTL ran out (11 such keys in a 5000-node run). Each grant is taken off the set before the first await: creates sharing the store
+        and its reply lost, and the node went on to lease another subnet. Left alone, it named
+        this node for a subnet nothing answers for until its TTL ran out (11 such keys in a
+        5000-node run). A node that finds such a key in its next listing takes it over
+        (:meth:`update_lease`, with ``keep``): the subnet stays its own, as when the reply is
+        not lost. Each grant is taken off the set before the first await: creates sharing the store
         settle concurrently, and two revoking one grant failed the second create with
         "requested lease not found". A grant gone meanwhile is settled. One that etcd does
         not know is looked at again, at doubling intervals (1, 2, 4 ... s after its create
@@ -558,7 +561,7 @@ class EtcdStore:
         etcd did not answer about stays."""
         now = self.clock()
         for lease_id, failed_at in list(self._unsettled.items()):
-            if self._settle_due.get(lease_id, now) > now:
+            if lease_id == keep or self._settle_due.get(lease_id, now) > now:
                 continue  # etcd did not know it a moment ago: not yet time to look again
             if self._unsettled.pop(lease_id, None) is None:
                 continue  # another create settled it meanwhile
@@ -594,7 +597,7 @@ class EtcdStore:
 
         async def op(c):
             if self._unsettled:
-                await self._settle(c)
+                await self._settle(c, keep=old_handle)
             if lease_id:
                 try:
                     await c.lease(ttl, lease_id)

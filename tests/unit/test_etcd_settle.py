@@ -96,6 +96,15 @@ async def test_an_orphan_bound_to_a_key_is_revoked_with_its_key(caplog):
         in caplog.text
 
 
+async def test_an_orphan_whose_key_is_being_taken_over_is_left_to_the_rewrite():
+    """The node listed the key its lost create had made and rewrites it under a new grant: that
+    rewrite releases the old grant; revoking it first would delete the key and cost the node its
+    subnet (the subnet in its subnet.env, after a restart)."""
+    store, client = store_with_orphan(), FakeClient({ORPHAN: [b"/t/subnets/10.244.1.0-24"]})
+    await store._settle(client, keep=ORPHAN)
+    assert client.revoked == [] and set(store._unsettled) == {ORPHAN}
+
+
 @pytest.mark.parametrize("age, pending", [(0.0, {ORPHAN}), (SETTLE_WINDOW - 0.1, {ORPHAN}), (SETTLE_WINDOW, set())])
 async def test_an_orphan_etcd_does_not_know_is_looked_at_again_for_a_while(age, pending):
     """Unknown to etcd: never applied, or not yet (a grant whose call timed out under load)."""
