@@ -18,7 +18,8 @@ from overlayd.dataplane.sockets import open_udp
 from overlayd.encap.drops import Counters, Drop
 from overlayd.encap.ipv4 import internet_checksum
 from overlayd.encap.table import Peer, PeerTable
-from overlayd.lab.etcd import free_port
+
+from .loopback import on_one_port
 
 OWN = ipaddress.IPv4Network("10.244.1.0/24")
 PEER_SUBNET = ipaddress.IPv4Network("10.244.2.0/24")
@@ -37,14 +38,12 @@ PLANES = [DataPlane, pytest.param(fast.FastDataPlane, id="c", marks=pytest.mark.
 
 @pytest.fixture(params=PLANES)
 def plane(request):
-    port = free_port()
+    sock, peers = on_one_port(lambda port: open_udp("127.0.0.1", port), ["127.0.0.2"])
+    peer, port = peers["127.0.0.2"], sock.getsockname()[1]
     table = PeerTable(24)
     table.set(PEER_SUBNET, Peer("127.0.0.2", None))
     counters = Counters()
     dev_ours, dev_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock = open_udp("127.0.0.1", port)
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.2", port))
     peer.settimeout(2)
     dp = request.param(dev_ours.fileno(), sock, UdpCodec(table, OWN, port), Sender(sock, port, counters), counters)
     yield dp, dev_test, peer, counters, port, table

@@ -29,8 +29,9 @@ from overlayd.encap.ipv4 import internet_checksum
 from overlayd.encap.table import Peer, PeerTable
 from overlayd.errors import PlumbingError
 from overlayd.lab import bench
-from overlayd.lab.etcd import free_port
 from tests.unit.test_gso_parity import flood, tcp, tso
+
+from .loopback import on_one_port
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="the C fast path is not built")
 
@@ -61,7 +62,11 @@ class Rig:
     """A data plane of class ``cls`` between a stand-in tun and two loopback peers."""
 
     def __init__(self, cls, vnet_hdr: bool = False, udp_gso: bool = False, vxlan: bool = False):
-        self.port = free_port()
+        self.sock, self.peers = on_one_port(lambda port: open_udp("127.0.0.1", port, no_check=not udp_gso),
+                                            [*PEERS, ROGUE])
+        self.port = self.sock.getsockname()[1]
+        for s in self.peers.values():
+            s.settimeout(2)
         self.table = PeerTable(24)
         for ip, subnet in PEERS.items():
             self.table.set(subnet, Peer(ip, peer_mac(ip) if vxlan else None))
@@ -69,13 +74,6 @@ class Rig:
         self.counters = Counters()
         self.dev_ours, self.dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.dev.setblocking(False)
-        self.sock = open_udp("127.0.0.1", self.port, no_check=not udp_gso)
-        self.peers = {}
-        for ip in [*PEERS, ROGUE]:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((ip, self.port))
-            s.settimeout(2)
-            self.peers[ip] = s
         self.off_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a peer's address, another port
         self.off_port.bind(("127.0.0.2", 0))
         self.codec = VxlanCodec(self.table, OWN, VNI, OWN_MAC, self.port) if vxlan else \
