@@ -169,12 +169,7 @@ class ServiceStore:
         ep = Endpoint(service, lease.subnet, ip, port, ready, lease.handle, source=source)
         key, skey = endpoint_key(self.prefix, ep).encode(), service_key(self.prefix, service).encode()
 
-        async def op(c):
-            ok, responses = await c.transaction(
-                compare=[c.transactions.mod(skey) == current.revision],
-                success=[c.transactions.put(key, ep.encode(), lease=lease.handle)], failure=[])
-            return responses[0].response_put.header.revision if ok else None
-        written = await self.etcd.call(op)
+        written = await self._put_if_unchanged(skey, current.revision, key, ep.encode(), lease.handle)
         if written is None:
             raise ServiceError(f"service {service} changed or was deleted while adding {ep.address}; try again")
         return dataclasses.replace(ep, revision=written)
@@ -198,14 +193,19 @@ class ServiceStore:
         ``ep`` was read; the new endpoint, or None when it changed or went meanwhile."""
         new = dataclasses.replace(ep, ready=ready)
         key = endpoint_key(self.prefix, ep).encode()
+        written = await self._put_if_unchanged(key, ep.revision, key, new.encode(), ep.handle)
+        return None if written is None else dataclasses.replace(new, revision=written)
 
+    async def _put_if_unchanged(self, guard: bytes, revision: int, key: bytes, value: bytes,
+                                lease: int) -> int | None:
+        """Put ``value`` at ``key`` on etcd lease ``lease`` if key ``guard`` was last modified at
+        ``revision``: the put's revision, or None if ``guard`` changed."""
         async def op(c):
             ok, responses = await c.transaction(
-                compare=[c.transactions.mod(key) == ep.revision],
-                success=[c.transactions.put(key, new.encode(), lease=ep.handle)], failure=[])
+                compare=[c.transactions.mod(guard) == revision],
+                success=[c.transactions.put(key, value, lease=lease)], failure=[])
             return responses[0].response_put.header.revision if ok else None
-        written = await self.etcd.call(op)
-        return None if written is None else dataclasses.replace(new, revision=written)
+        return await self.etcd.call(op)
 
     async def watch(self, revision: int) -> AsyncIterator[list[Change]]:
         """Changes to services and endpoints after ``revision``; ends as the lease watch does
