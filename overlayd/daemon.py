@@ -595,26 +595,20 @@ class Daemon:
         ``full_resync_interval`` in any case: one line per repair; a failed pass is logged (once per
         distinct error) and tried again next period."""
         problem = _Reporter()
-        self.kernel_watch.open()
-        try:
-            await self._repair_when_due(problem)
-        finally:
-            self.kernel_watch.close()
-
-    async def _repair_when_due(self, problem: _Reporter) -> None:
-        while True:
-            await asyncio.sleep(self.options.resync_interval)
-            if not self.kernel_watch.due():
-                continue
-            try:
-                for change in await repair_drift(self.backend, self.lease, self.options.ip_masq):
-                    log.warning("repaired: %s", change)
-            except Exception as exc:  # this task must outlive any one failed pass, bugs included
-                self.kernel_watch.changed = True  # retried next period, change or not
-                problem(f"drift repair failed, retrying in {self.options.resync_interval:g}s: "
-                        f"{exc if isinstance(exc, OverlayError) else f'{type(exc).__name__}: {exc}'}")
-            else:
-                problem.last = None
+        with self.kernel_watch as watch:
+            while True:
+                await asyncio.sleep(self.options.resync_interval)
+                if not watch.due():
+                    continue
+                try:
+                    for change in await repair_drift(self.backend, self.lease, self.options.ip_masq):
+                        log.warning("repaired: %s", change)
+                except Exception as exc:  # this task must outlive any one failed pass, bugs included
+                    watch.changed = True  # retried next period, change or not
+                    problem(f"drift repair failed, retrying in {self.options.resync_interval:g}s: "
+                            f"{exc if isinstance(exc, OverlayError) else f'{type(exc).__name__}: {exc}'}")
+                else:
+                    problem.last = None
 
     async def _peers_changed(self, batch) -> None:
         for lease in batch.ignored:

@@ -153,6 +153,14 @@ class KernelWatch:
         self.changed, self.quiet = False, 0
         return True
 
+    def __enter__(self) -> KernelWatch:
+        """:meth:`open` on the running loop, :meth:`close` on the way out."""
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         """Leave the groups (the watch then says nothing more)."""
         for sock in self._socks:

@@ -205,32 +205,26 @@ class ServiceProxy:
         """Compare the live table with the applied one every ``resync_interval`` (or
         :data:`DRIFT_DUTY` times the last check's duration, if longer) when :attr:`watch` says a
         check is due, forever."""
-        self.watch.open()
-        try:
-            await self._repair_when_due()
-        finally:
-            self.watch.close()
-
-    async def _repair_when_due(self) -> None:
         problem, took = None, 0.0
-        while True:
-            await self.sleep(max(self.resync_interval, DRIFT_DUTY * took))
-            if not self.watch.due():
-                continue
-            try:
-                async with self._lock:
-                    started = self.clock()
-                    repaired = await asyncio.to_thread(self.kernel.repair)
-                    took = self.clock() - started
-            except OverlayError as exc:
-                self.watch.changed = True  # retried next period, change or not
-                if str(exc) != problem:
-                    log.warning("services: drift repair failed, retrying in %gs: %s", self.resync_interval, exc)
-                problem = str(exc)
-                continue
-            problem = None
-            if repaired:
-                log.warning("repaired: %s", repaired)
+        with self.watch as watch:
+            while True:
+                await self.sleep(max(self.resync_interval, DRIFT_DUTY * took))
+                if not watch.due():
+                    continue
+                try:
+                    async with self._lock:
+                        started = self.clock()
+                        repaired = await asyncio.to_thread(self.kernel.repair)
+                        took = self.clock() - started
+                except OverlayError as exc:
+                    watch.changed = True  # retried next period, change or not
+                    if str(exc) != problem:
+                        log.warning("services: drift repair failed, retrying in %gs: %s", self.resync_interval, exc)
+                    problem = str(exc)
+                    continue
+                problem = None
+                if repaired:
+                    log.warning("repaired: %s", repaired)
 
     def _mine(self) -> list[tuple[str, Endpoint, Service]]:
         """The endpoints this node owns and checks, with their service."""
