@@ -32,6 +32,16 @@ BACKEND_PRELUDE = PRELUDE + textwrap.dedent('''
         async with Netlink() as nl:
             await call(nl)
             return nl.changes
+
+    async def finish(backend, run, seen):
+        """A userspace backend's end: its stats into ``seen``, its data plane ``run`` stopped, the
+        backend torn down and closed; ``seen`` printed."""
+        seen["stats"] = backend.stats()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await changes_of(backend.teardown)
+        await backend.close()
+        print(json.dumps(seen))
 ''')
 
 SCRIPT = BACKEND_PRELUDE + textwrap.dedent('''

@@ -71,13 +71,7 @@ SCRIPT = BACKEND_PRELUDE + textwrap.dedent('''
                 "ping", "-6", "-c1", "-w2", "-I", f"fd00:10:244:{own}::", "fd00:10:244:9::1",
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)).stdout
             seen["nobody"] = (await seen["nobody"].read()).decode()
-        seen["stats"] = backend.stats()
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-        async with Netlink() as nl:
-            await backend.teardown(nl)
-        await backend.close()
-        print(json.dumps(seen))
+        await finish(backend, run, seen)
 
     asyncio.run(main())
 ''')

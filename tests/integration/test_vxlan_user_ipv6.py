@@ -57,13 +57,7 @@ SCRIPT = BACKEND_PRELUDE + textwrap.dedent(f'''
         seen["ping4"] = await ping("-4", "-I", "10.244.3.0", "10.244.7.0")
         seen["ping6_nobody"] = await ping("-6", "-w1", "-I", "fd00:10:244:3::", "fd00:10:244:9::1")
         seen["neigh6"] = sh("ip", "-6", "neigh", "show", "dev", "overlay0", "nud", "all")
-        seen["stats"] = backend.stats()
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-        async with Netlink() as nl:
-            await backend.teardown(nl)
-        await backend.close()
-        print(json.dumps(seen))
+        await finish(backend, run, seen)
 
     asyncio.run(main())
 ''')
