@@ -117,8 +117,14 @@ def samples(rng: random.Random) -> list[bytes]:
         if len(pkt) >= 20 and rng.random() < 0.5:
             pkt[12:15] = bytes([10, 244, rng.choice([1, 2, 3, 5, 9])])
         out.append(bytes(pkt))
-    for _ in range(700):
-        pkt = bytearray(rng.choice(VALID))
+    return out + mutated(rng, VALID)
+
+
+def mutated(rng: random.Random, valid: list[bytes], count: int = 700) -> list[bytes]:
+    """``count`` of the ``valid`` packets with one to three bytes changed, three in ten cut short."""
+    out = []
+    for _ in range(count):
+        pkt = bytearray(rng.choice(valid))
         for _ in range(rng.randrange(1, 4)):
             pkt[rng.randrange(len(pkt))] = rng.randrange(256)
         out.append(bytes(pkt[:rng.randrange(len(pkt) + 1)] if rng.random() < 0.3 else pkt))

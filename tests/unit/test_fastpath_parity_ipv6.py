@@ -17,6 +17,7 @@ from overlayd.encap.drops import Drop
 from overlayd.encap.table import Peer, PeerTable
 from tests.unit.test_fastpath_parity import SENDERS as SENDERS4
 from tests.unit.test_fastpath_parity import VALID as VALID4
+from tests.unit.test_fastpath_parity import mutated
 from tests.unit.test_gso_parity import MUTATION_ROUNDS
 
 fastpath = pytest.importorskip("overlayd._fastpath", reason="the C fast path is not built")
@@ -133,12 +134,7 @@ def samples(rng: random.Random) -> list[bytes]:
             if len(pkt) >= at + 16 and rng.random() < 0.6:
                 pkt[at:at + 8] = ipaddress.IPv6Address(f"fd00:10:244:{rng.choice([1, 2, 3, 4, 5, 9])}::").packed[:8]
         out.append(bytes(pkt))
-    for _ in range(700):
-        pkt = bytearray(rng.choice(VALID))
-        for _ in range(rng.randrange(1, 4)):
-            pkt[rng.randrange(len(pkt))] = rng.randrange(256)
-        out.append(bytes(pkt[:rng.randrange(len(pkt) + 1)] if rng.random() < 0.3 else pkt))
-    return out
+    return out + mutated(rng, VALID)
 
 
 def test_random_and_mutated_packets_agree(table):
