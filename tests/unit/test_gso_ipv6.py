@@ -18,7 +18,7 @@ from overlayd.encap import gso, ipv4, ipv6
 from overlayd.encap.drops import Drop
 from overlayd.encap.gso import GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, VnetHdr
 
-from .test_gso_parity import ETH, S as S4, data, kernel_udp_segments, packets, tso as tso4
+from .test_gso_parity import ETH, S as S4, check_udp_runs, data, py_coalesce, tso as tso4
 
 fastpath = pytest.importorskip("overlayd._fastpath", reason="the C fast path is not built")
 
@@ -70,10 +70,6 @@ def c_segment(hdr: VnetHdr, pkt: bytes):
 def py_segment(hdr: VnetHdr, pkt: bytes):
     v = gso.segment(hdr, pkt)
     return v.value if isinstance(v, Drop) else v
-
-
-def py_coalesce(pkts, verified=None):
-    return [(h.pack(), p) for h, p in gso.coalesce(pkts, verified)]
 
 
 def with_ext_header(pkt: bytes) -> bytes:
@@ -300,14 +296,4 @@ U6 = [udp6(data(64, i)) for i in range(8)]
     ([S4[0]] + U6 + [S[0]], [1, 8, 1]),
 ])
 def test_ipv6_udp_runs_agree_and_are_what_the_kernel_cuts_back(pkts, want):
-    writes = gso.coalesce(pkts)
-    assert packets(writes) == want
-    assert fastpath.coalesce(pkts) == py_coalesce(pkts)
-    frames = [ETH6 + p for p in pkts]
-    assert fastpath.coalesce_frames(frames) == [(h.pack(), f) for h, f in gso.coalesce_frames(frames)]
-    at = 0
-    for (hdr, p), n in zip(writes, want):
-        if hdr.gso_type == gso.GSO_UDP_L4:
-            assert hdr == VnetHdr(NEEDS_CSUM, gso.GSO_UDP_L4, 48, len(pkts[at]) - 48, 40, 6)
-            assert kernel_udp_segments(hdr, p) == pkts[at:at + n]
-        at += n
+    check_udp_runs(pkts, want, ETH6, 40)
